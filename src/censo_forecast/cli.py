@@ -1,0 +1,106 @@
+"""`censo-forecast` command line: a thin face over the library; each subcommand is one step."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from censo_forecast import config as config_mod
+from censo_forecast.inep import catalog
+
+app = typer.Typer(
+    help="Forecast next year's school enrollment per school and stage from INEP's School Census.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("censo_forecast.cli")
+
+ConfigOpt = typer.Option(None, "--config", help="TOML file with settings (command-line options win).")
+YearsOpt = typer.Option(None, "--years", help="Years: '2011-2021', '2015,2017' or 'all'.")
+JobsOpt = typer.Option(None, "--jobs", help="Parallel years (default 2).")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    log.error(message)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Optional[Path], **overrides) -> config_mod.Settings:
+    try:
+        return config_mod.load_settings(config, **overrides)
+    except (ValueError, TypeError) as exc:
+        _fail(str(exc), 2)
+        raise  # unreachable; keeps type checkers content
+
+
+def _years(spec: Optional[str]) -> Optional[list[int]]:
+    if spec is None:
+        return None
+    try:
+        return catalog.parse_years(spec)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+        raise
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder for the synthetic INEP-layout zips."),
+    years: str = typer.Option("2011-2024", "--years", help="Consecutive years to generate."),
+    schools: int = typer.Option(2000, "--schools", help="Active schools in the first year (about 180000 nationally)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical zips."),
+    placebo: bool = typer.Option(False, "--placebo", help="Independent year-over-year changes: no learnable signal."),
+    jobs: int = typer.Option(2, "--jobs", help="Threads compressing zips."),
+) -> None:
+    """Write a synthetic School Census in INEP's exact file layout."""
+    from censo_forecast.inep import synthetic
+    from censo_forecast.runlog import setup_logging
+
+    setup_logging()
+    try:
+        settings = synthetic.SynthSettings(years=catalog.parse_years(years), schools=schools, seed=seed, placebo=placebo)
+        synthetic.generate(out, settings, jobs=jobs)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    typer.echo(f"wrote {len(settings.years)} synthetic census year(s) to {out}")
+
+
+@app.command()
+def ingest(
+    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with microdados_censo_escolar_YYYY.zip."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder for censo_YYYY.parquet (default: beside raw)."),
+    years: Optional[str] = YearsOpt,
+    jobs: Optional[int] = JobsOpt,
+    force: bool = typer.Option(False, "--force", help="Re-ingest years whose zip is unchanged."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Read each year's CSV out of its zip into a typed Parquet cache (only the needed columns)."""
+    from tqdm import tqdm
+
+    from censo_forecast.inep import ingest as ingest_mod
+    from censo_forecast.runlog import setup_logging
+
+    setup_logging()
+    s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=_years(years), jobs=jobs)
+    wanted = s.years if s.years is not None else sorted(ingest_mod.raw_zips(s.raw_dir))
+    if not wanted:
+        _fail(f"no census zips (microdados_censo_escolar_YYYY.zip) in {s.raw_dir}")
+    with tqdm(total=len(wanted), desc="ingest", unit="year", disable=not sys.stderr.isatty()) as bar:
+        report = ingest_mod.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update())
+    typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
+    if report.failed:
+        _fail(str(ingest_mod.IngestError(f"{len(report.failed)} year(s) failed")) + "".join(f"\n  {y}: {m}" for y, m in sorted(report.failed.items())))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,100 @@
+"""One typed settings object for every step, read from a TOML file and overridden by the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from censo_forecast.inep import catalog
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass
+class ModelSettings:
+    """Gradient-boosting hyper-parameters shared by LightGBM and XGBoost."""
+
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    max_depth: int = 6
+    min_child_samples: int = 20
+    subsample: float = 0.8
+    colsample: float = 0.8
+    seed: int = 0
+
+
+@dataclass
+class Settings:
+    raw_dir: Path = Path("data/raw")
+    cache_dir: Path | None = None  # default: <raw_dir>/../cache
+    out_dir: Path = Path("outputs")
+    years: list[int] | None = None  # None: every available year
+    stages: list[str] = field(default_factory=lambda: [s.flag for s in catalog.STAGES])
+    device: str = "auto"  # auto | cpu | cuda
+    jobs: int = 2
+    offline: bool = False
+    fresh: bool = False
+    # download
+    base_url: str = catalog.BASE_URL
+    listing_url: str = catalog.LISTING_URL
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    retries: int = 8
+    timeout_s: float = 60.0
+    # validation
+    min_train_years: int = 3
+    model: ModelSettings = field(default_factory=ModelSettings)
+
+    def __post_init__(self) -> None:
+        self.raw_dir = Path(self.raw_dir)
+        self.out_dir = Path(self.out_dir)
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+        if self.ca_bundle is not None:
+            self.ca_bundle = Path(self.ca_bundle)
+        if isinstance(self.model, dict):
+            self.model = ModelSettings(**self.model)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        for flag in self.stages:
+            catalog.stage(flag)
+        if self.jobs < 1:
+            raise ValueError("jobs must be at least 1")
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.raw_dir.parent / "cache"
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def load_settings(path: Path | None = None, **overrides) -> Settings:
+    """Defaults, then the TOML file (if given), then explicit overrides that are not None."""
+    values: dict = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"configuration file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"configuration file {path}: {exc}") from None
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"configuration file {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        if "years" in values and isinstance(values["years"], str):
+            values["years"] = catalog.parse_years(values["years"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(values.get("model"), dict):
+        model_known = {f.name for f in dataclasses.fields(ModelSettings)}
+        bad = sorted(set(values["model"]) - model_known)
+        if bad:
+            raise ValueError(f"unknown [model] setting(s) {bad}; known: {sorted(model_known)}")
+    return Settings(**values)

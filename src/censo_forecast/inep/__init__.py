@@ -1,0 +1,1 @@
+"""What censo-forecast knows about INEP: catalog, download, archives, ingest, synthetic census."""

@@ -1,0 +1,246 @@
+"""Everything censo-forecast knows about INEP's School Census files, in one place.
+
+Other modules ask this one for URLs, member names, the CSV dialect, column sets
+and the stage table; none of them spell an INEP column name by substring.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import polars as pl
+
+FIRST_YEAR = 2007
+DEFAULT_FIRST_YEAR = 2011
+LATEST_KNOWN_YEAR = 2024
+
+BASE_URL = "https://download.inep.gov.br/dados_abertos/"
+LISTING_URL = (
+    "https://www.gov.br/inep/pt-br/acesso-a-informacao/dados-abertos/microdados/censo-escolar"
+)
+INEP_HOST = "download.inep.gov.br"
+# Links on the listing page; a trailing underscore marks a re-publication (2025's multi-table layout).
+LISTING_LINK_RE = re.compile(r"microdados_censo_escolar_(\d{4})(_?)\.zip", re.IGNORECASE)
+
+# The CSV dialect of every year: ';', latin-1 (cp1252 superset is harmless for reading), no quoting.
+CSV_SEPARATOR = ";"
+CSV_ENCODING = "latin-1"
+
+
+def zip_name(year: int) -> str:
+    return f"microdados_censo_escolar_{year}.zip"
+
+
+def zip_url(year: int, base_url: str = BASE_URL) -> str:
+    return base_url.rstrip("/") + "/" + zip_name(year)
+
+
+def data_member_re(year: int) -> re.Pattern[str]:
+    """The data CSV, found by base name only: folder names are cp437-garbled and vary by year."""
+    return re.compile(rf"(?:^|/)microdados_ed_basica_{year}\.csv$", re.IGNORECASE)
+
+
+def md5_member_re(year: int) -> re.Pattern[str]:
+    return re.compile(rf"(?:^|/)md5_microdados_ed_basica_{year}\.txt$", re.IGNORECASE)
+
+
+def zip_folder(year: int) -> str:
+    """The top folder INEP uses inside each year's zip."""
+    if year <= 2021:
+        return f"microdados_ed_basica_{year}"
+    if year == 2022:
+        return "Microdados do Censo Escolar da Educação Básica 2022"
+    return f"microdados_censo_escolar_{year}"
+
+
+def data_member_name(year: int) -> str:
+    ext = "CSV" if year == 2020 else "csv"
+    return f"{zip_folder(year)}/dados/microdados_ed_basica_{year}.{ext}"
+
+
+def blanks_for_missing(year: int) -> bool:
+    """From 2022 on missing values are empty; before, missing numbers are written 0."""
+    return year >= 2022
+
+
+def date_format(year: int) -> str:
+    """Format of DT_ANO_LETIVO_* (e.g. 05FEB2021:00:00:00); 2023 writes a two-digit year."""
+    return "%d%b%y:%H:%M:%S" if year == 2023 else "%d%b%Y:%H:%M:%S"
+
+
+@lru_cache(maxsize=None)
+def columns_for_year(year: int) -> tuple[str, ...]:
+    """Exact header order of microdados_ed_basica_YYYY.csv (2008-2021 share one layout)."""
+    if year <= 2021:
+        name = "2019-2021.txt"
+    elif year >= LATEST_KNOWN_YEAR:
+        name = f"{LATEST_KNOWN_YEAR}.txt"
+    else:
+        name = f"{year}.txt"
+    text = resources.files(__package__).joinpath("columns").joinpath(name).read_text("ascii")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class Stage:
+    """An education stage (etapa) as the seed modelled it, named by its offer flag."""
+
+    flag: str  # IN_MED
+    label: str  # English description for reports
+    label_pt: str
+    feeder: str | None = None  # the stage whose pupils enter this one next year
+
+    @property
+    def suffix(self) -> str:
+        return self.flag.removeprefix("IN_")
+
+    @property
+    def enrollment(self) -> str:
+        return f"QT_MAT_{self.suffix}"
+
+    @property
+    def teachers(self) -> str:
+        return f"QT_DOC_{self.suffix}"
+
+    @property
+    def classes(self) -> str:
+        return f"QT_TUR_{self.suffix}"
+
+    @property
+    def columns(self) -> tuple[str, str, str, str]:
+        return (self.flag, self.enrollment, self.teachers, self.classes)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("IN_INF_CRE", "nursery (creche)", "Creche"),
+    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE"),
+    Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE"),
+    Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE"),
+    Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI"),
+    Stage("IN_MED", "high school", "Ensino médio", feeder="IN_FUND_AF"),
+    Stage("IN_PROF_TEC", "technical vocational", "Educação profissional técnica", feeder="IN_FUND_AF"),
+    Stage("IN_EJA_FUND", "adult education, elementary", "EJA fundamental"),
+    Stage("IN_EJA_MED", "adult education, high school", "EJA médio", feeder="IN_EJA_FUND"),
+    Stage("IN_ESP_CE", "special education, exclusive classes", "Educação especial, classes exclusivas"),
+)
+STAGE_BY_FLAG = {s.flag: s for s in STAGES}
+
+
+def stage(flag: str) -> Stage:
+    try:
+        return STAGE_BY_FLAG[flag]
+    except KeyError:
+        known = ", ".join(STAGE_BY_FLAG)
+        raise ValueError(f"unknown stage {flag!r}; known stages: {known}") from None
+
+
+AGE_BANDS = (
+    "QT_MAT_BAS_0_3",
+    "QT_MAT_BAS_4_5",
+    "QT_MAT_BAS_6_10",
+    "QT_MAT_BAS_11_14",
+    "QT_MAT_BAS_15_17",
+    "QT_MAT_BAS_18_MAIS",
+)
+INFRASTRUCTURE_FLAGS = (
+    "IN_AGUA_POTAVEL",
+    "IN_ENERGIA_REDE_PUBLICA",
+    "IN_ESGOTO_REDE_PUBLICA",
+    "IN_BIBLIOTECA",
+    "IN_LABORATORIO_INFORMATICA",
+    "IN_QUADRA_ESPORTES",
+    "IN_INTERNET",
+    "IN_ALIMENTACAO",
+)
+
+# Counts are Int32: INEP's placeholder 88888 (seen in QT_PROF_*) does not fit 16 bits,
+# and a value out of range must fail loudly rather than wrap.
+_COUNT = pl.Int32()
+_FLAG = pl.Int8()  # 0, 1 and INEP's 9 = "not informed"
+_CODE = pl.Int8()  # TP_* and CO_REGIAO: small categorical codes, kept as their INEP numbers
+
+# Columns the pipeline cannot do without: a year missing one is rejected.
+REQUIRED_COLUMNS: dict[str, pl.DataType] = {
+    "NU_ANO_CENSO": pl.Int16(),
+    "CO_REGIAO": _CODE,
+    "CO_UF": _CODE,
+    "CO_MUNICIPIO": pl.Int32(),
+    "CO_ENTIDADE": pl.Int32(),
+    "TP_DEPENDENCIA": _CODE,
+    "TP_LOCALIZACAO": _CODE,
+    "TP_SITUACAO_FUNCIONAMENTO": _CODE,
+    **{c: (_FLAG if c.startswith("IN_") else _COUNT) for s in STAGES for c in s.columns},
+}
+# Columns used when present; a year without one gets nulls, never a crash.
+OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
+    "SG_UF": pl.Categorical(),
+    "NO_MUNICIPIO": pl.Categorical(),
+    "NO_ENTIDADE": pl.String(),
+    "DT_ANO_LETIVO_INICIO": pl.Date(),
+    "QT_MAT_BAS": _COUNT,
+    "QT_DOC_BAS": _COUNT,
+    "QT_TUR_BAS": _COUNT,
+    "QT_SALAS_UTILIZADAS": _COUNT,
+    **{c: _COUNT for c in AGE_BANDS},
+    **{c: _FLAG for c in INFRASTRUCTURE_FLAGS},
+}
+CACHE_SCHEMA: dict[str, pl.DataType] = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
+# Bump when CACHE_SCHEMA or parsing rules change, so cached years are re-ingested.
+CACHE_SCHEMA_VERSION = 1
+
+SITUATION_ACTIVE = 1
+DEPENDENCY = {1: "federal", 2: "state", 3: "municipal", 4: "private"}
+LOCATION = {1: "urban", 2: "rural"}
+
+# IBGE state codes, abbreviations, names and regions (CO_REGIAO 1 Norte ... 5 Centro-Oeste).
+UFS: tuple[tuple[int, str, str, int], ...] = (
+    (11, "RO", "Rondônia", 1), (12, "AC", "Acre", 1), (13, "AM", "Amazonas", 1),
+    (14, "RR", "Roraima", 1), (15, "PA", "Pará", 1), (16, "AP", "Amapá", 1),
+    (17, "TO", "Tocantins", 1), (21, "MA", "Maranhão", 2), (22, "PI", "Piauí", 2),
+    (23, "CE", "Ceará", 2), (24, "RN", "Rio Grande do Norte", 2), (25, "PB", "Paraíba", 2),
+    (26, "PE", "Pernambuco", 2), (27, "AL", "Alagoas", 2), (28, "SE", "Sergipe", 2),
+    (29, "BA", "Bahia", 2), (31, "MG", "Minas Gerais", 3), (32, "ES", "Espírito Santo", 3),
+    (33, "RJ", "Rio de Janeiro", 3), (35, "SP", "São Paulo", 3), (41, "PR", "Paraná", 4),
+    (42, "SC", "Santa Catarina", 4), (43, "RS", "Rio Grande do Sul", 4),
+    (50, "MS", "Mato Grosso do Sul", 5), (51, "MT", "Mato Grosso", 5), (52, "GO", "Goiás", 5),
+    (53, "DF", "Distrito Federal", 5),
+)
+REGIONS = {1: "Norte", 2: "Nordeste", 3: "Sudeste", 4: "Sul", 5: "Centro-Oeste"}
+
+
+def parse_years(spec: str | None, available: list[int] | None = None) -> list[int]:
+    """'2011-2021', '2015,2017', 'all' or None -> sorted years."""
+    if spec is None or spec.strip().lower() == "all":
+        if available is not None:
+            return sorted(available)
+        return list(range(DEFAULT_FIRST_YEAR, LATEST_KNOWN_YEAR + 1))
+    years: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-", 1))
+            if lo > hi:
+                raise ValueError(f"year range {part!r} runs backwards")
+            years.update(range(lo, hi + 1))
+        else:
+            years.add(int(part))
+    if not years:
+        raise ValueError(f"no years in {spec!r}")
+    bad = [y for y in years if y < FIRST_YEAR or y > 2100]
+    if bad:
+        raise ValueError(f"years out of range in {spec!r}: {bad}")
+    return sorted(years)
+
+
+def parse_stages(spec: str | None) -> list[str]:
+    if spec is None or spec.strip().lower() == "all":
+        return [s.flag for s in STAGES]
+    flags = [f.strip().upper() for f in spec.split(",") if f.strip()]
+    for f in flags:
+        stage(f)
+    return flags

@@ -1,0 +1,33 @@
+"""Shared fixtures: small synthetic censuses in INEP's layout, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from censo_forecast.inep import synthetic
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SMALL_YEARS = list(range(2011, 2025))
+
+
+@pytest.fixture(scope="session")
+def small_census(tmp_path_factory):
+    """14 years, ~400 schools: (raw_dir, true totals by year and stage)."""
+    raw = tmp_path_factory.mktemp("raw")
+    truths = synthetic.generate(raw, synthetic.SynthSettings(years=SMALL_YEARS, schools=400, seed=11))
+    return raw, truths
+
+
+@pytest.fixture
+def make_year_zip(tmp_path):
+    """Wrap CSV bytes in a zip laid out exactly as INEP's for that year."""
+
+    def make(year: int, csv_bytes: bytes, folder: Path | None = None) -> Path:
+        path = (folder or tmp_path) / f"microdados_censo_escolar_{year}.zip"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_year_zip(path, year, csv_bytes)
+        return path
+
+    return make

@@ -1,0 +1,156 @@
+"""The synthetic census must look and behave like INEP's files."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+
+import numpy as np
+import polars as pl
+import pytest
+
+from censo_forecast.inep import catalog, synthetic
+
+
+def _csv(raw, year) -> bytes:
+    with zipfile.ZipFile(raw / catalog.zip_name(year)) as zf:
+        (name,) = [n for n in zf.namelist() if catalog.data_member_re(year).search(n)]
+        return zf.read(name)
+
+
+def _frame(raw, year) -> pl.DataFrame:
+    text = _csv(raw, year).decode("latin-1")
+    return pl.read_csv(text.encode(), separator=";", infer_schema=False, quote_char=None)
+
+
+def test_same_seed_gives_byte_identical_zips(tmp_path):
+    settings = synthetic.SynthSettings(years=[2021, 2022, 2023], schools=120, seed=5)
+    synthetic.generate(tmp_path / "a", settings)
+    synthetic.generate(tmp_path / "b", settings)
+    other = synthetic.SynthSettings(years=[2021, 2022, 2023], schools=120, seed=6)
+    synthetic.generate(tmp_path / "c", other)
+    for year in (2021, 2022, 2023):
+        a = (tmp_path / "a" / catalog.zip_name(year)).read_bytes()
+        assert a == (tmp_path / "b" / catalog.zip_name(year)).read_bytes()
+        assert a != (tmp_path / "c" / catalog.zip_name(year)).read_bytes()
+
+
+def test_headers_are_the_real_ones_in_order(small_census):
+    raw, _ = small_census
+    for year in (2011, 2020, 2022, 2023, 2024):
+        header = _csv(raw, year).split(b"\n", 1)[0].decode("ascii").split(";")
+        assert tuple(header) == catalog.columns_for_year(year)
+
+
+def test_zip_layout_per_year(small_census):
+    raw, _ = small_census
+    with zipfile.ZipFile(raw / catalog.zip_name(2020)) as zf:
+        names = zf.namelist()
+        assert "microdados_ed_basica_2020/dados/microdados_ed_basica_2020.CSV" in names
+        md5_line = zf.read("microdados_ed_basica_2020/dados/md5_microdados_ed_basica_2020.txt").decode()
+        data = zf.read("microdados_ed_basica_2020/dados/microdados_ed_basica_2020.CSV")
+        assert md5_line.split()[0] == hashlib.md5(data).hexdigest()
+        assert md5_line.split()[1] == "*microdados_ed_basica_2020.csv"  # letter case differs, as INEP's
+    with zipfile.ZipFile(raw / catalog.zip_name(2022)) as zf:
+        data_name = [n for n in zf.namelist() if n.lower().endswith("microdados_ed_basica_2022.csv")][0]
+        # stored without the UTF-8 flag, so Python decodes the accented folder as cp437: garbled
+        assert data_name.startswith("Microdados do Censo Escolar da Educa")
+        assert "Educação" not in data_name
+        assert not zf.getinfo(data_name).flag_bits & 0x800
+    with zipfile.ZipFile(raw / catalog.zip_name(2023)) as zf:
+        names = zf.namelist()
+        assert "microdados_censo_escolar_2023/dados/suplemento_cursos_tecnicos_2023.csv" in names
+        assert any(n.endswith(".pdf") and "/leia-me/" in n for n in names)
+
+
+def test_dialect_encoding_blanks_and_dates(small_census):
+    raw, _ = small_census
+    data = _csv(raw, 2023)
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")  # latin-1, as INEP's
+    assert b"\r\n" not in data and b'"' not in data
+    old, new = _frame(raw, 2015), _frame(raw, 2023)
+    inactive_old = old.filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") != "1")
+    inactive_new = new.filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") != "1")
+    assert inactive_old.height > 0 and inactive_new.height > 0
+    assert set(inactive_old["QT_MAT_FUND_AI"].to_list()) == {"0"}  # missing written as 0 before 2022
+    assert inactive_new["QT_MAT_FUND_AI"].null_count() == inactive_new.height  # blank from 2022
+    assert new["DT_ANO_LETIVO_INICIO"].drop_nulls().str.contains(r"^\d\d[A-Z]{3}23:00:00:00$").all()
+    assert old["DT_ANO_LETIVO_INICIO"].drop_nulls().str.contains(r"^\d\d[A-Z]{3}2015:00:00:00$").all()
+    assert any(not name.isascii() for name in new["NO_UF"].unique()), "accented names (Pará, Maranhão...) survive"
+
+
+def test_schools_nested_in_municipalities_and_states(small_census):
+    raw, _ = small_census
+    df = _frame(raw, 2018).select("CO_UF", "CO_MUNICIPIO", "CO_ENTIDADE", "TP_DEPENDENCIA", "TP_LOCALIZACAO")
+    assert (df["CO_ENTIDADE"].str.len_chars() == 8).all()
+    assert (df["CO_MUNICIPIO"].str.len_chars() == 7).all()
+    assert (df["CO_ENTIDADE"].str.slice(0, 2) == df["CO_UF"]).all()
+    assert (df["CO_MUNICIPIO"].str.slice(0, 2) == df["CO_UF"]).all()
+    assert set(df["TP_DEPENDENCIA"]) >= {"2", "3", "4"}
+    assert set(df["TP_LOCALIZACAO"]) == {"1", "2"}
+
+
+def test_school_life_cycle_and_consistency(small_census):
+    raw, _ = small_census
+    frames = {y: _frame(raw, y) for y in (2016, 2017, 2018, 2019)}
+    codes = {y: set(f["CO_ENTIDADE"]) for y, f in frames.items()}
+    assert codes[2017] - codes[2016], "new schools open"
+    assert codes[2016] - codes[2019], "closed schools disappear"
+    f = frames[2018].filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") == "1").select(
+        pl.col(c).cast(pl.Int64) for c in ("QT_MAT_FUND_AI", "QT_TUR_FUND_AI", "QT_DOC_FUND_AI", "IN_FUND_AI")
+    )
+    with_pupils = f.filter(pl.col("QT_MAT_FUND_AI") > 0)
+    assert (with_pupils["QT_TUR_FUND_AI"] >= 1).all() and (with_pupils["QT_DOC_FUND_AI"] >= 1).all()
+    assert (with_pupils["IN_FUND_AI"] == 1).all()
+    assert (f.filter(pl.col("QT_MAT_FUND_AI") == 0)["QT_TUR_FUND_AI"] == 0).all()
+    size = with_pupils["QT_MAT_FUND_AI"] / with_pupils["QT_TUR_FUND_AI"]
+    assert 5 < size.median() < 40
+
+
+def test_cohort_flow_links_stages(tmp_path):
+    """Last year's final early-elementary grade feeds this year's final-years entry."""
+    sim = synthetic.CensusSimulator(synthetic.SynthSettings(years=list(range(2011, 2016)), schools=3000, seed=2))
+    sim.initialise(2011)
+    sim.step(2012)
+    before = sim.grades_FUND_AI[: sim.n, -1].copy()
+    both = sim.offers_FUND_AI[: sim.n] & sim.offers_FUND_AF[: sim.n] & (sim.status[: sim.n] == 1)
+    sim.step(2013)
+    entry = sim.grades_FUND_AF[: sim.n, 0]
+    keep = both[: len(before)] & sim.offers_FUND_AF[: len(before)]
+    corr = np.corrcoef(before[keep], entry[: len(before)][keep])[0, 1]
+    assert corr > 0.6
+
+
+def test_placebo_changes_do_not_depend_on_the_past(tmp_path):
+    """In the placebo census, last year's change says nothing about this year's."""
+    def lagged_change_corr(placebo: bool) -> float:
+        sim = synthetic.CensusSimulator(synthetic.SynthSettings(list(range(2011, 2016)), schools=3000, seed=4, placebo=placebo))
+        sim.initialise(2011)
+        totals = []
+        for year in range(2012, 2016):
+            sim.step(year)
+            totals.append(sim.grades_FUND_AI[:3000].sum(axis=1).astype(float))
+        a, b, c = totals[-3], totals[-2], totals[-1]
+        ok = (a > 20) & (b > 20) & (c > 20)
+        return np.corrcoef(np.log(b[ok] / a[ok]), np.log(c[ok] / b[ok]))[0, 1]
+
+    assert abs(lagged_change_corr(True)) < 0.1
+    assert lagged_change_corr(False) != pytest.approx(lagged_change_corr(True), abs=0.05)
+
+
+def test_full_scale_totals_track_national_figures():
+    """At ~180k active schools the simulated trajectory lands on the published totals."""
+    sim = synthetic.CensusSimulator(synthetic.SynthSettings(list(range(2011, 2025)), schools=180_000, seed=1))
+    sim.initialise(2011)
+    published = {2020: {"FUND_AI": 14.79, "FUND_AF": 11.93, "MED": 7.55}, 2023: {"INF_CRE": 4.1, "INF_PRE": 5.3, "FUND_AI": 14.4, "FUND_AF": 11.6, "MED": 7.6}}
+    for year in range(2012, 2025):
+        sim.step(year)
+        if year in published:
+            active = np.flatnonzero(sim.status[: sim.n] == 1)
+            assert 170_000 < len(active) < 190_000
+            counts = sim.stage_counts(active)
+            for suffix, millions in published[year].items():
+                assert counts[suffix]["MAT"].sum() / 1e6 == pytest.approx(millions, rel=0.06), (year, suffix)
+            total = sum(counts[s]["MAT"].sum() for s in ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE"))
+            assert 44e6 < total < 50e6
