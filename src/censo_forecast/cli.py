@@ -98,6 +98,45 @@ def ingest(
         _fail(str(ingest_mod.IngestError(f"{len(report.failed)} year(s) failed")) + "".join(f"\n  {y}: {m}" for y, m in sorted(report.failed.items())))
 
 
+@app.command()
+def download(
+    years: Optional[str] = typer.Option(None, "--years", help="Years to fetch: '2011-2024', '2019,2021' or 'all' (default: every year offered)."),
+    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder for the zips (default data/raw)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Where the zips live (a mirror; http:// is fine on this machine)."),
+    listing_url: Optional[str] = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery."),
+    jobs: Optional[int] = JobsOpt,
+    ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="Extra CA certificates (PEM) to trust."),
+    insecure: bool = typer.Option(False, "--insecure", help="Turn TLS verification OFF (never the default; warns every time)."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Fetch census zips from INEP (or a mirror): resumable, retried, verified, TLS on."""
+    from censo_forecast.runlog import setup_logging
+
+    setup_logging()
+    s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle, insecure=insecure or None)
+    report = _download(s, _years(years) if years and years.lower() != "all" else None)
+    typer.echo(f"downloaded {report.downloaded or 'none'}; unchanged {report.unchanged or 'none'}; folder {s.raw_dir}")
+    problems = [f"year {y}: not offered by the server" for y in report.missing]
+    problems += [f"year {y}: {m}" for y, m in sorted(report.failed.items())]
+    if problems:
+        _fail("download incomplete:\n  " + "\n  ".join(problems))
+
+
+def _download(s: config_mod.Settings, years: Optional[list[int]]):
+    from censo_forecast.inep import download as dl
+
+    listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
+    opts = dl.DownloadOptions(
+        base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle, insecure=s.insecure,
+        retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs,
+    )
+    try:
+        return dl.download(s.raw_dir, years, opts)
+    except dl.DownloadError as exc:
+        _fail(str(exc))
+        raise
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

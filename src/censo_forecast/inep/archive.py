@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from censo_forecast.inep import catalog
@@ -58,7 +59,7 @@ def verify_zip(path: Path, year: int) -> str:
             with zf.open(info) as fh:  # zipfile checks the CRC when the stream ends
                 while chunk := fh.read(1 << 20):
                     md5.update(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
             raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
         expected = _expected_md5(zf, year, info, path)
         if expected is not None and expected != md5.hexdigest():

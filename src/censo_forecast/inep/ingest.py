@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
         try:
             with zf.open(member) as stream:
                 return _read_stream(stream, year, where)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
             raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
 
 

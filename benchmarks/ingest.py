@@ -1,0 +1,81 @@
+"""Ingest benchmark: our streaming typed ingest versus the seed's pandas way, same data, same run.
+
+Baseline (what the seed did): extract each year's CSV to disk, pandas.read_csv every column,
+then downcast numeric columns, keeping every year in memory.
+Ours: `censo_forecast.inep.ingest.ingest` from the zips to Parquet, 2 years in parallel.
+Each side runs in a fresh child process so that its peak RSS is its own.
+
+    python benchmarks/ingest.py [--schools 200000] [--years 2011-2024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+
+from common import national_census, measure
+
+OURS = r"""
+import json, sys, time
+from pathlib import Path
+from censo_forecast.inep.ingest import ingest
+raw, cache = Path(sys.argv[1]), Path(sys.argv[2])
+report = ingest(raw, cache, jobs=2, force=True)
+assert not report.failed, report.failed
+rows = sum(__import__("polars").scan_parquet(str(p)).select(__import__("polars").len()).collect().item() for p in sorted(cache.glob("censo_*.parquet")))
+print(json.dumps({"years": len(report.written), "rows": rows}))
+"""
+
+BASELINE = r"""
+import json, sys, zipfile, re
+from pathlib import Path
+import pandas as pd
+raw, work = Path(sys.argv[1]), Path(sys.argv[2])
+frames = []
+for zpath in sorted(raw.glob("microdados_censo_escolar_*.zip")):
+    with zipfile.ZipFile(zpath) as zf:
+        member = [n for n in zf.namelist() if re.search(r"microdados_ed_basica_\d{4}\.csv$", n, re.I)][0]
+        csv_path = Path(zf.extract(member, work))
+    df = pd.read_csv(csv_path, sep=";", encoding="latin-1", low_memory=False)
+    for col in df.select_dtypes("number").columns:
+        kind = "integer" if pd.api.types.is_integer_dtype(df[col]) else "float"
+        df[col] = pd.to_numeric(df[col], downcast=kind)
+    frames.append(df)
+    csv_path.unlink()
+total = pd.concat(frames, ignore_index=True)
+print(json.dumps({"years": len(frames), "rows": len(total)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--schools", type=int, default=200_000)
+    parser.add_argument("--years", default="2011-2024")
+    args = parser.parse_args()
+    raw = national_census(args.schools, args.years)
+    size_mb = sum(p.stat().st_size for p in raw.glob("*.zip")) / 1e6
+    work = tempfile.mkdtemp(prefix="bench-ingest-")
+    try:
+        ours = measure(OURS, str(raw), f"{work}/cache")
+        print(f"ours:     {ours}", flush=True)
+        base = measure(BASELINE, str(raw), f"{work}/extract")
+        print(f"baseline: {base}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    speed = base["wall_s"] / ours["wall_s"]
+    memory = base["peak_rss_mb"] / ours["peak_rss_mb"]
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, zips {size_mb:.0f} MB")
+    print(f"{'':10} {'years':>5} {'rows':>10} {'wall s':>8} {'peak RSS MB':>12}")
+    for name, r in (("baseline", base), ("ours", ours)):
+        print(f"{name:10} {r['years']:>5} {r['rows']:>10} {r['wall_s']:>8.1f} {r['peak_rss_mb']:>12.0f}")
+    print(f"speed-up {speed:.1f}x, peak memory {memory:.1f}x lower")
+    print(json.dumps({"speedup": round(speed, 2), "memory_ratio": round(memory, 2), "ours": ours, "baseline": base}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

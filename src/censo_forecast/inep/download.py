@@ -1,0 +1,440 @@
+"""Download INEP's yearly zips: discover, stream with resume and retries, verify, then rename.
+
+INEP's server drops connections mid-transfer, omits an intermediate TLS certificate and
+silently re-issues files, so every transfer goes to NAME.part, resumes with Range/If-Range,
+retries with jittered exponential back-off (honouring Retry-After), checks Content-Length,
+the zip's central directory, CRC and md5 file, and only then is renamed into place.
+A manifest (size, ETag, Last-Modified, sha256) tells an unchanged file from a re-issued one.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import re
+import ssl
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import certifi
+import httpx
+
+from censo_forecast import atomic
+from censo_forecast.inep import archive, catalog
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 300.0
+
+
+class DownloadError(Exception):
+    """A year that could not be fetched; the message names the URL or path and why."""
+
+
+@dataclass
+class DownloadOptions:
+    base_url: str = catalog.BASE_URL
+    listing_url: str | None = catalog.LISTING_URL
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    retries: int = 8  # consecutive failures without progress before giving up
+    timeout_s: float = 60.0
+    backoff_s: float = 1.0  # first back-off; doubles up to backoff_cap_s
+    backoff_cap_s: float = 60.0
+    jobs: int = 2
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+
+
+@dataclass
+class DownloadReport:
+    downloaded: list[int] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)  # requested years the server does not have
+    failed: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.failed
+
+
+# ------------------------------------------------------------------------- TLS
+def inep_intermediate_pem() -> str:
+    return resources.files("censo_forecast.inep").joinpath("certs").joinpath("rnp-icpedu-gr46-ov-tls-ca-2025.pem").read_text("ascii")
+
+
+def ssl_context(extra_ca: Path | None = None, add_inep_intermediate: bool = False) -> ssl.SSLContext:
+    """certifi's roots, plus INEP's missing intermediate (for its host only) and any user bundle."""
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    if add_inep_intermediate:
+        ctx.load_verify_locations(cadata=inep_intermediate_pem())
+    if extra_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(extra_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise DownloadError(f"--ca-bundle {extra_ca}: cannot load certificates ({exc})") from None
+    return ctx
+
+
+def make_client(opts: DownloadOptions) -> httpx.Client:
+    timeout = httpx.Timeout(opts.timeout_s, connect=min(opts.timeout_s, 20.0))
+    headers = {"User-Agent": "censo-forecast (+https://pypi.org/project/censo-forecast/)"}
+    if opts.insecure:
+        log.warning("!" * 72)
+        log.warning("--insecure: TLS certificate verification is OFF. Anyone on the network path")
+        log.warning("can substitute the census files. Use --ca-bundle instead if you can.")
+        log.warning("!" * 72)
+        return httpx.Client(verify=False, timeout=timeout, headers=headers, follow_redirects=True)
+    inep = httpx.HTTPTransport(verify=ssl_context(opts.ca_bundle, add_inep_intermediate=True))
+    return httpx.Client(
+        verify=ssl_context(opts.ca_bundle),
+        mounts={f"https://{catalog.INEP_HOST}": inep},
+        timeout=timeout,
+        headers=headers,
+        follow_redirects=True,
+    )
+
+
+# ------------------------------------------------------------------ discovery
+def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | None) -> dict[int, str]:
+    """Years the server offers -> URL. The listing page first; HEAD on the URL pattern as fallback."""
+    found: dict[int, str] = {}
+    if opts.listing_url:
+        try:
+            page = _request(client, "GET", opts.listing_url, opts)
+            found = listing_links(page.text, str(page.url))
+            log.info("listing %s offers %d year(s): %s", opts.listing_url, len(found), sorted(found))
+        except DownloadError as exc:
+            log.warning("listing page unreachable (%s); probing %s by HEAD instead", exc, opts.base_url)
+    candidates = wanted if wanted is not None else (
+        [] if found else list(range(catalog.DEFAULT_FIRST_YEAR, datetime.now().year + 1))
+    )
+    for year in candidates:
+        if year in found:
+            continue
+        url = catalog.zip_url(year, opts.base_url)
+        try:
+            _request(client, "HEAD", url, opts)
+            found[year] = url
+        except _NotFound:
+            continue
+    if wanted is None:
+        return {y: u for y, u in found.items() if y >= catalog.DEFAULT_FIRST_YEAR}
+    return {y: found[y] for y in wanted if y in found}
+
+
+_HREF_RE = re.compile(r"""href\s*=\s*["']([^"'#]+)["']""", re.IGNORECASE)
+
+
+def listing_links(html: str, page_url: str) -> dict[int, str]:
+    """Census zips linked from INEP's listing page, by year, as absolute URLs."""
+    found: dict[int, str] = {}
+    for href in _HREF_RE.findall(html):
+        path = href.strip().split("?", 1)[0]
+        m = catalog.LISTING_LINK_RE.search(path)
+        if not m or m.end() != len(path) or m.group(2):  # '_': 2025's multi-table re-publication
+            continue
+        found.setdefault(int(m.group(1)), urljoin(page_url, href.strip()))
+    return found
+
+
+# ------------------------------------------------------------------ requests
+class _NotFound(DownloadError):
+    pass
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max((when - datetime.now(timezone.utc)).total_seconds(), 0.0), MAX_RETRY_AFTER_S)
+
+
+def _sleep_before_retry(attempt: int, opts: DownloadOptions, retry_after: float | None) -> None:
+    delay = min(opts.backoff_cap_s, opts.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    time.sleep(delay)
+
+
+def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions) -> httpx.Response:
+    """A small request (listing, HEAD) with the same retry policy as transfers."""
+    for attempt in range(1, opts.retries + 1):
+        try:
+            response = client.request(method, url)
+        except httpx.TransportError as exc:
+            if attempt == opts.retries:
+                raise DownloadError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            _sleep_before_retry(attempt, opts, None)
+            continue
+        if response.status_code == 404:
+            raise _NotFound(f"{method} {url}: 404 Not Found")
+        if response.status_code in RETRY_STATUSES and attempt < opts.retries:
+            _sleep_before_retry(attempt, opts, _retry_after(response))
+            continue
+        if response.status_code >= 400:
+            raise DownloadError(f"{method} {url}: HTTP {response.status_code}")
+        return response
+    raise DownloadError(f"{method} {url}: gave up after {opts.retries} attempts")  # pragma: no cover
+
+
+@dataclass
+class _Remote:
+    url: str
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+
+    @property
+    def validator(self) -> str | None:
+        """Strong ETag or Last-Modified, for If-Range: resume only if the file did not change."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+
+def _remote(response: httpx.Response, url: str) -> _Remote:
+    size = response.headers.get("Content-Length")
+    return _Remote(url, int(size) if size and size.isdigit() else None, response.headers.get("ETag"), response.headers.get("Last-Modified"))
+
+
+# ------------------------------------------------------------------ transfers
+class Downloader:
+    """Fetches years into raw_dir; one instance per run, safe to use from several threads."""
+
+    def __init__(self, raw_dir: Path, opts: DownloadOptions):
+        self.raw_dir = Path(raw_dir)
+        self.opts = opts
+        self._lock = threading.Lock()
+        self.manifest = self._load_manifest()
+
+    def _load_manifest(self) -> dict:
+        path = self.raw_dir / MANIFEST
+        try:
+            return json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            log.warning("download manifest %s unreadable; files will be checked against the server", path)
+            return {}
+
+    def _record(self, year: int, entry: dict) -> None:
+        with self._lock:
+            self.manifest[str(year)] = entry
+            atomic.write_json(self.raw_dir / MANIFEST, self.manifest)
+
+    def run(self, years: list[int] | None) -> DownloadReport:
+        report = DownloadReport()
+        try:
+            self.raw_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {self.raw_dir}: {exc}") from None
+        with make_client(self.opts) as client:
+            available = discover(client, self.opts, years)
+            report.missing = [y for y in (years or []) if y not in available]
+            for y in report.missing:
+                log.error("year %d: not offered by %s (nor at %s)", y, self.opts.listing_url or "-", catalog.zip_url(y, self.opts.base_url))
+            with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
+                futures = {pool.submit(self.fetch, client, year, url, slot % max(1, self.opts.jobs)): year for slot, (year, url) in enumerate(sorted(available.items()))}
+                for future in as_completed(futures):
+                    year = futures[future]
+                    try:
+                        changed = future.result()
+                    except DownloadError as exc:
+                        report.failed[year] = str(exc)
+                        log.error("year %d: %s", year, exc)
+                    else:
+                        (report.downloaded if changed else report.unchanged).append(year)
+        report.downloaded.sort()
+        report.unchanged.sort()
+        return report
+
+    def fetch(self, client: httpx.Client, year: int, url: str, slot: int = 0) -> bool:
+        """Bring one year up to date; True if bytes were transferred."""
+        dest = self.raw_dir / catalog.zip_name(year)
+        remote = _remote(_request(client, "HEAD", url, self.opts), url)
+        entry = self.manifest.get(str(year))
+        if dest.exists() and self._unchanged(entry, remote, dest):
+            log.info("year %d: %s unchanged on the server; not fetched again", year, dest.name)
+            return False
+        for verify_attempt in (1, 2):
+            self._transfer(client, year, remote, dest.with_name(dest.name + ".part"), slot)
+            part = dest.with_name(dest.name + ".part")
+            try:
+                archive.verify_zip(part, year)
+                break
+            except archive.ArchiveError as exc:
+                part.unlink(missing_ok=True)
+                _meta(part).unlink(missing_ok=True)
+                if verify_attempt == 2:
+                    raise DownloadError(f"{url}: downloaded file is not a valid census zip ({exc}); not kept") from None
+                log.warning("year %d: %s; downloading again from scratch", year, exc)
+        sha256 = archive.file_sha256(part)
+        try:
+            os.replace(part, dest)
+        except OSError as exc:
+            raise DownloadError(f"cannot move {part} to {dest}: {exc}") from None
+        _meta(part).unlink(missing_ok=True)
+        self._record(year, {
+            "url": url, "size": dest.stat().st_size, "etag": remote.etag, "last_modified": remote.last_modified,
+            "sha256": sha256, "downloaded_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        log.info("year %d: %s verified and saved (%.1f MB)", year, dest.name, dest.stat().st_size / 1e6)
+        return True
+
+    def _unchanged(self, entry: dict | None, remote: _Remote, dest: Path) -> bool:
+        size = dest.stat().st_size
+        if remote.size is not None and remote.size != size:
+            return False
+        if entry is None:
+            return False  # a file we did not fetch: verify by downloading (cheap next time)
+        if entry.get("size") != size:
+            return False
+        if remote.etag or entry.get("etag"):
+            return remote.etag == entry.get("etag")
+        return remote.last_modified is not None and remote.last_modified == entry.get("last_modified")
+
+    def _transfer(self, client: httpx.Client, year: int, remote: _Remote, part: Path, slot: int) -> None:
+        opts = self.opts
+        meta = _meta(part)
+        if part.exists() and (not meta.exists() or meta.read_text().strip() != (remote.validator or "")):
+            part.unlink()  # a partial file of another version of the remote file
+        failures = 0
+        total_attempts = 0
+        bar = _Progress(year, remote.size, slot, opts.progress)
+        try:
+            while True:
+                total_attempts += 1
+                have = part.stat().st_size if part.exists() else 0
+                if remote.size is not None and have == remote.size:
+                    return
+                if remote.size is not None and have > remote.size:
+                    part.unlink()
+                    have = 0
+                headers = {}
+                if have:
+                    headers["Range"] = f"bytes={have}-"
+                    if remote.validator:
+                        headers["If-Range"] = remote.validator
+                try:
+                    got = self._stream(client, remote, part, have, headers, bar)
+                except _Retryable as exc:
+                    failures = 0 if exc.progress else failures + 1
+                    if failures >= opts.retries or total_attempts >= opts.retries * 25:
+                        raise DownloadError(f"{remote.url}: gave up after {total_attempts} attempts; last error: {exc}") from None
+                    log.debug("year %d: %s; retrying (%d)", year, exc, failures)
+                    if not exc.progress:
+                        _sleep_before_retry(failures, opts, exc.retry_after)
+                    continue
+                if remote.size is None or got == remote.size:
+                    return
+                raise DownloadError(f"{remote.url}: server sent {got} bytes but announced {remote.size}")
+        finally:
+            bar.close()
+
+    def _stream(self, client, remote: _Remote, part: Path, have: int, headers: dict, bar) -> int:
+        try:
+            with client.stream("GET", remote.url, headers=headers) as response:
+                status = response.status_code
+                if status == 404:
+                    raise DownloadError(f"{remote.url}: 404 Not Found")
+                if status in RETRY_STATUSES:
+                    raise _Retryable(f"HTTP {status}", retry_after=_retry_after(response))
+                if status >= 400:
+                    raise DownloadError(f"{remote.url}: HTTP {status}")
+                if status == 200 and have:
+                    have = 0  # the server ignored the range (or the file changed): start over
+                elif status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    raise _Retryable(f"unexpected Content-Range {response.headers.get('Content-Range')!r}")
+                _meta(part).write_text((remote.validator or "") + "\n")
+                expected = response.headers.get("Content-Length")
+                received = 0
+                bar.reset(have)
+                try:
+                    with open(part, "r+b" if have else "wb") as out:
+                        out.seek(have)
+                        out.truncate()
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                            received += len(chunk)
+                            bar.update(len(chunk))
+                except OSError as exc:
+                    raise DownloadError(f"cannot write {part}: {exc}") from None
+                if expected is not None and expected.isdigit() and received != int(expected):
+                    raise _Retryable(f"body ended after {received} of {expected} bytes", progress=received > 0)
+                return have + received
+        except httpx.TransportError as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}", progress=part.exists() and part.stat().st_size > have) from None
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None, progress: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.progress = progress
+
+
+def _meta(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain log lines (every 10%) otherwise."""
+
+    def __init__(self, year: int, total: int | None, slot: int, enabled: bool | None):
+        self.year, self.total = year, total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self.next_log = 0.1
+        self.bar = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=str(year), position=slot, leave=False)
+
+    def reset(self, have: int) -> None:
+        self.done = have
+        if self.bar is not None:
+            self.bar.n = have
+            self.bar.refresh()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.total and self.done / self.total >= self.next_log:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.done / elapsed
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            log.info("year %d: %3.0f%% %.1f/%.1f MB, %.1f MB/s, ETA %.0fs", self.year, 100 * self.done / self.total, self.done / 1e6, self.total / 1e6, rate / 1e6, eta)
+            self.next_log = int(self.done / self.total * 10 + 1) / 10
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def download(raw_dir: Path, years: list[int] | None, opts: DownloadOptions) -> DownloadReport:
+    """Fetch the requested years (None: every year the server offers) into raw_dir."""
+    for url in (opts.base_url, opts.listing_url):
+        if url and urlparse(url).scheme not in ("http", "https"):
+            raise DownloadError(f"{url}: only http(s) URLs are supported")
+        if url and urlparse(url).scheme == "http" and urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("%s is plain http: fine for a mirror on this machine, unsafe across a network", url)
+    return Downloader(raw_dir, opts).run(years)

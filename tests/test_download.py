@@ -1,0 +1,286 @@
+"""The downloader against a real HTTP server on 127.0.0.1 with injected faults."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import threading
+import zipfile
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from censo_forecast.cli import app
+from censo_forecast.inep import archive, catalog, download, synthetic
+from mirror import Faults, Mirror, MirrorState, _Handler
+
+YEARS = (2021, 2022, 2023)
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory) -> dict[int, bytes]:
+    raw = tmp_path_factory.mktemp("mirror-src")
+    synthetic.generate(raw, synthetic.SynthSettings(list(YEARS), schools=150, seed=3))
+    return {y: (raw / catalog.zip_name(y)).read_bytes() for y in YEARS}
+
+
+@pytest.fixture
+def state(zips) -> MirrorState:
+    st = MirrorState()
+    for year, data in zips.items():
+        st.publish(f"/dados_abertos/{catalog.zip_name(year)}", data)
+    return st
+
+
+def _opts(url: str, **kw) -> download.DownloadOptions:
+    base = dict(base_url=f"{url}/dados_abertos/", listing_url=f"{url}/censo-escolar", retries=6, timeout_s=5, backoff_s=0.01, backoff_cap_s=0.05, progress=False)
+    base.update(kw)
+    return download.DownloadOptions(**base)
+
+
+def _assert_identical(raw: Path, zips: dict[int, bytes], years=YEARS) -> None:
+    for year in years:
+        assert (raw / catalog.zip_name(year)).read_bytes() == zips[year], year
+    assert not list(raw.glob("*.part")) and not list(raw.glob("*.validator"))
+
+
+def test_discovers_listing_downloads_all_and_second_run_transfers_nothing(state, zips, tmp_path):
+    with Mirror(state) as url:
+        report = download.download(tmp_path, None, _opts(url))
+        assert report.downloaded == list(YEARS) and report.ok
+        _assert_identical(tmp_path, zips)
+        gets_before = sum(1 for e in state.log if e[0] == "GET" and e[1].endswith(".zip"))
+        again = download.download(tmp_path, None, _opts(url))
+    assert again.downloaded == [] and again.unchanged == list(YEARS)
+    assert sum(1 for e in state.log if e[0] == "GET" and e[1].endswith(".zip")) == gets_before
+    manifest = download.Downloader(tmp_path, _opts("http://x")).manifest
+    assert manifest["2022"]["etag"] == state.etag(f"/dados_abertos/{catalog.zip_name(2022)}")
+
+
+def test_dropped_connections_resume_to_identical_bytes(state, zips, tmp_path):
+    state.faults = Faults(drop_rate=0.6)
+    with Mirror(state) as url:
+        report = download.download(tmp_path, list(YEARS), _opts(url, retries=10))
+    assert report.ok, report.failed
+    _assert_identical(tmp_path, zips)
+    assert any(e[2] and e[3] == 206 for e in state.log), "resumed with Range"
+
+
+def test_503_then_success_honours_retry_after(state, zips, tmp_path):
+    state.faults = Faults(fail_first=3, retry_after="0")
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2022], _opts(url))
+    assert report.downloaded == [2022]
+    _assert_identical(tmp_path, zips, [2022])
+    assert [e[3] for e in state.log if e[1].endswith("2022.zip")][:3] == [503, 503, 503]
+
+
+def test_retry_after_header_is_parsed():
+    import httpx
+
+    assert download._retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7
+    assert download._retry_after(httpx.Response(503, headers={"Retry-After": "99999"})) == download.MAX_RETRY_AFTER_S
+    assert download._retry_after(httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0
+    assert download._retry_after(httpx.Response(503)) is None
+
+
+def test_slow_server_within_timeout_succeeds(state, zips, tmp_path):
+    state.faults = Faults(chunk_delay_s=0.002)
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2021], _opts(url, timeout_s=2))
+    assert report.ok
+    _assert_identical(tmp_path, zips, [2021])
+
+
+def test_stalled_server_ends_in_clear_error_without_final_file(state, tmp_path):
+    state.faults = Faults(chunk_delay_s=0.5)
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2021], _opts(url, timeout_s=0.2, retries=2))
+    assert 2021 in report.failed and "microdados_censo_escolar_2021.zip" in report.failed[2021]
+    assert "gave up" in report.failed[2021]
+    assert not (tmp_path / catalog.zip_name(2021)).exists()
+
+
+def test_lying_content_length_is_never_kept(state, tmp_path):
+    state.faults = Faults(lie_length_by=1000)
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2023], _opts(url, retries=3))
+    assert 2023 in report.failed
+    assert f"{catalog.zip_name(2023)}" in report.failed[2023]
+    assert not (tmp_path / catalog.zip_name(2023)).exists()
+
+
+def test_corrupt_zip_is_rejected_not_kept(state, zips, tmp_path):
+    bad = bytearray(zips[2022])
+    middle = len(bad) // 2
+    bad[middle : middle + 200] = bytes(200)
+    state.publish(f"/dados_abertos/{catalog.zip_name(2022)}", bytes(bad))
+    out = tmp_path / "raw"
+    with Mirror(state) as url:
+        report = download.download(out, [2022], _opts(url))
+    assert "not a valid census zip" in report.failed[2022] and "not kept" in report.failed[2022]
+    assert not (out / catalog.zip_name(2022)).exists() and not list(out.glob("*.part"))
+
+
+def test_reissued_remote_file_is_fetched_again(state, zips, tmp_path):
+    with Mirror(state) as url:
+        download.download(tmp_path, [2021], _opts(url))
+        reissued = synthetic.CensusSimulator(synthetic.SynthSettings([2021], schools=40, seed=9))
+        reissued.initialise(2021)
+        frame, _ = reissued.render(2021)
+        synthetic.write_year_zip(tmp_path / "new.zip", 2021, synthetic.frame_to_csv_bytes(frame))
+        new_bytes = (tmp_path / "new.zip").read_bytes()
+        state.publish(f"/dados_abertos/{catalog.zip_name(2021)}", new_bytes)
+        report = download.download(tmp_path, [2021], _opts(url))
+    assert report.downloaded == [2021]
+    assert (tmp_path / catalog.zip_name(2021)).read_bytes() == new_bytes
+
+
+def test_partial_file_of_an_older_version_is_not_resumed(state, zips, tmp_path):
+    part = tmp_path / (catalog.zip_name(2023) + ".part")
+    part.write_bytes(b"old version bytes " * 100)
+    (tmp_path / (part.name + ".validator")).write_text('"some-old-etag"\n')
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2023], _opts(url))
+    assert report.ok
+    _assert_identical(tmp_path, zips, [2023])
+
+
+def test_listing_unreachable_falls_back_to_url_pattern(state, zips, tmp_path):
+    state.listing_path = "/moved"
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2021, 2023], _opts(url))
+    assert report.downloaded == [2021, 2023]
+    assert any(e[0] == "HEAD" and e[1].endswith("2021.zip") for e in state.log)
+
+
+def test_listing_links_skip_other_layouts():
+    html = """<a href='https://download.inep.gov.br/dados_abertos/microdados_censo_escolar_2024.zip'>x</a>
+    <a href="/d/microdados_censo_escolar_2025_.zip">2025 (new layout)</a><a href="microdados_censo_escolar_2019.zip?x=1">"""
+    links = download.listing_links(html, "https://www.gov.br/inep/censo-escolar")
+    assert links == {
+        2024: "https://download.inep.gov.br/dados_abertos/microdados_censo_escolar_2024.zip",
+        2019: "https://www.gov.br/inep/microdados_censo_escolar_2019.zip?x=1",
+    }
+
+
+def test_missing_year_is_a_clear_error_after_the_others(state, zips, tmp_path):
+    with Mirror(state) as url:
+        result = CliRunner().invoke(app, [
+            "download", "--years", "2021,2030", "--raw-dir", str(tmp_path),
+            "--base-url", f"{url}/dados_abertos/", "--listing-url", f"{url}/censo-escolar",
+        ])
+    assert result.exit_code != 0
+    assert "2030" in result.output and "not offered" in result.output
+    _assert_identical(tmp_path, zips, [2021])
+
+
+def test_write_failure_names_the_path_and_keeps_no_final_file(state, tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "open", full_disk, raising=False)
+    with Mirror(state) as url:
+        report = download.download(tmp_path, [2021], _opts(url))
+    assert "cannot write" in report.failed[2021] and "No space left" in report.failed[2021]
+    assert str(tmp_path) in report.failed[2021]
+    assert not (tmp_path / catalog.zip_name(2021)).exists()
+
+
+def test_unwritable_raw_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(download.DownloadError, match=f"cannot create {blocker}/raw"):
+        download.download(blocker / "raw", [2021], _opts("http://127.0.0.1:9"))
+
+
+# ------------------------------------------------------------------------ TLS
+def test_inep_intermediate_is_trusted_for_inep_only():
+    ctx = download.ssl_context(add_inep_intermediate=True)
+    subjects = [dict(x[0] for x in c["subject"]).get("commonName", "") for c in ctx.get_ca_certs()]
+    assert "RNP ICPEdu GR46 OV TLS CA 2025" in subjects
+    plain = download.ssl_context()
+    assert "RNP ICPEdu GR46 OV TLS CA 2025" not in [dict(x[0] for x in c["subject"]).get("commonName", "") for c in plain.get_ca_certs()]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+@pytest.fixture
+def https_mirror(state, tmp_path):
+    """An HTTPS mirror whose certificate is signed by a private CA made here."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available")
+    d = tmp_path / "pki"
+    d.mkdir()
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=censo-test-ca")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf")
+    handler = type("Handler", (_Handler,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(d / "leaf.pem", d / "leaf.key")
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", d / "ca.pem"
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_is_verified_and_ca_bundle_extends_trust(https_mirror, zips, tmp_path):
+    url, ca = https_mirror
+    with pytest.raises(download.DownloadError, match=r"https://127\.0\.0\.1:\d+/.*CERTIFICATE_VERIFY_FAILED"):
+        download.download(tmp_path / "a", [2021], _opts(url, retries=1))  # unknown CA: verification is on
+    assert not (tmp_path / "a" / catalog.zip_name(2021)).exists()
+    trusted = download.download(tmp_path / "b", [2021], _opts(url, ca_bundle=ca))
+    assert trusted.downloaded == [2021]
+    _assert_identical(tmp_path / "b", zips, [2021])
+
+
+def test_insecure_warns_loudly(https_mirror, tmp_path, caplog):
+    url, _ = https_mirror
+    report = download.download(tmp_path, [2021], _opts(url, insecure=True))
+    assert report.downloaded == [2021]
+    assert "TLS certificate verification is OFF" in caplog.text
+
+
+# ---------------------------------------------------------------- safe extraction
+def _zip_with(path: Path, name: str, data: bytes, attr: int = 0o644 << 16) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo(name)
+        info.external_attr = attr
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "dados/../../evil.txt"])
+def test_zip_slip_is_refused(tmp_path, name):
+    path = _zip_with(tmp_path / "slip.zip", name, b"x")
+    with pytest.raises(archive.ArchiveError, match="zip slip"):
+        archive.safe_extract(path, tmp_path / "out")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_symlink_member_is_refused(tmp_path):
+    path = _zip_with(tmp_path / "link.zip", "dados/link", b"/etc/passwd", attr=(0o120777 << 16))
+    with pytest.raises(archive.ArchiveError, match="symbolic link"):
+        archive.safe_extract(path, tmp_path / "out")
+
+
+def test_zip_bomb_is_refused(tmp_path):
+    path = _zip_with(tmp_path / "bomb.zip", "dados/zeros.csv", bytes(50_000_000))
+    with pytest.raises(archive.ArchiveError, match="zip bomb"):
+        archive.safe_extract(path, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.csv"))
+
+
+def test_safe_extract_writes_ordinary_members(tmp_path, zips):
+    (tmp_path / "y.zip").write_bytes(zips[2021])
+    written = archive.safe_extract(tmp_path / "y.zip", tmp_path / "out")
+    csv = [p for p in written if p.name == "microdados_ed_basica_2021.csv"]
+    assert csv and csv[0].read_bytes().startswith(b"NU_ANO_CENSO;")
