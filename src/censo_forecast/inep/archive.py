@@ -5,9 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+try:  # ISA-L inflates about twice as fast as zlib; same format, optional
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - platforms without isal wheels
+    _inflate_lib = zlib
 
 from censo_forecast.inep import catalog
 
@@ -50,16 +57,56 @@ def md5_member(zf: zipfile.ZipFile, year: int) -> zipfile.ZipInfo | None:
     return found[0] if found else None
 
 
+def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator[bytes]:
+    """A member's bytes, inflated from compressed reads of block_bytes, CRC-checked at the end."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+        with zipfile.ZipFile(path) as zf, zf.open(info) as fh:  # other methods: the standard reader
+            while chunk := fh.read(block_bytes):
+                yield chunk
+        return
+    inflater = _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    crc, size = 0, 0
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise ArchiveError(f"{path}: member {info.filename} has no valid local header (corrupt zip)")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        remaining = info.compress_size
+        while remaining > 0 or inflater is not None:
+            raw = fh.read(min(block_bytes, remaining)) if remaining > 0 else b""
+            if remaining > 0 and not raw:
+                raise ArchiveError(f"{path}: member {info.filename} is truncated")
+            remaining -= len(raw)
+            try:
+                if inflater is None:
+                    out = raw
+                elif raw:
+                    out = inflater.decompress(raw)
+                else:
+                    out, inflater = inflater.flush(), None
+            except Exception as exc:  # zlib.error or isal's equivalent
+                raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
+            crc = _inflate_lib.crc32(out, crc)
+            size += len(out)
+            if out:
+                yield out
+            if remaining <= 0 and inflater is None:
+                break
+    if crc != info.CRC or size != info.file_size:
+        raise ArchiveError(f"{path}: member {info.filename} is damaged (CRC or size mismatch: {size} of {info.file_size} bytes)")
+
+
 def verify_zip(path: Path, year: int) -> str:
     """Check the central directory, the data member's CRC and INEP's md5 file; return the data member name."""
     with open_zip(path) as zf:
         info = data_member(zf, year, path)
         md5 = hashlib.md5()
         try:
-            with zf.open(info) as fh:  # zipfile checks the CRC when the stream ends
-                while chunk := fh.read(1 << 20):
-                    md5.update(chunk)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+            for chunk in iter_member(path, info, 8 << 20):  # CRC checked at the end
+                md5.update(chunk)
+        except (OSError, EOFError, ValueError) as exc:
             raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
         expected = _expected_md5(zf, year, info, path)
         if expected is not None and expected != md5.hexdigest():

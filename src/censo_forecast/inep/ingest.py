@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from censo_forecast import atomic
@@ -27,7 +28,8 @@ from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 24 * 1024 * 1024
+PIECE_BYTES = 2 * 1024 * 1024  # compressed bytes per read (about 12 MB inflated)
+_SEPARATOR_BYTE = ord(catalog.CSV_SEPARATOR)
 MANIFEST = "manifest.json"
 _RAW_ZIP_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
 
@@ -68,48 +70,52 @@ def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
     """Read the needed columns of one year's data CSV straight out of its zip."""
     zip_path = Path(zip_path)
     try:
-        zf = archive.open_zip(zip_path)
-        member = archive.data_member(zf, year, zip_path)
+        with archive.open_zip(zip_path) as zf:
+            member = archive.data_member(zf, year, zip_path)
     except archive.ArchiveError as exc:
         raise IngestError(f"year {year}: {exc}") from None
-    with zf:
-        where = f"{zip_path}, member {member.filename}, year {year}"
-        try:
-            with zf.open(member) as stream:
-                return _read_stream(stream, year, where)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-            raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
+    where = f"{zip_path}, member {member.filename}, year {year}"
+    try:
+        data, separators = _inflate_as_utf8(zip_path, member)
+    except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
+    return _parse(data, separators, year, where)
 
 
-def _read_stream(stream, year: int, where: str) -> pl.DataFrame:
-    header_bytes = stream.readline()
-    if not header_bytes.strip():
+def _inflate_as_utf8(zip_path: Path, member: zipfile.ZipInfo) -> tuple[bytes, int]:
+    """The member as UTF-8 bytes, plus its count of ';'. Latin-1 is one byte per character,
+    so each inflated piece can be transcoded on its own: no raw copy of the file is kept."""
+    pieces, separators = [], 0
+    for piece in archive.iter_member(zip_path, member, PIECE_BYTES):
+        separators += int(np.count_nonzero(np.frombuffer(piece, np.uint8) == _SEPARATOR_BYTE))
+        pieces.append(piece if piece.isascii() else piece.decode(catalog.CSV_ENCODING).encode("utf-8"))
+    data = b"".join(pieces)
+    if b"\r" in data:  # spreadsheet re-saves use CRLF
+        data = data.replace(b"\r\n", b"\n")
+    return data, separators
+
+
+def _parse(data: bytes, separators: int, year: int, where: str) -> pl.DataFrame:
+    header_end = data.find(b"\n")
+    header = (data if header_end < 0 else data[:header_end]).decode("utf-8").strip().split(catalog.CSV_SEPARATOR)
+    if header == [""]:
         raise IngestError(f"{where}: the file is empty (no header line)")
-    header = header_bytes.decode(catalog.CSV_ENCODING).strip().split(catalog.CSV_SEPARATOR)
     missing = [c for c in catalog.REQUIRED_COLUMNS if c not in header]
     if missing:
         raise IngestError(f"{where}: required column(s) missing from the header: {', '.join(missing)}")
-    positions = sorted(header.index(c) for c in catalog.CACHE_SCHEMA if c in header)
-    names = [header[i] for i in positions]
-    frames: list[pl.DataFrame] = []
-    line = 2  # file line of the first data row (header is line 1)
-    leftover = b""
-    while True:
-        block = stream.read(BLOCK_BYTES)
-        data = leftover + block
-        if not block:
-            leftover = b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            data, leftover = data[:cut], data[cut:]
-        if data.strip():
-            frames.append(_parse_block(data, positions, names, len(header), year, line, where))
-            line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-        if not block:
-            break
-    if not frames:
+    names = [c for c in header if c in catalog.CACHE_SCHEMA]
+    try:
+        frame = _read_csv(data, {n: _parse_type(n) for n in names})
+    except pl.exceptions.PolarsError:
+        # Slow path, only for a file that fails: read as text to name the line and value at fault.
+        _check_field_counts(data, len(header), where)
+        _strict_cast(_read_csv(data, {n: pl.String() for n in names}, where), names, where)
+    if frame.height == 0:
         raise IngestError(f"{where}: the file has a header but no rows")
-    frame = pl.concat(frames, how="vertical")
+    # polars ignores surplus fields, so a ragged row shows as a separator count mismatch
+    if separators != (frame.height + 1) * (len(header) - 1):
+        _check_field_counts(data, len(header), where)
+    frame = frame.with_columns(_finish(n, frame) for n in names if catalog.CACHE_SCHEMA[n] in (pl.Date, pl.Categorical))
     frame = frame.with_columns(
         pl.lit(None, dtype=dtype).alias(name) for name, dtype in catalog.OPTIONAL_COLUMNS.items() if name not in names
     )
@@ -121,73 +127,81 @@ def _read_stream(stream, year: int, where: str) -> pl.DataFrame:
     return frame.select(list(catalog.CACHE_SCHEMA))
 
 
-def _check_field_counts(data: bytes, width: int, first_line: int, where: str) -> None:
-    """Every row must have the header's number of fields (polars would silently drop extras)."""
-    rows = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if data.count(catalog.CSV_SEPARATOR.encode()) == rows * (width - 1):
-        return
-    for offset, row in enumerate(data.split(b"\n")):
-        fields = row.count(b";") + 1
-        if row.strip() and fields != width:
-            raise IngestError(f"{where}: line {first_line + offset} has {fields} fields, the header has {width}")
-
-
-def _parse_block(data: bytes, positions, names, width: int, year: int, first_line: int, where: str) -> pl.DataFrame:
-    _check_field_counts(data, width, first_line, where)
-    if not data.isascii():
-        data = data.decode(catalog.CSV_ENCODING).encode("utf-8")
-    if b"\r" in data:  # spreadsheet re-saves use CRLF
-        data = data.replace(b"\r\n", b"\n")
+def _read_csv(data: bytes, dtypes: dict, where: str | None = None) -> pl.DataFrame:
+    """where=None: the fast typed read (errors propagate); else a text read with file line numbers."""
     try:
-        raw = pl.read_csv(
+        return pl.read_csv(
             data,
-            has_header=False,
             separator=catalog.CSV_SEPARATOR,
-            columns=positions,
+            columns=list(dtypes),
+            schema_overrides=dtypes,
             infer_schema=False,
             quote_char=None,
             null_values=["."],
-            truncate_ragged_lines=False,
-            row_index_name="_line",
-            row_index_offset=first_line,
+            row_index_name=None if where is None else "_line",
+            row_index_offset=2,  # the header is line 1
         )
     except pl.exceptions.PolarsError as exc:
-        raise IngestError(f"{where}: rows from line {first_line} do not parse as {width} ';'-separated fields ({exc})") from None
-    raw.columns = ["_line", *names]
-    return _cast(raw, names, year, where)
+        if where is None:
+            raise
+        raise IngestError(f"{where}: the rows do not parse as ';'-separated fields ({exc})") from None
 
 
-def _cast(raw: pl.DataFrame, names: list[str], year: int, where: str) -> pl.DataFrame:
-    exprs = []
+def _parse_type(name: str) -> pl.DataType:
+    dtype = catalog.CACHE_SCHEMA[name]
+    return pl.String() if dtype in (pl.Date, pl.Categorical, pl.String) else dtype
+
+
+def _read_block(data: bytes, header: bytes, dtypes: dict, first_line: int | None, where: str = "") -> pl.DataFrame:
+    try:
+        return pl.read_csv(
+            header + data,
+            separator=catalog.CSV_SEPARATOR,
+            columns=list(dtypes),
+            schema_overrides=dtypes,
+            infer_schema=False,
+            quote_char=None,
+            null_values=["."],
+            row_index_name="_line" if first_line is not None else None,
+            row_index_offset=first_line or 0,
+        )
+    except pl.exceptions.PolarsError as exc:
+        if first_line is None:
+            raise
+        raise IngestError(f"{where}: rows from line {first_line} do not parse as ';'-separated fields ({exc})") from None
+
+
+def _finish(name: str, frame: pl.DataFrame) -> pl.Expr:
+    text = pl.col(name).str.strip_chars()
+    if catalog.CACHE_SCHEMA[name] == pl.Categorical:
+        return text.cast(pl.Categorical())
+    # 05FEB2021:00:00:00, or 06MAR23:00:00:00 in 2023 (chrono's %Y would read "23" as year 23)
+    sample = frame[name].drop_nulls().head(1).to_list()
+    two_digit = bool(sample) and len(sample[0].strip()) == 16
+    return text.str.to_date("%d%b%y:%H:%M:%S" if two_digit else "%d%b%Y:%H:%M:%S", strict=False).alias(name)
+
+
+def _check_field_counts(data: bytes, width: int, where: str) -> None:
+    for offset, row in enumerate(data.split(b"\n")):
+        fields = row.count(catalog.CSV_SEPARATOR.encode()) + 1
+        if row.strip() and fields != width:
+            raise IngestError(f"{where}: line {offset + 1} has {fields} fields, the header has {width}")
+
+
+def _strict_cast(raw: pl.DataFrame, names: list[str], where: str) -> None:
+    """Cast text columns one by one and raise on the first value that does not fit."""
     for name in names:
-        dtype = catalog.CACHE_SCHEMA[name]
-        text = pl.col(name).str.strip_chars()
-        if dtype == pl.Date:
-            # 05FEB2021:00:00:00, or 06MAR23:00:00:00 in 2023 (chrono's %Y would read "23" as year 23)
-            exprs.append(
-                pl.when(text.str.len_chars() == 16)
-                .then(text.str.to_date("%d%b%y:%H:%M:%S", strict=False))
-                .otherwise(text.str.to_date("%d%b%Y:%H:%M:%S", strict=False))
-                .alias(name)
-            )
-        elif dtype in (pl.String, pl.Categorical):
-            exprs.append(text.cast(dtype).alias(name))
-        else:
-            exprs.append(text.cast(dtype, strict=False).alias(name))
-    typed = raw.select(pl.col("_line"), *exprs)
-    for name in names:
-        if catalog.CACHE_SCHEMA[name] in (pl.String, pl.Categorical, pl.Date):
-            continue
-        bad = raw["_line"].filter(typed[name].is_null() & raw[name].is_not_null() & (raw[name].str.strip_chars() != ""))
+        text = raw[name].str.strip_chars()
+        typed = text.cast(_parse_type(name), strict=False)
+        bad = raw["_line"].filter(typed.is_null() & text.is_not_null() & (text != ""))
         if len(bad):
-            line = int(bad[0])
-            value = raw.filter(pl.col("_line") == line)[name][0]
+            value = raw[name][int(bad[0]) - 2]
             kind = "required" if name in catalog.REQUIRED_COLUMNS else "optional"
             raise IngestError(
-                f"{where}: {kind} column {name}, line {line}: cannot read {value!r} as "
-                f"{catalog.CACHE_SCHEMA[name]} ({len(bad)} bad value(s) in this block)"
+                f"{where}: {kind} column {name}, line {int(bad[0])}: cannot read {value!r} as "
+                f"{catalog.CACHE_SCHEMA[name]} ({len(bad)} bad value(s) in this column)"
             )
-    return typed.drop("_line")
+    raise IngestError(f"{where}: the file does not parse, but no single value is at fault")
 
 
 # ---------------------------------------------------------------- cache + manifest
