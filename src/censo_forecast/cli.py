@@ -137,6 +137,39 @@ def _download(s: config_mod.Settings, years: Optional[list[int]]):
         raise
 
 
+@app.command()
+def run(
+    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with the census zips (default data/raw)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Parquet cache (default: beside the raw folder)."),
+    years: Optional[str] = YearsOpt,
+    stages: Optional[str] = typer.Option(None, "--stages", help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    offline: bool = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an earlier run and start over."),
+    jobs: Optional[int] = JobsOpt,
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """The main job: (download) -> ingest -> features -> walk-forward validation -> outputs."""
+    from censo_forecast import pipeline
+    from censo_forecast.inep import download as dl
+    from censo_forecast.inep import ingest as ingest_mod
+
+    try:
+        stage_list = catalog.parse_stages(stages) if stages else None
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
+                  device=device, offline=offline or None, fresh=fresh or None, jobs=jobs)
+    try:
+        record = pipeline.run(s)
+    except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, RuntimeError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last finished stage", 130)
+    typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / pipeline.RESULTS}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,69 @@
+"""The (school, year) panel and its per-stage views, keyed by calendar year.
+
+Lags are taken by joining on `year - k`, never by shifting rows, so a year in which a
+school is missing from the census is a gap (null), not last-but-one year's value.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+
+from censo_forecast.inep import catalog
+
+log = logging.getLogger(__name__)
+
+YEAR = "NU_ANO_CENSO"
+SCHOOL = "CO_ENTIDADE"
+SCHOOL_COLUMNS = (
+    "CO_MUNICIPIO", "CO_UF", "TP_DEPENDENCIA", "TP_LOCALIZACAO", "QT_MAT_BAS",
+    *catalog.AGE_BANDS, *catalog.INFRASTRUCTURE_FLAGS,
+)
+
+
+def build_panel(census: pl.DataFrame) -> pl.DataFrame:
+    """One row per (CO_ENTIDADE, NU_ANO_CENSO) with an `active` flag and first appearance."""
+    duplicated = census.select(pl.struct(SCHOOL, YEAR).is_duplicated().sum()).item()
+    if duplicated:
+        log.warning("panel: %d duplicated (CO_ENTIDADE, NU_ANO_CENSO) rows; keeping the first of each", duplicated)
+        census = census.unique(subset=[SCHOOL, YEAR], keep="first", maintain_order=True)
+    return census.with_columns(
+        (pl.col("TP_SITUACAO_FUNCIONAMENTO") == catalog.SITUATION_ACTIVE).alias("active"),
+        pl.col(YEAR).min().over(SCHOOL).alias("first_year"),
+    ).sort(SCHOOL, YEAR)
+
+
+def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
+    """(school, year) rows for one stage: whether it is offered and its counts.
+
+    Counts are those of active schools (blank -> 0 when the school is active); for
+    inactive rows they are null: unknown, not zero.
+    """
+    stage = catalog.stage(flag)
+    active = pl.col("active")
+    feeder = catalog.stage(stage.feeder) if stage.feeder else None
+    count = lambda col: pl.when(active).then(pl.col(col).fill_null(0)).otherwise(None)  # noqa: E731
+    return panel.select(
+        SCHOOL,
+        YEAR,
+        "active",
+        "first_year",
+        *SCHOOL_COLUMNS,
+        (active & (pl.col(stage.flag) == 1)).fill_null(False).alias("offers"),
+        count(stage.enrollment).cast(pl.Float32).alias("enrollment"),
+        count(stage.teachers).cast(pl.Float32).alias("teachers"),
+        count(stage.classes).cast(pl.Float32).alias("classes"),
+        (count(feeder.enrollment) if feeder else pl.lit(None)).cast(pl.Float32).alias("feeder_enrollment"),
+    )
+
+
+def truth(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
+    """Enrollment in the stage per (school, year): 0 when inactive or not offering it."""
+    stage = catalog.stage(flag)
+    offered = pl.col("active") & (pl.col(stage.flag) == 1)
+    return panel.select(
+        SCHOOL,
+        pl.col(YEAR).alias("target_year"),
+        pl.when(offered).then(pl.col(stage.enrollment).fill_null(0)).otherwise(0).cast(pl.Float64).alias("y_true"),
+    )

@@ -1,0 +1,122 @@
+"""Walk-forward validation by calendar year against the persistence baseline.
+
+For test year T the models are trained on target years < T only (features of those rows
+come from years < T-1), so nothing from year T is seen before it is predicted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from censo_forecast import models
+from censo_forecast.config import ModelSettings
+from censo_forecast.features import ANCHOR, FEATURES
+
+log = logging.getLogger(__name__)
+ANCHOR_INDEX = FEATURES.index(ANCHOR)
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, R2 and WAPE, in students."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    err = np.asarray(y_pred, dtype=np.float64) - y_true
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    total = float(np.sum(np.abs(y_true)))
+    return {
+        "MAE": float(np.mean(np.abs(err))),
+        "RMSE": float(np.sqrt(np.mean(err**2))),
+        "R2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else float("nan"),
+        "WAPE": float(np.sum(np.abs(err))) / total if total > 0 else float("nan"),
+    }
+
+
+def test_years(target_years: list[int], census_years: list[int], min_train_years: int) -> list[int]:
+    """From the (min_train_years+1)-th census year to the last; each needs earlier training rows."""
+    first = sorted(census_years)[min_train_years] if len(census_years) > min_train_years else None
+    if first is None:
+        return []
+    return [t for t in sorted(target_years) if t >= first and any(y < t for y in target_years)]
+
+
+def fit_learners(X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: models.Device, jobs: int) -> dict:
+    """The two boosted models and their Voting mean, fitted on the same rows."""
+    lgbm = models.ChangeRegressor("lightgbm", ANCHOR_INDEX, settings, device.lightgbm, jobs).fit(X, y)
+    xgb = models.ChangeRegressor("xgboost", ANCHOR_INDEX, settings, device.xgboost, jobs).fit(X, y)
+    return {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
+
+
+def matrix(frame: pl.DataFrame) -> np.ndarray:
+    return frame.select(FEATURES).to_numpy().astype(np.float32, copy=False)
+
+
+@dataclass
+class StageCV:
+    flag: str
+    predictions: pl.DataFrame  # etapa, CO_ENTIDADE, NU_ANO_CENSO, y_true, one column per model
+    folds: pl.DataFrame  # etapa, modelo, NU_ANO_CENSO, MAE, RMSE, R2, WAPE, n
+    seconds: float
+
+
+def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], settings: ModelSettings,
+                 device: models.Device, min_train_years: int = 3, jobs: int = 2) -> StageCV:
+    """Expanding-window walk-forward over calendar years for one stage."""
+    started = time.perf_counter()
+    targets = sorted(data["target_year"].unique().to_list())
+    preds, fold_rows = [], []
+    for year in test_years(targets, census_years, min_train_years):
+        train = data.filter(pl.col("target_year") < year)
+        test = data.filter(pl.col("target_year") == year)
+        if train.height == 0 or test.height == 0:
+            continue
+        X_train, y_train, X_test = matrix(train), train["y_true"].to_numpy(), matrix(test)
+        latest = train.filter(pl.col("target_year") == train["target_year"].max())
+        fitted = {
+            "Persistencia": models.Persistence(ANCHOR_INDEX).fit(X_train, y_train),
+            "Deriva": models.Drift(ANCHOR_INDEX).fit(matrix(latest), latest["y_true"].to_numpy()),
+            **fit_learners(X_train, y_train, settings, device, jobs),
+        }
+        out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"), "y_true")
+        y_test = test["y_true"].to_numpy()
+        for name, model in fitted.items():
+            pred = model.predict(X_test)
+            out = out.with_columns(pl.Series(name, pred, dtype=pl.Float64))
+            fold_rows.append({"etapa": flag, "modelo": name, "NU_ANO_CENSO": year, **metrics(y_test, pred), "n": len(y_test)})
+        preds.append(out)
+        log.info("%s %d: train %d rows, test %d rows, MAE persistence %.2f / voting %.2f", flag, year, train.height,
+                 test.height, fold_rows[-5]["MAE"], fold_rows[-1]["MAE"])
+    if not preds:
+        raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
+                         f"min_train_years={min_train_years})")
+    return StageCV(flag, pl.concat(preds), pl.DataFrame(fold_rows), time.perf_counter() - started)
+
+
+def summarize(folds: pl.DataFrame) -> pl.DataFrame:
+    """resultados_finais.csv: one row per (etapa, modelo), means over folds, skill vs persistence."""
+    table = folds.group_by("etapa", "modelo", maintain_order=True).agg(
+        pl.col("R2").mean().alias("R2_Media_CV"),
+        pl.col("RMSE").mean().alias("RMSE_Media_CV"),
+        pl.col("MAE").mean().alias("MAE_Media_CV"),
+        pl.col("WAPE").mean().alias("WAPE_Media_CV"),
+        pl.len().alias("n_folds"),
+        pl.col("n").sum().alias("n_amostras"),
+    )
+    persistence = table.filter(pl.col("modelo") == "Persistencia").select("etapa", pl.col("MAE_Media_CV").alias("_mae_p"))
+    table = table.join(persistence, on="etapa", how="left").with_columns(
+        (1 - pl.col("MAE_Media_CV") / pl.col("_mae_p")).alias("Skill_MAE_vs_Persistencia")
+    )
+    best = table.group_by("etapa").agg(pl.col("modelo").sort_by("MAE_Media_CV").first().alias("_best"))
+    table = table.join(best, on="etapa").with_columns((pl.col("modelo") == pl.col("_best")).alias("Escolhido"))
+    return table.select(
+        "etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV",
+        "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras", "Escolhido",
+    )
+
+
+def chosen_models(summary: pl.DataFrame) -> dict[str, str]:
+    """The model with the best CV MAE per stage, baselines included: never worse than persistence."""
+    return dict(summary.filter(pl.col("Escolhido")).select("etapa", "modelo").iter_rows())

@@ -1,0 +1,179 @@
+"""Forecasting core: panel, population and truth, features without leakage, models, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.base import clone
+
+from censo_forecast import features, models, validation
+from censo_forecast.config import ModelSettings
+from censo_forecast.forecaster import EnrollmentForecaster
+from censo_forecast.inep import catalog, ingest
+from censo_forecast.panel import build_panel
+
+FAST = ModelSettings(n_estimators=25, num_leaves=15, max_depth=4)
+
+
+def census_rows(rows: list[dict]) -> pl.DataFrame:
+    """A hand-made census in the cache schema: every stage count 0 unless given."""
+    full = []
+    for r in rows:
+        base = {c: None for c in catalog.CACHE_SCHEMA}
+        base.update({c: 0 for s in catalog.STAGES for c in s.columns})
+        base.update({"CO_REGIAO": 3, "CO_UF": 33, "CO_MUNICIPIO": 3303302, "TP_DEPENDENCIA": 3, "TP_LOCALIZACAO": 1,
+                     "TP_SITUACAO_FUNCIONAMENTO": 1})
+        base.update(r)
+        full.append(base)
+    return pl.DataFrame(full, schema=catalog.CACHE_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def small_panel(small_census, tmp_path_factory):
+    raw, _ = small_census
+    cache = tmp_path_factory.mktemp("cache")
+    ingest.ingest(raw, cache)
+    return build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
+
+
+def test_calendar_gap_is_a_gap_not_a_shifted_lag():
+    census = census_rows([
+        {"NU_ANO_CENSO": 2015, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 100},
+        {"NU_ANO_CENSO": 2016, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 110},
+        # 2017 missing from the census
+        {"NU_ANO_CENSO": 2018, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 130, "QT_DOC_MED": 10, "QT_TUR_MED": 4},
+    ])
+    feats = features.origin_features(build_panel(census), "IN_MED")
+    row = feats.filter(pl.col("origin_year") == 2018).row(0, named=True)
+    assert row["target_year"] == 2019
+    assert row["enrollment_lag1"] == 130 and row["enrollment_lag2"] is None and row["enrollment_lag3"] == 110
+    assert row["enrollment_diff1"] is None and row["enrollment_growth1"] is None
+    assert row["students_per_teacher"] == pytest.approx(13.0) and row["students_per_class"] == pytest.approx(32.5)
+    assert row["years_since_first_seen"] == 3
+
+
+def test_population_and_truth_rule():
+    y0 = [  # all offer high school in 2020
+        {"NU_ANO_CENSO": 2020, "CO_ENTIDADE": c, "IN_MED": 1, "QT_MAT_MED": 50} for c in (1, 2, 3, 4, 5)
+    ] + [
+        {"NU_ANO_CENSO": 2020, "CO_ENTIDADE": 6, "IN_MED": 0, "QT_MAT_MED": 0},  # does not offer it
+        {"NU_ANO_CENSO": 2020, "CO_ENTIDADE": 7, "TP_SITUACAO_FUNCIONAMENTO": 2, "IN_MED": None, "QT_MAT_MED": None},
+    ]
+    y1 = [
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 55},  # continues
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 2, "TP_SITUACAO_FUNCIONAMENTO": 3, "IN_MED": None, "QT_MAT_MED": None},  # closed
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 3, "IN_MED": 0, "QT_MAT_MED": 0},  # dropped the stage
+        # school 4 vanished from the census
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 5, "IN_MED": 1, "QT_MAT_MED": None},  # offers, count blank
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 6, "IN_MED": 1, "QT_MAT_MED": 40},  # new offering: not forecast
+        {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 7, "IN_MED": 1, "QT_MAT_MED": 30},  # reopened: was inactive
+    ]
+    panel = build_panel(census_rows(y0 + y1))
+    data = features.with_truth(features.origin_features(panel, "IN_MED"), panel, "IN_MED")
+    truth = dict(data.filter(pl.col("target_year") == 2021).select("CO_ENTIDADE", "y_true").iter_rows())
+    assert truth == {1: 55.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
+
+
+def _perturb_year(census: pl.DataFrame, year: int, keep: list[str]) -> pl.DataFrame:
+    """Change every input of `year` except the `keep` columns."""
+    rng = np.random.default_rng(0)
+    is_year = pl.col("NU_ANO_CENSO") == year
+    changes = []
+    for name, dtype in census.schema.items():
+        if name in keep or name in ("NU_ANO_CENSO", "CO_ENTIDADE"):
+            continue
+        if dtype.is_integer():
+            noise = pl.Series(rng.integers(1, 41, census.height)).cast(dtype)  # large enough to cross splits
+            changes.append(pl.when(is_year).then(pl.col(name).fill_null(0) + noise).otherwise(pl.col(name)).alias(name))
+    return census.with_columns(changes)
+
+
+def test_no_leakage_year_t_inputs_do_not_move_year_t_predictions(small_panel):
+    """Perturb every year-T input but the truth: year-T predictions must not change."""
+    flag, year = "IN_FUND_AI", 2024
+    census = small_panel.drop("active", "first_year")
+    stage = catalog.stage(flag)
+    perturbed = build_panel(_perturb_year(census, year, keep=["TP_SITUACAO_FUNCIONAMENTO", stage.flag, stage.enrollment]))
+    assert not perturbed.filter(pl.col("NU_ANO_CENSO") == year).equals(small_panel.filter(pl.col("NU_ANO_CENSO") == year))
+    years = list(range(2011, 2025))
+    device = models.select_device("cpu")
+    results = []
+    for panel in (small_panel, perturbed):
+        data = features.with_truth(features.origin_features(panel, flag), panel, flag)
+        cv = validation.walk_forward(data, flag, years, FAST, device, min_train_years=12, jobs=1)
+        results.append(cv.predictions.filter(pl.col("NU_ANO_CENSO") == year).sort("CO_ENTIDADE"))
+    original, changed = results
+    assert original.height > 50
+    for name in models.MODEL_NAMES:
+        np.testing.assert_allclose(original[name].to_numpy(), changed[name].to_numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(original["y_true"].to_numpy(), changed["y_true"].to_numpy())
+
+
+def test_features_of_origin_ignore_later_years(small_panel):
+    """Features for origin o are identical whether or not years after o exist."""
+    flag = "IN_MED"
+    full = features.origin_features(small_panel, flag).filter(pl.col("origin_year") == 2019)
+    cut = features.origin_features(small_panel.filter(pl.col("NU_ANO_CENSO") <= 2019), flag).filter(pl.col("origin_year") == 2019)
+    assert full.equals(cut)
+
+
+def test_metrics_against_hand_computed_values():
+    m = validation.metrics(np.array([0.0, 10.0, 20.0]), np.array([1.0, 8.0, 26.0]))
+    assert m["MAE"] == pytest.approx(3.0)
+    assert m["RMSE"] == pytest.approx(np.sqrt(41 / 3))
+    assert m["R2"] == pytest.approx(1 - 41 / 200)
+    assert m["WAPE"] == pytest.approx(9 / 30)
+
+
+def test_summary_means_skill_and_choice():
+    folds = pl.DataFrame([
+        {"etapa": "IN_MED", "modelo": m, "NU_ANO_CENSO": y, "MAE": mae, "RMSE": 1.0, "R2": 0.5, "WAPE": 0.1, "n": 10}
+        for m, maes in {"Persistencia": (10, 12), "Deriva": (11, 13), "LightGBM": (8, 10), "XGBoost": (9, 9), "Voting": (8.5, 9.0)}.items()
+        for y, mae in zip((2020, 2021), maes)
+    ])
+    table = validation.summarize(folds)
+    row = {r["modelo"]: r for r in table.iter_rows(named=True)}
+    assert row["LightGBM"]["MAE_Media_CV"] == pytest.approx(9.0)
+    assert row["LightGBM"]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 9 / 11)
+    assert row["Voting"]["Escolhido"] and not row["LightGBM"]["Escolhido"]  # 8.75 < 9.0
+    assert row["Persistencia"]["n_folds"] == 2 and row["Persistencia"]["n_amostras"] == 20
+    assert validation.chosen_models(table) == {"IN_MED": "Voting"}
+
+
+def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
+    rng = np.random.default_rng(1)
+    X = rng.random((300, 4)).astype(np.float32) * 50
+    y = X[:, 0] * 0.9 + rng.normal(0, 1, 300)
+    est = models.ChangeRegressor("lightgbm", anchor=0, settings=FAST, n_jobs=1)
+    assert clone(est).get_params()["library"] == "lightgbm" and not hasattr(est, "model_")
+    assert est.fit(X, y) is est and hasattr(est, "model_")
+    xgb = models.ChangeRegressor("xgboost", anchor=0, settings=FAST, n_jobs=1).fit(X, y)
+    vote = models.Voting([est, xgb])
+    np.testing.assert_allclose(vote.predict(X), (est.predict(X) + xgb.predict(X)) / 2)
+    X_zero = X.copy()
+    X_zero[:, 0] = 0
+    assert (est.predict(X_zero) >= 0).all()
+    assert np.array_equal(models.Persistence(0).fit(X, y).predict(X), X[:, 0].astype(np.float64))
+    drift = models.Drift(0).fit(X[:, :1], X[:, 0] * 0.5)
+    assert drift.ratio_ == pytest.approx(0.5)
+
+
+def test_device_selection_without_gpu(monkeypatch):
+    monkeypatch.setattr(models, "_cuda_devices", lambda: 0)
+    auto = models.select_device("auto")
+    assert auto.name == "cpu" and "no NVIDIA GPU" in auto.reason
+    assert models.select_device("cpu").xgboost == "cpu"
+    with pytest.raises(RuntimeError, match="--device cuda: no NVIDIA GPU"):
+        models.select_device("cuda")
+
+
+def test_forecaster_api_fit_predict(small_panel):
+    fc = EnrollmentForecaster(stages=["IN_INF_PRE"], model=FAST, device="cpu", min_train_years=11, n_jobs=1)
+    cv = fc.cross_validate(small_panel)
+    assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES)
+    assert fc.fit(small_panel) is fc and fc.chosen_["IN_INF_PRE"] in models.MODEL_NAMES
+    forecast = fc.predict(small_panel)
+    offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2024) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
+    assert forecast.height == offering.height
+    assert (forecast["NU_ANO_CENSO"] == 2025).all() and (forecast["previsao"] >= 0).all()

@@ -1,0 +1,104 @@
+"""`run` end to end: outputs, checkpoint resume, --fresh, the CLI and the seed's entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from censo_forecast import pipeline
+from censo_forecast.cli import app
+from censo_forecast.config import load_settings
+from censo_forecast.models import MODEL_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["IN_INF_PRE", "IN_FUND_AF"]
+SEED_COLUMNS = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV"]
+
+
+@pytest.fixture
+def fast_config(tmp_path) -> Path:
+    path = tmp_path / "fast.toml"
+    path.write_text('min_train_years = 11\njobs = 1\n[model]\nn_estimators = 20\nnum_leaves = 15\nmax_depth = 4\n')
+    return path
+
+
+def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_config):
+    raw, _ = small_census
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "--raw-dir", str(raw), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                                      "--offline", "--stages", ",".join(STAGES), "--device", "cpu", "--config", str(fast_config)])
+    assert result.exit_code == 0, result.output
+    table = pl.read_csv(out / "resultados_finais.csv")
+    assert table.columns[:5] == SEED_COLUMNS
+    assert {"WAPE_Media_CV", "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras"} <= set(table.columns)
+    assert set(table["etapa"]) == set(STAGES) and set(table["modelo"]) == set(MODEL_NAMES)
+    assert (table.filter(pl.col("modelo") == "Persistencia")["Skill_MAE_vs_Persistencia"] == 0).all()
+    preds = pl.read_parquet(out / "cv_predictions.parquet")
+    assert preds.select(pl.struct("etapa", "CO_ENTIDADE", "NU_ANO_CENSO").is_unique().all()).item()
+    assert {"y_true", *MODEL_NAMES} <= set(preds.columns)
+    assert set(preds["NU_ANO_CENSO"]) == {2022, 2023, 2024}
+    # the table's MAE is the mean over test years of the row-level errors
+    pre = preds.filter(pl.col("etapa") == "IN_INF_PRE")
+    mae = pre.group_by("NU_ANO_CENSO").agg((pl.col("Voting") - pl.col("y_true")).abs().mean())["Voting"].mean()
+    assert table.filter((pl.col("etapa") == "IN_INF_PRE") & (pl.col("modelo") == "Voting"))["MAE_Media_CV"].item() == pytest.approx(mae)
+    log_text = (out / "execution_log.txt").read_text()
+    assert "setting stages" in log_text and "versions:" in log_text and "device: cpu" in log_text
+    assert "timing validate IN_FUND_AF" in log_text
+    meta = json.loads((out / "run_metadata.json").read_text())
+    assert meta["years"] == list(range(2011, 2025)) and meta["versions"]["lightgbm"]
+
+
+def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_config, caplog):
+    raw, _ = small_census
+    s = load_settings(fast_config, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", offline=True,
+                      stages=STAGES, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(s, stop_after_stage="IN_INF_PRE")
+    ck = tmp_path / "out" / "checkpoints" / "cv_IN_INF_PRE.json"
+    assert ck.exists() and not (tmp_path / "out" / "resultados_finais.csv").exists()
+    stamp = ck.stat().st_mtime_ns
+    caplog.clear()
+    pipeline.run(s)
+    assert "IN_INF_PRE: validation resumed from checkpoint" in caplog.text
+    assert "IN_FUND_AF: validated" in caplog.text
+    assert ck.stat().st_mtime_ns == stamp
+    first = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
+    s.fresh = True
+    caplog.clear()
+    pipeline.run(s)
+    assert "resumed from checkpoint" not in caplog.text and ck.stat().st_mtime_ns != stamp
+    assert pl.read_csv(tmp_path / "out" / "resultados_finais.csv").equals(first)
+
+
+def test_offline_run_without_data_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--raw-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--offline"])
+    assert result.exit_code == 1
+    assert "walk-forward validation needs more than 3 census years" in result.output
+
+
+def test_unknown_stage_and_bad_config_are_usage_errors(tmp_path):
+    result = CliRunner().invoke(app, ["run", "--stages", "IN_XYZ", "--offline"])
+    assert result.exit_code == 2 and "unknown stage 'IN_XYZ'" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nonsense = 1\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(bad), "--offline"])
+    assert result.exit_code == 2 and "unknown setting(s) ['nonsense']" in result.output
+
+
+def test_seed_entry_point_runs_the_pipeline(small_census, tmp_path, fast_config):
+    raw, _ = small_census
+    out = tmp_path / "seed-out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_experiment.py"), "--raw-dir", str(raw), "--cache-dir", str(tmp_path / "c"),
+         "--out", str(out), "--offline", "--stages", "IN_MED", "--device", "cpu", "--config", str(fast_config)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert pl.read_csv(out / "resultados_finais.csv").columns[:5] == SEED_COLUMNS
