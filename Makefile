@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo
-DEMO_SCHOOLS ?= 3000
+DEMO_SCHOOLS ?= 2000
 
 .PHONY: install demo test bench clean browser
 

@@ -176,4 +176,6 @@ def test_forecaster_api_fit_predict(small_panel):
     forecast = fc.predict(small_panel)
     offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2024) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
     assert forecast.height == offering.height
-    assert (forecast["NU_ANO_CENSO"] == 2025).all() and (forecast["previsao"] >= 0).all()
+    assert fc.forecast_year_ == 2025 and (forecast["previsao"] >= 0).all()
+    assert (forecast["limite_inferior_95"] <= forecast["limite_superior_95"]).all()
+    assert forecast["NO_ENTIDADE"].null_count() == 0

@@ -170,6 +170,44 @@ def run(
     typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / pipeline.RESULTS}")
 
 
+@app.command()
+def report(
+    out: Path = typer.Option(..., "--out", help="Output folder of a finished run."),
+) -> None:
+    """(Re)write OUT/report.html, a self-contained page, from a run's outputs."""
+    from censo_forecast import report as report_mod
+
+    try:
+        path = report_mod.build_report(out)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def predict(
+    models: Path = typer.Option(..., "--models", help="Saved models folder (OUT/models of a run)."),
+    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with the (newer) census zips."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for the forecast files."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Parquet cache (default: beside the raw folder)."),
+    years: Optional[str] = YearsOpt,
+    offline: bool = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Forecast the year after the last census year with saved models, without retraining."""
+    from censo_forecast import modelstore, pipeline
+    from censo_forecast.inep import download as dl
+    from censo_forecast.inep import ingest as ingest_mod
+
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), offline=offline or None,
+                  min_train_years=0)
+    try:
+        written = pipeline.predict(s, models)
+    except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError) as exc:
+        _fail(str(exc))
+    typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

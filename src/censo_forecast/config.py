@@ -47,8 +47,9 @@ class Settings:
     insecure: bool = False
     retries: int = 8
     timeout_s: float = 60.0
-    # validation
+    # validation and explanation
     min_train_years: int = 3
+    shap_sample: int = 2000  # held-out rows of the last test year explained per stage
     model: ModelSettings = field(default_factory=ModelSettings)
 
     def __post_init__(self) -> None:

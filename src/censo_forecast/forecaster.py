@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from censo_forecast import features, models, validation
+from censo_forecast import features, forecast, intervals, models, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.inep import catalog
 from censo_forecast.panel import SCHOOL, YEAR, build_panel
@@ -68,16 +68,21 @@ class EnrollmentForecaster:
     def cross_validate(self, census: pl.DataFrame) -> CVResult:
         panel = self.panel(census)
         results = [self.cross_validate_stage(panel, flag) for flag in self._stages]
-        folds = pl.concat([r.folds for r in results])
-        self.cv_ = CVResult(validation.summarize(folds), pl.concat([r.predictions for r in results], how="diagonal"), folds)
+        self.cv_ = self.combine(results)
         return self.cv_
+
+    @staticmethod
+    def combine(results: list[validation.StageCV]) -> CVResult:
+        folds = pl.concat([r.folds for r in results])
+        predictions = pl.concat([r.predictions for r in results], how="diagonal")
+        return CVResult(validation.summarize(folds, predictions), predictions, folds)
 
     # ----------------------------------------------------------- fit / predict
     def fit(self, census: pl.DataFrame) -> "EnrollmentForecaster":
         """Refit each stage's chosen model (best CV MAE; Voting if not validated) on every year."""
         panel = self.panel(census)
         chosen = validation.chosen_models(self.cv_.summary) if hasattr(self, "cv_") else {}
-        self.models_, self.chosen_ = {}, {}
+        self.models_, self.chosen_, self.calibration_ = {}, {}, {}
         for flag in self._stages:
             data = self.stage_data(panel, flag)
             if data.height == 0:
@@ -93,21 +98,41 @@ class EnrollmentForecaster:
             else:
                 model = models.Persistence(validation.ANCHOR_INDEX).fit(X, y)
             self.models_[flag], self.chosen_[flag] = model, name
-            self.last_year_ = int(panel[YEAR].max())
+            if hasattr(self, "cv_"):
+                self.calibration_[flag] = intervals.calibration_table(self.cv_.predictions.filter(pl.col("etapa") == flag), name)
+        self.training_years_ = sorted(panel[YEAR].unique().to_list())
         return self
 
     def predict(self, census: pl.DataFrame) -> pl.DataFrame:
-        """Forecast for the year after the last census year, per school offering each stage then."""
+        """Forecast for the year after the last census year, per school offering each stage
+        then; with 80% and 95% conformal intervals when the models were validated."""
         panel = self.panel(census)
         last = int(panel[YEAR].max())
+        names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
         frames = []
         for flag, model in self.models_.items():
             rows = features.origin_features(panel, flag).filter(pl.col("origin_year") == last)
             if rows.height == 0:
                 continue
-            pred = model.predict(validation.matrix(rows))
-            frames.append(rows.select(
-                SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias("etapa"), pl.lit(self.chosen_[flag]).alias("modelo"),
-                pl.col("target_year").alias(YEAR), pl.col(features.ANCHOR).alias("matriculas_ultimo_ano"),
-            ).with_columns(pl.Series("previsao", np.asarray(pred, dtype=np.float64))))
-        return pl.concat(frames) if frames else pl.DataFrame()
+            pred = np.asarray(model.predict(validation.matrix(rows)), dtype=np.float64)
+            last_year = rows[features.ANCHOR].to_numpy().astype(np.float64)
+            frame = rows.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias("etapa"),
+                                pl.lit(self.chosen_[flag]).alias("modelo"), pl.col(features.ANCHOR).cast(pl.Float64).alias("matriculas_ultimo_ano"))
+            frame = frame.with_columns(pl.Series("previsao", pred))
+            calibration = getattr(self, "calibration_", {}).get(flag)
+            if calibration is not None:
+                frame = frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
+            frames.append(frame.join(names, on=SCHOOL, how="left"))
+        self.forecast_year_ = last + 1
+        return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
+
+    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, seed: int = 0) -> dict[str, pl.DataFrame]:
+        """Municipal, state and national sums (with new offerings) per stage, with intervals."""
+        panel = self.panel(census)
+        parts: dict[str, list[pl.DataFrame]] = {"municipios": [], "ufs": [], "brasil": []}
+        for flag in schools["etapa"].unique(maintain_order=True):
+            areas = forecast.aggregate(schools.filter(pl.col("etapa") == flag), self.calibration_[flag],
+                                       forecast.new_offerings(panel, flag), flag, seed=seed)
+            for key, frame in areas.items():
+                parts[key].append(frame)
+        return {k: pl.concat(v, how="diagonal") for k, v in parts.items() if v}

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, runlog
+from censo_forecast import atomic, explain, forecast, modelstore, report, runlog
+from censo_forecast.models import ENSEMBLE, LEARNERS
 from censo_forecast.config import Settings
 from censo_forecast.forecaster import EnrollmentForecaster
 from censo_forecast.inep import catalog, ingest
-from censo_forecast.validation import StageCV, summarize
+from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
 CHECKPOINT_VERSION = 1
@@ -44,10 +45,10 @@ def ensure_raw(s: Settings) -> list[int]:
         if wanted is None or any(y not in present for y in wanted):
             opts = dl.DownloadOptions(base_url=s.base_url, listing_url=s.listing_url, ca_bundle=s.ca_bundle,
                                       insecure=s.insecure, retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs)
-            report = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, opts)
-            if not report.ok:
-                problems = [f"{y}: not offered by the server" for y in report.missing]
-                problems += [f"{y}: {m}" for y, m in report.failed.items()]
+            fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, opts)
+            if not fetched.ok:
+                problems = [f"{y}: not offered by the server" for y in fetched.missing]
+                problems += [f"{y}: {m}" for y, m in fetched.failed.items()]
                 raise PipelineError("download failed for " + "; ".join(problems))
         present = ingest.raw_zips(s.raw_dir)
     years = s.years if s.years is not None else sorted(present)
@@ -63,29 +64,52 @@ def _fingerprint(s: Settings, years: list[int], flag: str) -> str:
     manifest = json.loads((s.cache / ingest.MANIFEST).read_text())
     data = {str(y): manifest[str(y)]["sha256"] for y in years}
     record = {"v": CHECKPOINT_VERSION, "flag": flag, "years": years, "data": data, "model": s.to_dict()["model"],
-              "min_train_years": s.min_train_years, "device": s.device}
+              "min_train_years": s.min_train_years, "device": s.device, "shap_sample": s.shap_sample}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _load_checkpoint(folder: Path, flag: str, fingerprint: str) -> StageCV | None:
+def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
+    return [shap_dir / f"SHAP_{kind}_{flag}_{m}.png" for kind in ("summary", "bar") for m in (*LEARNERS, ENSEMBLE)]
+
+
+def _load_checkpoint(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
     meta = folder / f"cv_{flag}.json"
     if not meta.exists():
         return None
     info = json.loads(meta.read_text())
-    if info.get("fingerprint") != fingerprint:
+    if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
         return None
     try:
-        return StageCV(flag, pl.read_parquet(folder / f"cv_{flag}_predictions.parquet"),
-                       pl.read_parquet(folder / f"cv_{flag}_folds.parquet"), info["seconds"])
+        cv = StageCV(flag, pl.read_parquet(folder / f"cv_{flag}_predictions.parquet"),
+                     pl.read_parquet(folder / f"cv_{flag}_folds.parquet"), info["seconds"])
+        return cv, pl.read_parquet(folder / f"cv_{flag}_shap.parquet")
     except (OSError, pl.exceptions.PolarsError):
         return None
 
 
-def _save_checkpoint(folder: Path, cv: StageCV, fingerprint: str) -> None:
+def _save_checkpoint(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
     atomic.write_parquet(folder / f"cv_{cv.flag}_predictions.parquet", cv.predictions)
     atomic.write_parquet(folder / f"cv_{cv.flag}_folds.parquet", cv.folds)
+    atomic.write_parquet(folder / f"cv_{cv.flag}_shap.parquet", importance)
     # the JSON goes last: a checkpoint counts only once all its parts are in place
     atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})
+
+
+def predict(s: Settings, models_dir: Path) -> list[Path]:
+    """Forecast from a (newer) census with saved models, without retraining."""
+    out = Path(s.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runlog.setup_logging(out)
+    forecaster = modelstore.load(models_dir)
+    years = ensure_raw(s)
+    ingest_report = ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs)
+    ingest_report.raise_for_failures()
+    runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
+    panel = forecaster.panel(ingest.load_cache(s.cache, years))
+    schools = forecaster.predict(panel)
+    written = forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, s.model.seed))
+    log.info("forecast for %d from saved models: %s", forecaster.forecast_year_, ", ".join(p.name for p in written))
+    return written
 
 
 def run(s: Settings, stop_after_stage: str | None = None) -> dict:
@@ -106,8 +130,8 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     timings["download"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    report = ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs)
-    report.raise_for_failures()
+    ingest_report = ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs)
+    ingest_report.raise_for_failures()
     timings["ingest"] = time.perf_counter() - t
 
     forecaster = EnrollmentForecaster(s.stages, s.model, s.device, s.min_train_years, s.jobs)
@@ -119,11 +143,15 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     timings["panel"] = time.perf_counter() - t
 
     results: list[StageCV] = []
+    importances: list[pl.DataFrame] = []
+    shap_failures: dict[str, str] = {}
+    shap_dir = out / "shap"
     progress = _Progress(len(s.stages))
     for flag in s.stages:
         fingerprint = _fingerprint(s, years, flag)
-        cv = _load_checkpoint(checkpoints, flag, fingerprint)
-        if cv is not None:
+        resumed = _load_checkpoint(checkpoints, flag, fingerprint, shap_dir)
+        if resumed is not None:
+            cv, importance = resumed
             log.info("%s: validation resumed from checkpoint", flag)
         else:
             try:
@@ -132,10 +160,19 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
                 log.warning("%s skipped: %s", flag, exc)
                 progress.update()
                 continue
-            _save_checkpoint(checkpoints, cv, fingerprint)
             log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
+            try:
+                importance = explain.explain_stage(flag, cv.last_fold, shap_dir, s.shap_sample, s.model.seed)
+            except Exception as exc:  # reported below and in the exit code, never swallowed
+                log.exception("%s: SHAP explanation failed", flag)
+                shap_failures[flag] = f"{type(exc).__name__}: {exc}"
+                importance = None
+            if importance is not None:
+                _save_checkpoint(checkpoints, cv, importance, fingerprint)
         timings[f"validate {flag}"] = cv.seconds
         results.append(cv)
+        if importance is not None:
+            importances.append(importance)
         progress.update()
         if stop_after_stage == flag:
             raise KeyboardInterrupt(f"stopped after {flag} (test hook)")
@@ -143,16 +180,32 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     if not results:
         raise PipelineError("no stage could be validated")
 
-    folds = pl.concat([r.folds for r in results])
-    summary = summarize(folds)
+    cv = forecaster.combine(results)
+    summary = cv.summary
     atomic.write_csv(out / RESULTS, summary)
-    atomic.write_parquet(out / CV_PREDICTIONS, pl.concat([r.predictions for r in results], how="diagonal"))
+    atomic.write_parquet(out / CV_PREDICTIONS, cv.predictions)
+
+    t = time.perf_counter()
+    forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]
+    forecaster.fit(panel)
+    schools = forecaster.predict(panel)
+    written = forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, s.model.seed))
+    modelstore.save(forecaster, out / "models", years)
+    timings["refit and forecast"] = time.perf_counter() - t
+    log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_, ", ".join(p.name for p in written), out / "models")
+    if importances:
+        atomic.write_csv(shap_dir / "shap_importance.csv", pl.concat(importances))
     timings["total"] = time.perf_counter() - started
     for step, seconds in timings.items():
         log.info("timing %-28s %8.1fs", step, seconds)
-    record.update({"timings_s": {k: round(v, 2) for k, v in timings.items()}, "stages": [r.flag for r in results]})
+    record.update({"timings_s": {k: round(v, 2) for k, v in timings.items()}, "stages": [r.flag for r in results],
+                   "forecast_year": forecaster.forecast_year_})
     atomic.write_json(out / METADATA, record)
+    report.build_report(out)
+    log.info("report: %s", out / report.REPORT)
     _log_table(summary)
+    if shap_failures:
+        raise PipelineError("SHAP failed for " + "; ".join(f"{k}: {v}" for k, v in shap_failures.items()))
     return record
 
 

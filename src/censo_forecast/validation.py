@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from censo_forecast import models
+from censo_forecast import intervals, models
 from censo_forecast.config import ModelSettings
 from censo_forecast.features import ANCHOR, FEATURES
 
@@ -55,11 +55,21 @@ def matrix(frame: pl.DataFrame) -> np.ndarray:
 
 
 @dataclass
+class LastFold:
+    """The last test year's fitted learners and its held-out rows: what SHAP explains."""
+
+    year: int
+    learners: dict  # LightGBM, XGBoost, Voting
+    X_test: np.ndarray
+
+
+@dataclass
 class StageCV:
     flag: str
     predictions: pl.DataFrame  # etapa, CO_ENTIDADE, NU_ANO_CENSO, y_true, one column per model
     folds: pl.DataFrame  # etapa, modelo, NU_ANO_CENSO, MAE, RMSE, R2, WAPE, n
     seconds: float
+    last_fold: LastFold | None = None  # not checkpointed
 
 
 def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], settings: ModelSettings,
@@ -80,23 +90,52 @@ def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], setting
             "Deriva": models.Drift(ANCHOR_INDEX).fit(matrix(latest), latest["y_true"].to_numpy()),
             **fit_learners(X_train, y_train, settings, device, jobs),
         }
-        out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"), "y_true")
+        out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"),
+                          "CO_MUNICIPIO", "CO_UF", "y_true")
         y_test = test["y_true"].to_numpy()
         for name, model in fitted.items():
             pred = model.predict(X_test)
             out = out.with_columns(pl.Series(name, pred, dtype=pl.Float64))
             fold_rows.append({"etapa": flag, "modelo": name, "NU_ANO_CENSO": year, **metrics(y_test, pred), "n": len(y_test)})
         preds.append(out)
+        last_fold = LastFold(year, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, X_test)
         log.info("%s %d: train %d rows, test %d rows, MAE persistence %.2f / voting %.2f", flag, year, train.height,
                  test.height, fold_rows[-5]["MAE"], fold_rows[-1]["MAE"])
     if not preds:
         raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")
-    return StageCV(flag, pl.concat(preds), pl.DataFrame(fold_rows), time.perf_counter() - started)
+    return StageCV(flag, pl.concat(preds), pl.DataFrame(fold_rows), time.perf_counter() - started, last_fold)
 
 
-def summarize(folds: pl.DataFrame) -> pl.DataFrame:
-    """resultados_finais.csv: one row per (etapa, modelo), means over folds, skill vs persistence."""
+def totals_error(predictions: pl.DataFrame, model: str) -> dict[str, float]:
+    """Mean absolute percentage error of municipal and state totals over the test years."""
+    out = {}
+    for key, label in (("CO_MUNICIPIO", "APE_Municipios_Media_CV"), ("CO_UF", "APE_UFs_Media_CV")):
+        sums = (predictions.group_by(key, "NU_ANO_CENSO").agg(pl.col("y_true").sum(), pl.col(model).sum())
+                .filter(pl.col("y_true") > 0).sort(key, "NU_ANO_CENSO"))  # sorted: a reproducible float sum
+        out[label] = float(((sums[model] - sums["y_true"]).abs() / sums["y_true"]).mean()) if sums.height else None
+    return out
+
+
+def interval_and_totals_table(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Per (etapa, modelo): interval coverage (each test year calibrated on earlier ones only)
+    and the error of municipal and state totals."""
+    rows = []
+    for flag in predictions["etapa"].unique(maintain_order=True):
+        stage = predictions.filter(pl.col("etapa") == flag)
+        for model in models.MODEL_NAMES:
+            row = {"etapa": flag, "modelo": model, **totals_error(stage, model)}
+            coverage = intervals.coverage_by_year(stage, model)
+            for pct in (80, 95):
+                row[f"Cobertura_{pct}_CV"] = float(coverage[f"Cobertura_{pct}"].mean()) if coverage.height else None
+            rows.append(row)
+    return pl.DataFrame(rows, schema={"etapa": pl.String, "modelo": pl.String, "APE_Municipios_Media_CV": pl.Float64,
+                                      "APE_UFs_Media_CV": pl.Float64, "Cobertura_80_CV": pl.Float64, "Cobertura_95_CV": pl.Float64})
+
+
+def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None) -> pl.DataFrame:
+    """resultados_finais.csv: one row per (etapa, modelo), means over folds, skill vs persistence;
+    with the predictions, also interval coverage and the error of municipal and state totals."""
     table = folds.group_by("etapa", "modelo", maintain_order=True).agg(
         pl.col("R2").mean().alias("R2_Media_CV"),
         pl.col("RMSE").mean().alias("RMSE_Media_CV"),
@@ -111,10 +150,12 @@ def summarize(folds: pl.DataFrame) -> pl.DataFrame:
     )
     best = table.group_by("etapa").agg(pl.col("modelo").sort_by("MAE_Media_CV").first().alias("_best"))
     table = table.join(best, on="etapa").with_columns((pl.col("modelo") == pl.col("_best")).alias("Escolhido"))
-    return table.select(
-        "etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV",
-        "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras", "Escolhido",
-    )
+    columns = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV",
+               "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras"]
+    if predictions is not None:
+        table = table.join(interval_and_totals_table(predictions), on=["etapa", "modelo"], how="left")
+        columns += ["Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"]
+    return table.select(*columns, "Escolhido")
 
 
 def chosen_models(summary: pl.DataFrame) -> dict[str, str]:

@@ -1,0 +1,106 @@
+"""SHAP explanations per stage and model, from the boosters' native fast paths.
+
+Values are computed on rows of the last test year, held out from that fold's training,
+in the models' target space: the change from last year's enrollment. There, base value
+plus SHAP values equals the model's output exactly; Voting's values are the mean of its
+two models' values.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+from censo_forecast import atomic  # noqa: E402
+from censo_forecast.features import FEATURES, READABLE  # noqa: E402
+from censo_forecast.models import ENSEMBLE, LEARNERS, ChangeRegressor, Voting  # noqa: E402
+from censo_forecast.validation import LastFold  # noqa: E402
+
+log = logging.getLogger(__name__)
+MAX_DISPLAY = 20
+
+
+def contributions(model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(SHAP values n x f, base values n) of a fitted ChangeRegressor or Voting of them."""
+    if isinstance(model, Voting):
+        parts = [contributions(m, X) for m in model.estimators]
+        return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)
+    if not isinstance(model, ChangeRegressor):
+        raise TypeError(f"cannot explain {type(model).__name__}")
+    X = np.asarray(X, dtype=np.float32)
+    if model.library == "lightgbm":
+        raw = model.model_.predict(X, pred_contrib=True)
+    else:
+        import xgboost as xgb
+
+        booster = model.model_.get_booster()  # runs on the GPU when the model was trained there
+        raw = booster.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True)
+    raw = np.asarray(raw, dtype=np.float64)
+    return raw[:, :-1], raw[:, -1]
+
+
+def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def explain_stage(flag: str, fold: LastFold, shap_dir: Path, sample: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Write the beeswarm and bar plots for each model; return mean |SHAP| per feature."""
+    shap_dir.mkdir(parents=True, exist_ok=True)
+    rows = sample_rows(len(fold.X_test), sample, seed)
+    X = fold.X_test[rows]
+    names = [READABLE.get(f, f) for f in FEATURES]
+    importance = []
+    for model_name in (*LEARNERS, ENSEMBLE):
+        values, base = contributions(fold.learners[model_name], X)
+        check = base + values.sum(axis=1)
+        expected = fold.learners[model_name].predict_change(X) if model_name != ENSEMBLE else np.mean(
+            [m.predict_change(X) for m in fold.learners[model_name].estimators], axis=0)
+        if not np.allclose(check, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
+            raise RuntimeError(f"SHAP values of {flag}/{model_name} do not add up to the model output")
+        mean_abs = np.abs(values).mean(axis=0)
+        importance.append(pl.DataFrame({
+            "etapa": flag, "modelo": model_name, "feature": list(FEATURES), "feature_label": names,
+            "mean_abs_shap": mean_abs, "n_rows": len(rows), "NU_ANO_CENSO": fold.year,
+        }))
+        _beeswarm(values, X, names, shap_dir / f"SHAP_summary_{flag}_{model_name}.png", f"{flag} - {model_name} ({fold.year})")
+        _bar(mean_abs, names, shap_dir / f"SHAP_bar_{flag}_{model_name}.png", f"{flag} - {model_name}: mean |SHAP| ({fold.year})")
+    log.info("%s: SHAP on %d held-out rows of %d written to %s", flag, len(rows), fold.year, shap_dir)
+    return pl.concat(importance).sort(["modelo", "mean_abs_shap"], descending=[False, True])
+
+
+def _save(fig, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _beeswarm(values: np.ndarray, X: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    import shap
+
+    order = np.argsort(-np.abs(values).mean(axis=0))[:MAX_DISPLAY]
+    plt.figure(figsize=(8, 0.35 * len(order) + 1.5))
+    shap.summary_plot(values[:, order], X[:, order], feature_names=[names[i] for i in order], show=False,
+                      max_display=MAX_DISPLAY, plot_size=None, color_bar_label="feature value")
+    fig = plt.gcf()
+    fig.axes[0].set_title(title, fontsize=11)
+    fig.axes[0].set_xlabel("SHAP value (students of change next year)")
+    _save(fig, path)
+
+
+def _bar(mean_abs: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    order = np.argsort(-mean_abs)[:MAX_DISPLAY][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(order) + 1.2))
+    ax.barh([names[i] for i in order], mean_abs[order], color="#3b6ea8")
+    ax.set_xlabel("mean |SHAP value| (students)")
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,130 @@
+"""Next-year forecasts: conformal intervals, aggregates, saved models and `predict`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from censo_forecast import forecast, intervals, modelstore
+from censo_forecast.cli import app
+from censo_forecast.panel import build_panel
+from test_forecasting import census_rows
+
+SCHOOL_COLUMNS = ["CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", "matriculas_ultimo_ano",
+                  "previsao", "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95"]
+
+
+def test_conformal_offsets_are_order_statistics():
+    r = np.arange(1.0, 100.0)  # n = 99
+    assert intervals._offsets(r, 0.80) == (10.0, 90.0)  # k = floor(100*0.1), ceil(100*0.9)
+    assert intervals._offsets(r, 0.95) == (2.0, 98.0)  # k = floor(100*0.025), ceil(100*0.975)
+
+
+def _synthetic_predictions(rng, years=(2020, 2021, 2022), n=6000) -> pl.DataFrame:
+    """Forecasts whose errors scale with school size: what Mondrian bins are for."""
+    frames = []
+    for year in years:
+        last = rng.integers(0, 600, n).astype(float)
+        pred = last * 0.98
+        y = np.maximum(pred + rng.normal(0, 1 + 0.08 * last), 0)
+        frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": last, "Voting": pred, "y_true": y}))
+    return pl.concat(frames)
+
+
+def test_coverage_is_near_nominal_and_calibrated_on_earlier_years_only():
+    preds = _synthetic_predictions(np.random.default_rng(0))
+    coverage = intervals.coverage_by_year(preds, "Voting")
+    assert coverage["NU_ANO_CENSO"].to_list() == [2021, 2022]  # the first test year has nothing earlier
+    assert coverage["Cobertura_80"].to_numpy() == pytest.approx([0.80, 0.80], abs=0.03)
+    assert coverage["Cobertura_95"].to_numpy() == pytest.approx([0.95, 0.95], abs=0.03)
+
+
+def test_mondrian_bins_give_small_schools_narrow_intervals():
+    preds = _synthetic_predictions(np.random.default_rng(1))
+    calibration = intervals.calibration_table(preds, "Voting")
+    b = intervals.bounds(np.array([5.0, 500.0]), np.array([5.0, 500.0]), calibration)
+    width = b["limite_superior_95"] - b["limite_inferior_95"]
+    assert width[0] < width[1] / 5
+    assert (b["limite_inferior_95"] >= 0).all()
+
+
+def test_new_offerings_come_from_recent_openings():
+    rows = [{"NU_ANO_CENSO": y, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 100} for y in (2019, 2020, 2021)]
+    rows += [{"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 40}]  # opens the stage in 2021
+    rows += [{"NU_ANO_CENSO": 2020, "CO_ENTIDADE": 3, "IN_MED": 0}, {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 3, "IN_MED": 1, "QT_MAT_MED": 12}]
+    table = forecast.new_offerings(build_panel(census_rows(rows)), "IN_MED")
+    assert dict(table.select("NU_ANO_CENSO", "new_enrollment").iter_rows()) == {2020: 0.0, 2021: 52.0}
+
+
+def test_forecast_files_columns_and_bounds(run_out):
+    schools = pl.read_parquet(run_out / "previsoes_2025.parquet")
+    assert schools.columns == SCHOOL_COLUMNS
+    assert pl.read_csv(run_out / "previsoes_2025.csv").columns == SCHOOL_COLUMNS
+    assert set(schools["etapa"]) == {"IN_INF_CRE", "IN_MED"}
+    ordered = (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")) & (pl.col("limite_inferior_80") <= pl.col("limite_superior_80")) \
+        & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")) & (pl.col("limite_inferior_95") >= 0)
+    assert schools.select(ordered.all()).item()
+    assert schools.select(((pl.col("previsao") >= pl.col("limite_inferior_95")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).mean()).item() > 0.95
+    assert schools["NO_ENTIDADE"].null_count() == 0
+    results = pl.read_csv(run_out / "resultados_finais.csv")
+    for col in ("Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"):
+        assert results[col].is_between(0, 1).all() or col.startswith("APE"), col
+    assert (results["Cobertura_95_CV"] >= results["Cobertura_80_CV"]).all()
+
+
+def test_aggregates_equal_the_sums_of_their_parts(run_out):
+    schools = pl.read_parquet(run_out / "previsoes_2025.parquet")
+    munis = pl.read_csv(run_out / "previsoes_2025_municipios.csv")
+    ufs = pl.read_csv(run_out / "previsoes_2025_ufs.csv")
+    country = pl.read_csv(run_out / "previsoes_2025_brasil.csv")
+    by_muni = schools.group_by("etapa", "CO_MUNICIPIO").agg(pl.col("previsao").sum().alias("s"))
+    joined = munis.join(by_muni, on=["etapa", "CO_MUNICIPIO"], how="left").with_columns(pl.col("s").fill_null(0))
+    assert np.allclose(joined["previsao_escolas"], joined["s"])
+    assert np.allclose(munis["previsao"], munis["previsao_escolas"] + munis["previsao_novas_ofertas"])
+    uf_from_muni = munis.group_by("etapa", "CO_UF").agg(pl.col("previsao").sum().alias("m"))
+    assert np.allclose(ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["m"], ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["previsao"])
+    for flag in ("IN_INF_CRE", "IN_MED"):
+        assert country.filter(pl.col("etapa") == flag)["previsao"].item() == pytest.approx(ufs.filter(pl.col("etapa") == flag)["previsao"].sum())
+    for frame in (munis, ufs, country):
+        assert frame.select((pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")).all() & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")).all()).item()
+    # a sum's interval comes from resampled residuals: far narrower than adding the schools' bounds
+    big = ufs.sort("previsao", descending=True).row(0, named=True)
+    in_uf = schools.filter((pl.col("etapa") == big["etapa"]) & (pl.col("CO_UF") == big["CO_UF"]))
+    added = (in_uf["limite_superior_95"] - in_uf["limite_inferior_95"]).sum()
+    assert big["limite_superior_95"] - big["limite_inferior_95"] < added / 2
+
+
+def test_predict_reproduces_run_forecasts(run_out, small_census, tmp_path):
+    raw, _ = small_census
+    result = CliRunner().invoke(app, ["predict", "--models", str(run_out / "models"), "--raw-dir", str(raw),
+                                      "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "pred"), "--offline"])
+    assert result.exit_code == 0, result.output
+    ran = pl.read_parquet(run_out / "previsoes_2025.parquet")
+    predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2025.parquet")
+    assert predicted.columns == ran.columns and predicted.height == ran.height
+    for col in ("previsao", "limite_inferior_80", "limite_superior_95"):
+        np.testing.assert_allclose(predicted[col].to_numpy(), ran[col].to_numpy(), rtol=1e-6, atol=1e-6)
+    ran_uf = pl.read_csv(run_out / "previsoes_2025_ufs.csv")
+    assert pl.read_csv(tmp_path / "pred" / "previsoes_2025_ufs.csv").equals(ran_uf)
+
+
+def test_predict_refuses_mismatched_models(run_out, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(run_out / "models", models)
+    meta = json.loads((models / "metadata.json").read_text())
+    meta["versions"]["lightgbm"] = "1.0.0"
+    (models / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(modelstore.ModelStoreError, match=r"models saved with lightgbm 1\.0\.0.*install lightgbm==1\.0\.0 or refit"):
+        modelstore.load(models)
+    meta["versions"]["lightgbm"] = json.loads((run_out / "models" / "metadata.json").read_text())["versions"]["lightgbm"]
+    meta["features"] = meta["features"][:-1] + ["QT_SOMETHING_NEW"]
+    (models / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(modelstore.ModelStoreError, match="trained on other feature columns"):
+        modelstore.load(models)
+    result = CliRunner().invoke(app, ["predict", "--models", str(tmp_path / "nowhere"), "--raw-dir", str(tmp_path), "--offline"])
+    assert result.exit_code == 1 and "not a saved-models folder" in result.output
