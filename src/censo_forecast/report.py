@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from censo_forecast import atomic  # noqa: E402
@@ -25,14 +26,15 @@ REPORT = "report.html"
 SIZE_BINS = [0, 20, 50, 100, 200, 500]
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-main{max-width:1100px;margin:0 auto;padding:24px}
+main{max-width:1240px;margin:0 auto;padding:24px}
 h1{font-size:1.6rem;margin:0 0 4px} h2{border-bottom:2px solid #d8dde6;padding-bottom:4px;margin-top:36px}
 h3{margin:22px 0 8px} .muted{color:#5b6475} section{background:#fff;border-radius:8px;padding:8px 20px 18px;margin:18px 0;box-shadow:0 1px 2px #0001}
-table{border-collapse:collapse;font-size:.9rem;margin:8px 0;width:100%} th,td{padding:4px 8px;border-bottom:1px solid #e3e6ec;text-align:right}
+table{border-collapse:collapse;font-size:.9rem;margin:8px 0;width:100%} th,td{padding:4px 6px;border-bottom:1px solid #e3e6ec;text-align:right} th{font-size:.8rem;vertical-align:bottom}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left} th{background:#eef1f5}
 td.pos{background:#e3f4e8;color:#165c2c;font-weight:600} td.neg{background:#fbe6e6;color:#8a1c1c}
 tr.chosen td{font-weight:700} .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:12px}
 img{max-width:100%;height:auto;border:1px solid #e3e6ec;border-radius:4px;background:#fff}
+.scroll{overflow-x:auto} details{margin-top:10px} summary{cursor:pointer;font-weight:600}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:.9rem} dt{font-weight:600}
 @media print{body{background:#fff} section{box-shadow:none;break-inside:avoid} main{padding:0} h2{break-before:auto}}
 """
@@ -49,8 +51,9 @@ def _figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def metrics_table(results: pl.DataFrame, table_id: str = "metrics") -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in results.columns)
+def metrics_table(results: pl.DataFrame, table_id: str = "metrics", decimals: int = 4) -> str:
+    # headers may wrap after underscores, so the wide table fits a laptop screen
+    head = "".join(f"<th>{html.escape(c).replace('_', '_&#8203;')}</th>" for c in results.columns)
     rows = []
     for r in results.iter_rows(named=True):
         cells = []
@@ -58,10 +61,10 @@ def metrics_table(results: pl.DataFrame, table_id: str = "metrics") -> str:
             cls = ""
             if col == "Skill_MAE_vs_Persistencia" and value is not None:
                 cls = ' class="pos"' if value > 0.0005 else (' class="neg"' if value < -0.0005 else "")
-            text = f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+            text = f"{value:,.{decimals}f}" if isinstance(value, float) else html.escape(str(value))
             cells.append(f"<td{cls}>{text}</td>")
         rows.append(f'<tr{" class=chosen" if r.get("Escolhido") else ""}>{"".join(cells)}</tr>')
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def totals_plot(preds: pl.DataFrame, flag: str, chosen: str) -> bytes:
@@ -81,10 +84,11 @@ def totals_plot(preds: pl.DataFrame, flag: str, chosen: str) -> bytes:
 def error_by_size_plot(preds: pl.DataFrame, flag: str) -> bytes:
     """MAE per size bin of last year's enrollment (= the persistence forecast)."""
     labels = [f"{a}-{b}" for a, b in zip(SIZE_BINS, SIZE_BINS[1:])] + [f"{SIZE_BINS[-1]}+"]
-    binned = preds.with_columns(pl.col("Persistencia").cut(SIZE_BINS[1:], labels=labels, left_closed=True).alias("size"))
+    index = np.searchsorted(np.asarray(SIZE_BINS[1:]), preds["Persistencia"].to_numpy(), side="right")
+    binned = preds.with_columns(pl.Series("size", np.asarray(labels)[index]))
     models = [m for m in ("Persistencia", *LEARNERS, ENSEMBLE) if m in preds.columns]
     table = binned.group_by("size").agg(*((pl.col(m) - pl.col("y_true")).abs().mean().alias(m) for m in models), pl.len())
-    table = table.with_columns(pl.col("size").cast(pl.String)).sort(pl.col("size").replace_strict(labels, list(range(len(labels)))))
+    table = table.sort(pl.col("size").replace_strict(labels, list(range(len(labels)))))
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
@@ -112,12 +116,20 @@ def _metadata(meta: dict) -> str:
 
 
 def _forecast_summary(out: Path) -> str:
-    files = sorted(out.glob("previsoes_*_ufs.csv"))
+    files = sorted(out.glob("previsoes_*_brasil.csv"))
     if not files:
         return ""
-    states = pl.read_csv(files[-1])
     year = files[-1].name.split("_")[1]
-    return f"<section><h2>Forecast for {html.escape(year)}, by state</h2>{metrics_table(states, 'forecast')}</section>"
+    bounds = ["limite_inferior_95", "limite_inferior_80", "previsao", "limite_superior_80", "limite_superior_95"]
+    country = pl.read_csv(files[-1]).select("etapa", "matriculas_ultimo_ano", "previsao_escolas", "previsao_novas_ofertas", *bounds)
+    states = pl.read_csv(out / f"previsoes_{year}_ufs.csv").select("etapa", "SG_UF", "matriculas_ultimo_ano", *bounds)
+    return (
+        f"<section><h2>Forecast for {html.escape(year)}</h2>"
+        "<p class='muted'>Students. Totals include the enrollment expected in offerings that will open; "
+        "bounds are 80% and 95% intervals from resampled residuals.</p>"
+        f"{metrics_table(country, 'forecast', decimals=0)}"
+        f"<details><summary>By state</summary>{metrics_table(states, 'forecast-states', decimals=0)}</details></section>"
+    )
 
 
 def build_report(out: Path) -> Path:
