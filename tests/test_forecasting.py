@@ -179,3 +179,11 @@ def test_forecaster_api_fit_predict(small_panel):
     assert fc.forecast_year_ == 2025 and (forecast["previsao"] >= 0).all()
     assert (forecast["limite_inferior_95"] <= forecast["limite_superior_95"]).all()
     assert forecast["NO_ENTIDADE"].null_count() == 0
+
+
+def test_totals_without_validation_say_what_to_do(small_panel):
+    fc = EnrollmentForecaster(stages=["IN_ESP_CE"], model=FAST, device="cpu", n_jobs=1).fit(small_panel)
+    schools = fc.predict(small_panel)
+    assert "limite_inferior_80" not in schools.columns  # no calibrated residuals, no intervals
+    with pytest.raises(ValueError, match=r"IN_ESP_CE: totals need calibrated residuals; call cross_validate\(\) before fit\(\)"):
+        fc.aggregate(small_panel, schools)

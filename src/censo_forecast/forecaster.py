@@ -131,6 +131,8 @@ class EnrollmentForecaster:
         panel = self.panel(census)
         parts: dict[str, list[pl.DataFrame]] = {"municipios": [], "ufs": [], "brasil": []}
         for flag in schools["etapa"].unique(maintain_order=True):
+            if flag not in getattr(self, "calibration_", {}):
+                raise ValueError(f"{flag}: totals need calibrated residuals; call cross_validate() before fit()")
             areas = forecast.aggregate(schools.filter(pl.col("etapa") == flag), self.calibration_[flag],
                                        forecast.new_offerings(panel, flag), flag, seed=seed)
             for key, frame in areas.items():
