@@ -284,3 +284,12 @@ def test_safe_extract_writes_ordinary_members(tmp_path, zips):
     written = archive.safe_extract(tmp_path / "y.zip", tmp_path / "out")
     csv = [p for p in written if p.name == "microdados_ed_basica_2021.csv"]
     assert csv and csv[0].read_bytes().startswith(b"NU_ANO_CENSO;")
+
+
+def test_listed_file_that_is_missing_is_a_clear_404(state, zips, tmp_path):
+    state.listing_extra = '<li><a href="/dados_abertos/microdados_censo_escolar_2019.zip">2019</a></li>'
+    with Mirror(state) as url:
+        report = download.download(tmp_path, None, _opts(url))
+    assert report.downloaded == list(YEARS)
+    assert "404 Not Found" in report.failed[2019] and "microdados_censo_escolar_2019.zip" in report.failed[2019]
+    assert not (tmp_path / catalog.zip_name(2019)).exists()

@@ -186,3 +186,14 @@ def test_unchanged_years_are_skipped_and_changed_ones_redone(small_census, tmp_p
     third = ingest.ingest(mine, cache)
     assert third.written == [2021] and third.skipped == [2020]
     assert pl.read_parquet(ingest.cache_path(cache, 2021)).height < 40
+
+
+def test_unsupported_compression_is_a_clear_error(make_year_zip, monkeypatch):
+    path = make_year_zip(2019, _small_csv(2019))
+
+    def deflate64(*args, **kwargs):
+        raise NotImplementedError("That compression method is not supported")
+
+    monkeypatch.setattr(ingest.archive, "iter_member", deflate64)
+    with pytest.raises(ingest.IngestError, match=r"year 2019: unsupported zip compression .*re-zip"):
+        ingest.read_census_zip(path, 2019)

@@ -102,3 +102,32 @@ def test_seed_entry_point_runs_the_pipeline(small_census, tmp_path, fast_config)
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pl.read_csv(out / "resultados_finais.csv").columns[:5] == SEED_COLUMNS
+
+
+def test_run_downloads_missing_years_from_a_mirror(small_census, tmp_path, fast_config):
+    """Without --offline, `run` fetches what the raw folder lacks, then does the whole job."""
+    from mirror import Mirror, MirrorState
+
+    raw_src, _ = small_census
+    state = MirrorState()
+    for path in sorted(raw_src.glob("microdados_censo_escolar_*.zip")):
+        state.publish(f"/dados/{path.name}", path.read_bytes())
+    raw = tmp_path / "raw"
+    with Mirror(state) as url:
+        result = CliRunner().invoke(app, ["run", "--raw-dir", str(raw), "--out", str(tmp_path / "out"), "--stages", "IN_MED",
+                                          "--device", "cpu", "--config", str(fast_config), "--base-url", f"{url}/dados/",
+                                          "--listing-url", f"{url}/censo-escolar"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in raw.glob("*.zip")) == sorted(p.name for p in raw_src.glob("*.zip"))
+    assert (tmp_path / "out" / "previsoes_2025.csv").exists()
+
+
+def test_per_year_interval_coverage_is_written(run_out):
+    coverage = pl.read_csv(run_out / "cobertura_intervalos_cv.csv")
+    assert coverage.columns == ["etapa", "modelo", "NU_ANO_CENSO", "Cobertura_80", "Cobertura_95", "n"]
+    # test years 2021-2024; the first has no earlier residuals to calibrate on
+    assert sorted(coverage["NU_ANO_CENSO"].unique().to_list()) == [2022, 2023, 2024]
+    assert coverage["Cobertura_80"].is_between(0, 1).all() and (coverage["Cobertura_95"] >= coverage["Cobertura_80"]).all()
+    table = pl.read_csv(run_out / "resultados_finais.csv")
+    voting = coverage.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95"].mean()
+    assert table.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95_CV"].item() == pytest.approx(voting)

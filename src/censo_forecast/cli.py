@@ -148,9 +148,11 @@ def run(
     offline: bool = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir."),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an earlier run and start over."),
     jobs: Optional[int] = JobsOpt,
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
+    listing_url: Optional[str] = typer.Option(None, "--listing-url", help="Listing page of the mirror; 'none' to skip discovery."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """The main job: (download) -> ingest -> features -> walk-forward validation -> outputs."""
+    """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
     from censo_forecast import pipeline
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
@@ -160,7 +162,8 @@ def run(
     except ValueError as exc:
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
-                  device=device, offline=offline or None, fresh=fresh or None, jobs=jobs)
+                  device=device, offline=offline or None, fresh=fresh or None, jobs=jobs, base_url=base_url,
+                  listing_url=listing_url)
     try:
         record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, RuntimeError) as exc:

@@ -28,6 +28,7 @@ class CVResult:
     summary: pl.DataFrame  # resultados_finais
     predictions: pl.DataFrame  # cv_predictions
     folds: pl.DataFrame  # per test year metrics
+    coverage: pl.DataFrame  # interval coverage per stage, model and test year
 
 
 class EnrollmentForecaster:
@@ -75,7 +76,8 @@ class EnrollmentForecaster:
     def combine(results: list[validation.StageCV]) -> CVResult:
         folds = pl.concat([r.folds for r in results])
         predictions = pl.concat([r.predictions for r in results], how="diagonal")
-        return CVResult(validation.summarize(folds, predictions), predictions, folds)
+        coverage = validation.coverage_table(predictions)
+        return CVResult(validation.summarize(folds, predictions, coverage), predictions, folds, coverage)
 
     # ----------------------------------------------------------- fit / predict
     def fit(self, census: pl.DataFrame) -> "EnrollmentForecaster":

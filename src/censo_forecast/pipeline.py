@@ -29,6 +29,7 @@ CHECKPOINT_VERSION = 1
 RESULTS = "resultados_finais.csv"
 CV_PREDICTIONS = "cv_predictions.parquet"
 METADATA = "run_metadata.json"
+COVERAGE = "cobertura_intervalos_cv.csv"
 
 
 class PipelineError(Exception):
@@ -43,7 +44,8 @@ def ensure_raw(s: Settings) -> list[int]:
 
         wanted = s.years
         if wanted is None or any(y not in present for y in wanted):
-            opts = dl.DownloadOptions(base_url=s.base_url, listing_url=s.listing_url, ca_bundle=s.ca_bundle,
+            listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
+            opts = dl.DownloadOptions(base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle,
                                       insecure=s.insecure, retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs)
             fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, opts)
             if not fetched.ok:
@@ -184,6 +186,7 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     summary = cv.summary
     atomic.write_csv(out / RESULTS, summary)
     atomic.write_parquet(out / CV_PREDICTIONS, cv.predictions)
+    atomic.write_csv(out / COVERAGE, cv.coverage)
 
     t = time.perf_counter()
     forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]

@@ -117,23 +117,33 @@ def totals_error(predictions: pl.DataFrame, model: str) -> dict[str, float]:
     return out
 
 
-def interval_and_totals_table(predictions: pl.DataFrame) -> pl.DataFrame:
-    """Per (etapa, modelo): interval coverage (each test year calibrated on earlier ones only)
-    and the error of municipal and state totals."""
-    rows = []
-    for flag in predictions["etapa"].unique(maintain_order=True):
-        stage = predictions.filter(pl.col("etapa") == flag)
-        for model in models.MODEL_NAMES:
-            row = {"etapa": flag, "modelo": model, **totals_error(stage, model)}
-            coverage = intervals.coverage_by_year(stage, model)
-            for pct in (80, 95):
-                row[f"Cobertura_{pct}_CV"] = float(coverage[f"Cobertura_{pct}"].mean()) if coverage.height else None
-            rows.append(row)
-    return pl.DataFrame(rows, schema={"etapa": pl.String, "modelo": pl.String, "APE_Municipios_Media_CV": pl.Float64,
-                                      "APE_UFs_Media_CV": pl.Float64, "Cobertura_80_CV": pl.Float64, "Cobertura_95_CV": pl.Float64})
+def coverage_table(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Interval coverage per stage, model and test year, each year calibrated on earlier ones only."""
+    frames = [
+        intervals.coverage_by_year(predictions.filter(pl.col("etapa") == flag), model).with_columns(pl.lit(flag).alias("etapa"))
+        for flag in predictions["etapa"].unique(maintain_order=True)
+        for model in models.MODEL_NAMES
+    ]
+    schema = {"etapa": pl.String, "modelo": pl.String, "NU_ANO_CENSO": pl.Int64, "Cobertura_80": pl.Float64,
+              "Cobertura_95": pl.Float64, "n": pl.Int64}
+    frames = [f.select(list(schema)).cast(schema) for f in frames if f.height]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
-def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None) -> pl.DataFrame:
+def interval_and_totals_table(predictions: pl.DataFrame, coverage: pl.DataFrame) -> pl.DataFrame:
+    """Per (etapa, modelo): mean interval coverage over test years and the error of
+    municipal and state totals."""
+    totals = pl.DataFrame(
+        [{"etapa": flag, "modelo": model, **totals_error(predictions.filter(pl.col("etapa") == flag), model)}
+         for flag in predictions["etapa"].unique(maintain_order=True) for model in models.MODEL_NAMES],
+        schema={"etapa": pl.String, "modelo": pl.String, "APE_Municipios_Media_CV": pl.Float64, "APE_UFs_Media_CV": pl.Float64},
+    )
+    means = coverage.group_by("etapa", "modelo").agg(
+        pl.col("Cobertura_80").mean().alias("Cobertura_80_CV"), pl.col("Cobertura_95").mean().alias("Cobertura_95_CV"))
+    return totals.join(means, on=["etapa", "modelo"], how="left")
+
+
+def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, coverage: pl.DataFrame | None = None) -> pl.DataFrame:
     """resultados_finais.csv: one row per (etapa, modelo), means over folds, skill vs persistence;
     with the predictions, also interval coverage and the error of municipal and state totals."""
     table = folds.group_by("etapa", "modelo", maintain_order=True).agg(
@@ -153,7 +163,9 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None) -> p
     columns = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV",
                "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras"]
     if predictions is not None:
-        table = table.join(interval_and_totals_table(predictions), on=["etapa", "modelo"], how="left")
+        if coverage is None:
+            coverage = coverage_table(predictions)
+        table = table.join(interval_and_totals_table(predictions, coverage), on=["etapa", "modelo"], how="left")
         columns += ["Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"]
     return table.select(*columns, "Escolhido")
 

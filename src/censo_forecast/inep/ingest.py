@@ -80,6 +80,8 @@ def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
         data, separators = _inflate_as_utf8(zip_path, member)
     except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
+    except NotImplementedError as exc:  # e.g. Deflate64, which Python's zipfile cannot read
+        raise IngestError(f"{where}: unsupported zip compression ({exc}); re-zip it with ordinary deflate") from None
     return _parse(data, separators, year, where)
 
 
