@@ -1,11 +1,12 @@
 """INEP yearly zips -> one typed Parquet file per year, reading only the columns we need.
 
 The data member is inflated straight from the zip (ISA-L when available, CRC-checked; never
-extracted to disk) and transcoded from latin-1 piece by piece, then polars parses it once,
-projecting the needed columns directly to their cache types. Only a file that fails this
-fast path is re-read as text, so that a bad value in a column we need is reported with its
-year, member, column, line and text, while damage in columns we skip (spreadsheet mangling,
-'.' placeholders) costs nothing.
+extracted to disk) and Arrow parses the latin-1 bytes as they are, projecting the needed
+columns straight to their cache types and keeping text as bytes, so only the distinct
+names are decoded (no transcoding of the whole file). Only a file that fails this fast
+path is transcoded and re-read as text, so that a bad value in a column we need is
+reported with its year, member, column, line and text, while damage in columns we skip
+(spreadsheet mangling, '.' placeholders) costs nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from censo_forecast import atomic
 from censo_forecast.inep import archive, catalog
@@ -30,7 +33,6 @@ from censo_forecast.inep import archive, catalog
 log = logging.getLogger(__name__)
 
 PIECE_BYTES = 2 * 1024 * 1024  # compressed bytes per read (about 12 MB inflated)
-_SEPARATOR_BYTE = ord(catalog.CSV_SEPARATOR)
 MANIFEST = "manifest.json"
 _RAW_ZIP_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
 
@@ -77,30 +79,17 @@ def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
         raise IngestError(f"year {year}: {exc}") from None
     where = f"{zip_path}, member {member.filename}, year {year}"
     try:
-        data, separators = _inflate_as_utf8(zip_path, member)
+        raw = b"".join(archive.iter_member(zip_path, member, PIECE_BYTES))
     except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
     except NotImplementedError as exc:  # e.g. Deflate64, which Python's zipfile cannot read
         raise IngestError(f"{where}: unsupported zip compression ({exc}); re-zip it with ordinary deflate") from None
-    return _parse(data, separators, year, where)
+    return _parse(raw, year, where)
 
 
-def _inflate_as_utf8(zip_path: Path, member: zipfile.ZipInfo) -> tuple[bytes, int]:
-    """The member as UTF-8 bytes, plus its count of ';'. Latin-1 is one byte per character,
-    so each inflated piece can be transcoded on its own: no raw copy of the file is kept."""
-    pieces, separators = [], 0
-    for piece in archive.iter_member(zip_path, member, PIECE_BYTES):
-        separators += int(np.count_nonzero(np.frombuffer(piece, np.uint8) == _SEPARATOR_BYTE))
-        pieces.append(piece if piece.isascii() else piece.decode(catalog.CSV_ENCODING).encode("utf-8"))
-    data = b"".join(pieces)
-    if b"\r" in data:  # spreadsheet re-saves use CRLF
-        data = data.replace(b"\r\n", b"\n")
-    return data, separators
-
-
-def _parse(data: bytes, separators: int, year: int, where: str) -> pl.DataFrame:
-    header_end = data.find(b"\n")
-    header = (data if header_end < 0 else data[:header_end]).decode("utf-8").strip().split(catalog.CSV_SEPARATOR)
+def _parse(raw: bytes, year: int, where: str) -> pl.DataFrame:
+    header_end = raw.find(b"\n")
+    header = (raw if header_end < 0 else raw[:header_end]).decode(catalog.CSV_ENCODING).strip().split(catalog.CSV_SEPARATOR)
     if header == [""]:
         raise IngestError(f"{where}: the file is empty (no header line)")
     missing = [c for c in catalog.REQUIRED_COLUMNS if c not in header]
@@ -108,16 +97,13 @@ def _parse(data: bytes, separators: int, year: int, where: str) -> pl.DataFrame:
         raise IngestError(f"{where}: required column(s) missing from the header: {', '.join(missing)}")
     names = [c for c in header if c in catalog.CACHE_SCHEMA]
     try:
-        frame = _read_csv(data, {n: _parse_type(n) for n in names})
-    except pl.exceptions.PolarsError:
-        # Slow path, only for a file that fails: read as text to name the line and value at fault.
-        _check_field_counts(data, len(header), where)
-        _strict_cast(_read_csv(data, {n: pl.String() for n in names}, where), names, where)
+        # one contiguous buffer: streaming the pieces to Arrow saved memory (~0.8 GB peak instead of
+        # ~1.3 GB for 14 national years) but cost ~10 % in time, Arrow reading through Python
+        frame = _fast_read(pa.py_buffer(raw), names)
+    except pa.ArrowInvalid as exc:
+        _explain_failure(raw, header, names, where, str(exc))  # always raises
     if frame.height == 0:
         raise IngestError(f"{where}: the file has a header but no rows")
-    # polars ignores surplus fields, so a ragged row shows as a separator count mismatch
-    if separators != (frame.height + 1) * (len(header) - 1):
-        _check_field_counts(data, len(header), where)
     frame = frame.with_columns(_finish(n, frame) for n in names if catalog.CACHE_SCHEMA[n] in (pl.Date, pl.Categorical))
     frame = frame.with_columns(
         pl.lit(None, dtype=dtype).alias(name) for name, dtype in catalog.OPTIONAL_COLUMNS.items() if name not in names
@@ -130,8 +116,43 @@ def _parse(data: bytes, separators: int, year: int, where: str) -> pl.DataFrame:
     return frame.select(list(catalog.CACHE_SCHEMA))
 
 
-def _read_csv(data: bytes, dtypes: dict, where: str | None = None) -> pl.DataFrame:
-    """where=None: the fast typed read (errors propagate); else a text read with file line numbers."""
+_ARROW_INTS = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
+
+
+def _fast_read(stream, names: list[str]) -> pl.DataFrame:
+    """Arrow parses the latin-1 bytes as they are: numbers straight to the cache types, text
+    as binary (no UTF-8 check, so no transcoding of the whole file); only the text columns'
+    distinct values are then decoded. Arrow also rejects rows with the wrong field count."""
+    types = {n: _ARROW_INTS.get(catalog.CACHE_SCHEMA[n], pa.binary()) for n in names}
+    table = pacsv.read_csv(
+        stream,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),  # years run in parallel instead
+        parse_options=pacsv.ParseOptions(delimiter=catalog.CSV_SEPARATOR, quote_char=False),
+        convert_options=pacsv.ConvertOptions(include_columns=names, column_types=types, check_utf8=False,
+                                             null_values=["", "."], strings_can_be_null=True),
+    )
+    columns = {}
+    for name in names:
+        column = table.column(name)
+        columns[name] = _latin1_text(column) if types[name] == pa.binary() else pl.from_arrow(column)
+    return pl.DataFrame(columns)
+
+
+def _latin1_text(column: pa.ChunkedArray) -> pl.Series:
+    encoded = column.combine_chunks().dictionary_encode()
+    text = pa.array([None if v is None else v.decode(catalog.CSV_ENCODING) for v in encoded.dictionary.to_pylist()], pa.string())
+    return pl.from_arrow(pc.take(text, encoded.indices)).cast(pl.String)
+
+
+def _explain_failure(raw: bytes, header: list[str], names: list[str], where: str, arrow_message: str) -> None:
+    """Slow path, only for a file that fails: read it as text to name the line and value at fault."""
+    data = raw.decode(catalog.CSV_ENCODING).encode("utf-8").replace(b"\r\n", b"\n")
+    _check_field_counts(data, len(header), where)
+    _strict_cast(_read_csv(data, {n: pl.String() for n in names}, where), names, where, arrow_message)
+
+
+def _read_csv(data: bytes, dtypes: dict, where: str) -> pl.DataFrame:
+    """A text read with file line numbers, for the slow path."""
     try:
         return pl.read_csv(
             data,
@@ -141,12 +162,10 @@ def _read_csv(data: bytes, dtypes: dict, where: str | None = None) -> pl.DataFra
             infer_schema=False,
             quote_char=None,
             null_values=["."],
-            row_index_name=None if where is None else "_line",
+            row_index_name="_line",
             row_index_offset=2,  # the header is line 1
         )
     except pl.exceptions.PolarsError as exc:
-        if where is None:
-            raise
         raise IngestError(f"{where}: the rows do not parse as ';'-separated fields ({exc})") from None
 
 
@@ -172,7 +191,7 @@ def _check_field_counts(data: bytes, width: int, where: str) -> None:
             raise IngestError(f"{where}: line {offset + 1} has {fields} fields, the header has {width}")
 
 
-def _strict_cast(raw: pl.DataFrame, names: list[str], where: str) -> None:
+def _strict_cast(raw: pl.DataFrame, names: list[str], where: str, arrow_message: str = "") -> None:
     """Cast text columns one by one and raise on the first value that does not fit."""
     for name in names:
         text = raw[name].str.strip_chars()
@@ -185,7 +204,7 @@ def _strict_cast(raw: pl.DataFrame, names: list[str], where: str) -> None:
                 f"{where}: {kind} column {name}, line {int(bad[0])}: cannot read {value!r} as "
                 f"{catalog.CACHE_SCHEMA[name]} ({len(bad)} bad value(s) in this column)"
             )
-    raise IngestError(f"{where}: the file does not parse, but no single value is at fault")
+    raise IngestError(f"{where}: the file does not parse, but no single value is at fault ({arrow_message})")
 
 
 # ---------------------------------------------------------------- cache + manifest
