@@ -32,9 +32,14 @@ def fitted():
 def test_native_contributions_match_tree_explainer_and_add_up(fitted, name):
     X, learners = fitted
     values, base = explain.contributions(learners[name], X)
-    reference = shap.TreeExplainer(learners[name].model_).shap_values(X)
-    np.testing.assert_allclose(values, reference, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(base + values.sum(axis=1), learners[name].predict_change(X), rtol=1e-4, atol=1e-3)
+    try:
+        reference = shap.TreeExplainer(learners[name].model_).shap_values(X)
+    except ValueError as exc:  # shap < 0.50 (the last for Python 3.10) cannot read XGBoost >= 3.1 models
+        if name == "XGBoost" and "could not convert string to float" in str(exc):
+            pytest.skip(f"shap {shap.__version__} cannot load XGBoost {__import__('xgboost').__version__} models: {exc}")
+        raise
+    np.testing.assert_allclose(values, reference, rtol=1e-3, atol=1e-3)
 
 
 def test_voting_values_are_the_mean_of_its_two_models(fitted):
