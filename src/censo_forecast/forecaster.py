@@ -92,8 +92,11 @@ class EnrollmentForecaster:
                 continue
             name = chosen.get(flag, models.ENSEMBLE)
             X, y = validation.matrix(data), data["y_true"].to_numpy()
-            if name in models.LEARNERS or name == models.ENSEMBLE:
-                model = validation.fit_learners(X, y, self.model or ModelSettings(), self.resolve_device(), self.n_jobs)[name]
+            settings, device = self.model or ModelSettings(), self.resolve_device()
+            if name == models.ENSEMBLE:
+                model = validation.fit_learners(X, y, settings, device, self.n_jobs)[name]
+            elif name in models.LEARNERS:
+                model = validation.fit_learner(name, X, y, settings, device, self.n_jobs)
             elif name == "Deriva":
                 latest = data.filter(pl.col("target_year") == data["target_year"].max())
                 model = models.Drift(validation.ANCHOR_INDEX).fit(validation.matrix(latest), latest["y_true"].to_numpy())

@@ -43,10 +43,15 @@ def test_years(target_years: list[int], census_years: list[int], min_train_years
     return [t for t in sorted(target_years) if t >= first and any(y < t for y in target_years)]
 
 
+def fit_learner(name: str, X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: models.Device, jobs: int):
+    """One boosted model ("LightGBM" or "XGBoost") on the given device."""
+    library = name.lower()
+    return models.ChangeRegressor(library, ANCHOR_INDEX, settings, getattr(device, library), jobs).fit(X, y)
+
+
 def fit_learners(X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: models.Device, jobs: int) -> dict:
     """The two boosted models and their Voting mean, fitted on the same rows."""
-    lgbm = models.ChangeRegressor("lightgbm", ANCHOR_INDEX, settings, device.lightgbm, jobs).fit(X, y)
-    xgb = models.ChangeRegressor("xgboost", ANCHOR_INDEX, settings, device.xgboost, jobs).fit(X, y)
+    lgbm, xgb = (fit_learner(name, X, y, settings, device, jobs) for name in models.LEARNERS)
     return {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
 
 
