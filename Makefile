@@ -10,7 +10,7 @@ DEMO_SCHOOLS ?= 2000
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,dask]'
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
