@@ -85,11 +85,15 @@ def test_aggregates_equal_the_sums_of_their_parts(run_out):
     by_muni = schools.group_by("etapa", "CO_MUNICIPIO").agg(pl.col("previsao").sum().alias("s"))
     joined = munis.join(by_muni, on=["etapa", "CO_MUNICIPIO"], how="left").with_columns(pl.col("s").fill_null(0))
     assert np.allclose(joined["previsao_escolas"], joined["s"])
-    assert np.allclose(munis["previsao"], munis["previsao_escolas"] + munis["previsao_novas_ofertas"])
+    for frame in (munis, ufs, country):
+        assert np.allclose(frame["previsao"], frame["previsao_escolas"] + frame["ajuste_agregacao"] + frame["previsao_novas_ofertas"])
+        # the point is the centre of the simulated totals that give the bounds
+        assert frame.select(((pl.col("limite_inferior_95") <= pl.col("previsao")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).all()).item()
     uf_from_muni = munis.group_by("etapa", "CO_UF").agg(pl.col("previsao").sum().alias("m"))
     assert np.allclose(ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["m"], ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["previsao"])
     for flag in ("IN_INF_CRE", "IN_MED"):
-        assert country.filter(pl.col("etapa") == flag)["previsao"].item() == pytest.approx(ufs.filter(pl.col("etapa") == flag)["previsao"].sum())
+        for col in ("previsao_escolas", "ajuste_agregacao", "previsao"):
+            assert country.filter(pl.col("etapa") == flag)[col].item() == pytest.approx(ufs.filter(pl.col("etapa") == flag)[col].sum())
     for frame in (munis, ufs, country):
         assert frame.select((pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")).all() & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")).all()).item()
     # a sum's interval comes from resampled residuals: far narrower than adding the schools' bounds

@@ -45,26 +45,34 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     return grid.join(fresh, on=["CO_MUNICIPIO", "CO_UF", YEAR], how="left").with_columns(pl.col("new_enrollment").fill_null(0.0))
 
 
-def _area_table(keys: np.ndarray, point: np.ndarray, last: np.ndarray, new_expected: np.ndarray,
-                draws: np.ndarray, key_name: str) -> pl.DataFrame:
-    """Sum per area; bounds are quantiles of the summed draws."""
-    out = {key_name: keys, "matriculas_ultimo_ano": last, "previsao_escolas": point, "previsao_novas_ofertas": new_expected,
-           "previsao": point + new_expected}
+def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_draws: np.ndarray,
+                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str) -> pl.DataFrame:
+    """An area's point forecast is the centre of the same simulated totals that give its bounds."""
+    totals = schools + adjust_draws + new_draws
+    adjust = adjust_draws.mean(axis=0)
+    out = {key_name: keys, "matriculas_ultimo_ano": last, "previsao_escolas": schools, "ajuste_agregacao": adjust,
+           "previsao_novas_ofertas": new_expected, "previsao": schools + adjust + new_expected}
     for level in intervals.LEVELS:
         pct = int(round(level * 100))
         a = (1 - level) / 2
-        out[f"limite_inferior_{pct}"] = np.quantile(draws, a, axis=0)
-        out[f"limite_superior_{pct}"] = np.quantile(draws, 1 - a, axis=0)
+        out[f"limite_inferior_{pct}"] = np.quantile(totals, a, axis=0)
+        out[f"limite_superior_{pct}"] = np.quantile(totals, 1 - a, axis=0)
     return pl.DataFrame(out)
 
 
 def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str,
               draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
-    """Municipal, state and national totals for one stage with resampled intervals."""
+    """Municipal, state and national totals for one stage with resampled intervals.
+
+    `previsao_escolas` is exactly the sum of the school forecasts. `ajuste_agregacao` is the
+    mean of the resampled net errors of those forecasts: school forecasts are medians, while a
+    total needs the mean, which includes the schools that will close or drop the stage.
+    """
     rng = np.random.default_rng(seed)
     pred = schools["previsao"].to_numpy()
     last = schools["matriculas_ultimo_ano"].to_numpy()
-    sampled = np.maximum(pred + intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng), 0.0)
+    residuals = intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng)
+    net_error = np.maximum(pred + residuals, 0.0) - pred  # draws x schools
     # new offerings: one of the recent years per draw, shared by all municipalities (a common shock)
     off_years = sorted(offerings[YEAR].unique().to_list()) or [None]
     munis = sorted(set(schools["CO_MUNICIPIO"].to_list()) | set(offerings["CO_MUNICIPIO"].to_list()))
@@ -76,28 +84,39 @@ def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.Da
         part = offerings.filter(pl.col(YEAR) == year)
         for m, v in zip(part["CO_MUNICIPIO"].to_list(), part["new_enrollment"].to_list()):
             per_year[j, muni_index[m]] = v
-    new_expected = per_year.mean(axis=0)
     new_draws = per_year[rng.integers(0, len(off_years), size=draws)]
     school_muni = np.array([muni_index[m] for m in schools["CO_MUNICIPIO"].to_list()], dtype=np.int64)
-    n_muni = len(munis)
 
-    def by_muni(values: np.ndarray) -> np.ndarray:
-        return np.bincount(school_muni, weights=values, minlength=n_muni)
+    def to_munis(values: np.ndarray) -> np.ndarray:  # schools (or draws x schools) -> municipalities
+        matrix = np.atleast_2d(values)
+        summed = np.stack([np.bincount(school_muni, weights=row, minlength=len(munis)) for row in matrix])
+        return summed if values.ndim == 2 else summed[0]
 
-    muni_draws = np.stack([by_muni(sampled[d]) for d in range(draws)]) + new_draws
-    muni = _area_table(np.array(munis), by_muni(pred), by_muni(last), new_expected, muni_draws, "CO_MUNICIPIO")
-    muni = muni.with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     ufs = sorted(set(muni_uf[m] for m in munis))
     uf_of = np.array([ufs.index(muni_uf[m]) for m in munis])
-    uf_sum = lambda v: np.bincount(uf_of, weights=v, minlength=len(ufs))  # noqa: E731
-    uf_draws = np.stack([uf_sum(muni_draws[d]) for d in range(draws)])
-    uf = _area_table(np.array(ufs), uf_sum(by_muni(pred)), uf_sum(by_muni(last)), uf_sum(new_expected), uf_draws, "CO_UF")
+
+    def to_ufs(values: np.ndarray) -> np.ndarray:  # municipalities (or draws x municipalities) -> states
+        matrix = np.atleast_2d(values)
+        summed = np.stack([np.bincount(uf_of, weights=row, minlength=len(ufs)) for row in matrix])
+        return summed if values.ndim == 2 else summed[0]
+
+    def to_country(values: np.ndarray) -> np.ndarray:
+        return values.sum(axis=-1, keepdims=True)
+
+    levels = {
+        "municipios": (np.array(munis), "CO_MUNICIPIO", lambda v: v),
+        "ufs": (np.array(ufs), "CO_UF", to_ufs),
+        "brasil": (np.array(["BR"]), "pais", lambda v: to_country(to_ufs(v))),
+    }
+    per_muni = (to_munis(last), to_munis(pred), to_munis(net_error), new_draws)
+    out = {}
+    for name, (keys, key_name, up) in levels.items():
+        last_a, pred_a, err_a, new_a = (up(v) for v in per_muni)
+        out[name] = _area_table(keys, last_a, pred_a, err_a, up(per_year.mean(axis=0)), new_a, key_name)
+    out["municipios"] = out["municipios"].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     abbr = {code: a for code, a, _, _ in catalog.UFS}
-    uf = uf.with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
-    country = _area_table(np.array(["BR"]), np.array([pred.sum()]), np.array([last.sum()]), np.array([new_expected.sum()]),
-                          muni_draws.sum(axis=1, keepdims=True), "pais")
-    tag = lambda f: f.with_columns(pl.lit(flag).alias("etapa"))  # noqa: E731
-    return {"municipios": tag(muni), "ufs": tag(uf), "brasil": tag(country)}
+    out["ufs"] = out["ufs"].with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
+    return {k: v.with_columns(pl.lit(flag).alias("etapa")) for k, v in out.items()}
 
 
 def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str, pl.DataFrame]) -> list[Path]:

@@ -121,12 +121,14 @@ def _forecast_summary(out: Path) -> str:
         return ""
     year = files[-1].name.split("_")[1]
     bounds = ["limite_inferior_95", "limite_inferior_80", "previsao", "limite_superior_80", "limite_superior_95"]
-    country = pl.read_csv(files[-1]).select("etapa", "matriculas_ultimo_ano", "previsao_escolas", "previsao_novas_ofertas", *bounds)
+    country = pl.read_csv(files[-1]).select("etapa", "matriculas_ultimo_ano", "previsao_escolas", "ajuste_agregacao",
+                                            "previsao_novas_ofertas", *bounds)
     states = pl.read_csv(out / f"previsoes_{year}_ufs.csv").select("etapa", "SG_UF", "matriculas_ultimo_ano", *bounds)
     return (
         f"<section><h2>Forecast for {html.escape(year)}</h2>"
-        "<p class='muted'>Students. Totals include the enrollment expected in offerings that will open; "
-        "bounds are 80% and 95% intervals from resampled residuals.</p>"
+        "<p class='muted'>Students. A total is the sum of the school forecasts, plus the expected net effect of "
+        "closures and stage drops on that sum (ajuste_agregacao), plus the enrollment expected in offerings that "
+        "will open; bounds are 80% and 95% intervals from the same resampled residuals.</p>"
         f"{metrics_table(country, 'forecast', decimals=0)}"
         f"<details><summary>By state</summary>{metrics_table(states, 'forecast-states', decimals=0)}</details></section>"
     )
