@@ -293,3 +293,16 @@ def test_listed_file_that_is_missing_is_a_clear_404(state, zips, tmp_path):
     assert report.downloaded == list(YEARS)
     assert "404 Not Found" in report.failed[2019] and "microdados_censo_escolar_2019.zip" in report.failed[2019]
     assert not (tmp_path / catalog.zip_name(2019)).exists()
+
+
+def test_unreachable_host_fails_fast_with_a_hint(tmp_path, caplog):
+    import socket
+
+    with socket.socket() as sock:  # a port on this machine with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(download.DownloadError, match=r"ConnectError.*is the host reachable from this machine\? use --offline"):
+        download.download(tmp_path, [2021], _opts(url, retries=8))
+    attempts = [r for r in caplog.records if "ConnectError" in r.getMessage() and "retry" in r.getMessage()]
+    assert len(attempts) == 2 * (download.CONNECT_ATTEMPTS - 1)  # listing, then the HEAD fallback

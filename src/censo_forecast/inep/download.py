@@ -174,19 +174,28 @@ def _sleep_before_retry(attempt: int, opts: DownloadOptions, retry_after: float 
     time.sleep(delay)
 
 
+CONNECT_ATTEMPTS = 3  # a host that cannot be reached at all is not worth minutes of back-off
+
+
 def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions) -> httpx.Response:
-    """A small request (listing, HEAD) with the same retry policy as transfers."""
+    """A small request (listing, HEAD) with the same retry policy as transfers, except that
+    failing to connect at all gives up after CONNECT_ATTEMPTS."""
     for attempt in range(1, opts.retries + 1):
         try:
             response = client.request(method, url)
         except httpx.TransportError as exc:
-            if attempt == opts.retries:
-                raise DownloadError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            unreachable = isinstance(exc, httpx.ConnectError)
+            limit = min(opts.retries, CONNECT_ATTEMPTS) if unreachable else opts.retries
+            if attempt >= limit:
+                hint = " (is the host reachable from this machine? use --offline with local zips)" if unreachable else ""
+                raise DownloadError(f"{method} {url}: {type(exc).__name__}: {exc}{hint}") from None
+            log.warning("%s %s: %s: %s; retry %d of %d", method, url, type(exc).__name__, exc, attempt, limit - 1)
             _sleep_before_retry(attempt, opts, None)
             continue
         if response.status_code == 404:
             raise _NotFound(f"{method} {url}: 404 Not Found")
         if response.status_code in RETRY_STATUSES and attempt < opts.retries:
+            log.warning("%s %s: HTTP %d; retry %d of %d", method, url, response.status_code, attempt, opts.retries - 1)
             _sleep_before_retry(attempt, opts, _retry_after(response))
             continue
         if response.status_code >= 400:
