@@ -1,9 +1,24 @@
 """censo-forecast: next-year school enrollment forecasts from INEP's School Census."""
 
 __version__ = "0.1.0"
+__all__ = ["EnrollmentForecaster", "ModelSettings", "Settings", "load_census", "load_settings"]
 
-from censo_forecast.config import ModelSettings, Settings, load_settings
-from censo_forecast.forecaster import EnrollmentForecaster
+# Imported on first use (PEP 562): `censo-forecast ingest` or `download` should not pay for
+# scikit-learn, LightGBM and XGBoost, which the forecaster imports.
+_LAZY = {
+    "EnrollmentForecaster": "censo_forecast.forecaster",
+    "ModelSettings": "censo_forecast.config",
+    "Settings": "censo_forecast.config",
+    "load_settings": "censo_forecast.config",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'censo_forecast' has no attribute {name!r}")
 
 
 def load_census(cache_dir, years=None):
@@ -11,6 +26,3 @@ def load_census(cache_dir, years=None):
     from censo_forecast.inep import ingest
 
     return ingest.load_cache(cache_dir, years or ingest.cached_years(cache_dir))
-
-
-__all__ = ["EnrollmentForecaster", "ModelSettings", "Settings", "load_census", "load_settings"]
