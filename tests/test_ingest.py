@@ -197,3 +197,22 @@ def test_unsupported_compression_is_a_clear_error(make_year_zip, monkeypatch):
     monkeypatch.setattr(ingest.archive, "iter_member", deflate64)
     with pytest.raises(ingest.IngestError, match=r"year 2019: unsupported zip compression .*re-zip"):
         ingest.read_census_zip(path, 2019)
+
+
+def test_ingest_and_synth_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from censo_forecast.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "raw"), "--years", "2020-2021", "--schools", "30"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.zip")) == [catalog.zip_name(2020), catalog.zip_name(2021)]
+    result = runner.invoke(app, ["ingest", "--raw-dir", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0 and "ingested [2020, 2021]" in result.output
+    (tmp_path / "raw" / catalog.zip_name(2021)).write_bytes(b"not a zip")
+    result = runner.invoke(app, ["ingest", "--raw-dir", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache"), "--years", "2021"])
+    assert result.exit_code == 1
+    assert "1 year(s) failed" in result.output and "2021:" in result.output and "not a readable zip" in result.output
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--years", "2011,2013"])
+    assert result.exit_code == 2 and "synthetic years must be consecutive" in result.output

@@ -95,7 +95,7 @@ def ingest(
         report = ingest_mod.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update())
     typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
     if report.failed:
-        _fail(str(ingest_mod.IngestError(f"{len(report.failed)} year(s) failed")) + "".join(f"\n  {y}: {m}" for y, m in sorted(report.failed.items())))
+        _fail(f"{len(report.failed)} year(s) failed:" + "".join(f"\n  {y}: {m}" for y, m in sorted(report.failed.items())))
 
 
 @app.command()
