@@ -188,15 +188,24 @@ def test_unchanged_years_are_skipped_and_changed_ones_redone(small_census, tmp_p
     assert pl.read_parquet(ingest.cache_path(cache, 2021)).height < 40
 
 
-def test_unsupported_compression_is_a_clear_error(make_year_zip, monkeypatch):
-    path = make_year_zip(2019, _small_csv(2019))
+def _deflate64_zip(path, year: int, csv_bytes: bytes):
+    """A zip whose data member is marked Deflate64 (method 9), which Python cannot read."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"microdados_ed_basica_{year}/dados/microdados_ed_basica_{year}.csv", csv_bytes)
+    data = bytearray(path.read_bytes())
+    data[8:10] = (9).to_bytes(2, "little")  # local header's method
+    central = data.index(b"PK\x01\x02")
+    data[central + 10 : central + 12] = (9).to_bytes(2, "little")  # central directory's method
+    path.write_bytes(bytes(data))
+    return path
 
-    def deflate64(*args, **kwargs):
-        raise NotImplementedError("That compression method is not supported")
 
-    monkeypatch.setattr(ingest.archive, "iter_member", deflate64)
+def test_unsupported_compression_is_a_clear_error(tmp_path):
+    path = _deflate64_zip(tmp_path / "microdados_censo_escolar_2019.zip", 2019, _small_csv(2019))
     with pytest.raises(ingest.IngestError, match=r"year 2019: unsupported zip compression .*re-zip"):
         ingest.read_census_zip(path, 2019)
+    with pytest.raises(ingest.archive.ArchiveError, match=r"unsupported zip compression.*microdados_ed_basica_2019\.csv"):
+        ingest.archive.verify_zip(path, 2019)  # the downloader's check gives the same clear error
 
 
 def test_ingest_and_synth_commands(tmp_path):

@@ -23,6 +23,10 @@ class ArchiveError(Exception):
     """A zip that cannot be used; the message names the file and what is wrong."""
 
 
+class UnsupportedCompression(ArchiveError):
+    """A member compressed with a method Python cannot read (Deflate64, for one)."""
+
+
 # Guards for any extraction: INEP's largest CSV is ~220 MB inside a ~34 MB zip (ratio ~7).
 MAX_TOTAL_UNCOMPRESSED = 4 * 1024**3
 MAX_COMPRESSION_RATIO = 200
@@ -60,9 +64,16 @@ def md5_member(zf: zipfile.ZipFile, year: int) -> zipfile.ZipInfo | None:
 def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator[bytes]:
     """A member's bytes, inflated from compressed reads of block_bytes, CRC-checked at the end."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
-        with zipfile.ZipFile(path) as zf, zf.open(info) as fh:  # other methods: the standard reader
-            while chunk := fh.read(block_bytes):
-                yield chunk
+        with zipfile.ZipFile(path) as zf:  # other methods: the standard reader
+            try:
+                fh = zf.open(info)
+            except NotImplementedError as exc:
+                raise UnsupportedCompression(
+                    f"unsupported zip compression in {path}, member {info.filename} ({exc}); re-zip it with ordinary deflate"
+                ) from None
+            with fh:
+                while chunk := fh.read(block_bytes):
+                    yield chunk
         return
     inflater = _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
     crc, size = 0, 0
@@ -92,8 +103,6 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
             size += len(out)
             if out:
                 yield out
-            if remaining <= 0 and inflater is None:
-                break
     if crc != info.CRC or size != info.file_size:
         raise ArchiveError(f"{path}: member {info.filename} is damaged (CRC or size mismatch: {size} of {info.file_size} bytes)")
 

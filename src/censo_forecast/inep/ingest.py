@@ -80,10 +80,10 @@ def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
     where = f"{zip_path}, member {member.filename}, year {year}"
     try:
         raw = b"".join(archive.iter_member(zip_path, member, PIECE_BYTES))
+    except archive.UnsupportedCompression as exc:
+        raise IngestError(f"year {year}: {exc}") from None
     except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
-    except NotImplementedError as exc:  # e.g. Deflate64, which Python's zipfile cannot read
-        raise IngestError(f"{where}: unsupported zip compression ({exc}); re-zip it with ordinary deflate") from None
     return _parse(raw, year, where)
 
 
@@ -119,13 +119,13 @@ def _parse(raw: bytes, year: int, where: str) -> pl.DataFrame:
 _ARROW_INTS = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
 
 
-def _fast_read(stream, names: list[str]) -> pl.DataFrame:
+def _fast_read(buffer: pa.Buffer, names: list[str]) -> pl.DataFrame:
     """Arrow parses the latin-1 bytes as they are: numbers straight to the cache types, text
     as binary (no UTF-8 check, so no transcoding of the whole file); only the text columns'
     distinct values are then decoded. Arrow also rejects rows with the wrong field count."""
     types = {n: _ARROW_INTS.get(catalog.CACHE_SCHEMA[n], pa.binary()) for n in names}
     table = pacsv.read_csv(
-        stream,
+        buffer,
         read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),  # years run in parallel instead
         parse_options=pacsv.ParseOptions(delimiter=catalog.CSV_SEPARATOR, quote_char=False),
         convert_options=pacsv.ConvertOptions(include_columns=names, column_types=types, check_utf8=False,
