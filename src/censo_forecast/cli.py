@@ -116,22 +116,16 @@ def download(
     s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle, insecure=insecure or None)
     report = _download(s, _years(years) if years and years.lower() != "all" else None)
     typer.echo(f"downloaded {report.downloaded or 'none'}; unchanged {report.unchanged or 'none'}; folder {s.raw_dir}")
-    problems = [f"year {y}: not offered by the server" for y in report.missing]
-    problems += [f"year {y}: {m}" for y, m in sorted(report.failed.items())]
-    if problems:
-        _fail("download incomplete:\n  " + "\n  ".join(problems))
+    if not report.ok:
+        _fail("download incomplete:\n  " + "\n  ".join(report.problems()))
 
 
 def _download(s: config_mod.Settings, years: Optional[list[int]]):
     from censo_forecast.inep import download as dl
+    from censo_forecast.pipeline import download_options
 
-    listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
-    opts = dl.DownloadOptions(
-        base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle, insecure=s.insecure,
-        retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs,
-    )
     try:
-        return dl.download(s.raw_dir, years, opts)
+        return dl.download(s.raw_dir, years, download_options(s))
     except dl.DownloadError as exc:
         _fail(str(exc))
         raise

@@ -36,6 +36,15 @@ class PipelineError(Exception):
     """A run that cannot go on; the message says which step and why."""
 
 
+def download_options(s: Settings):
+    """The downloader's options from the settings ('none' as listing URL: no discovery)."""
+    from censo_forecast.inep import download as dl
+
+    listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
+    return dl.DownloadOptions(base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle, insecure=s.insecure,
+                              retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs)
+
+
 def ensure_raw(s: Settings) -> list[int]:
     """Years available locally after fetching what is missing (unless offline)."""
     present = ingest.raw_zips(s.raw_dir)
@@ -44,14 +53,9 @@ def ensure_raw(s: Settings) -> list[int]:
 
         wanted = s.years
         if wanted is None or any(y not in present for y in wanted):
-            listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
-            opts = dl.DownloadOptions(base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle,
-                                      insecure=s.insecure, retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs)
-            fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, opts)
+            fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, download_options(s))
             if not fetched.ok:
-                problems = [f"{y}: not offered by the server" for y in fetched.missing]
-                problems += [f"{y}: {m}" for y, m in fetched.failed.items()]
-                raise PipelineError("download failed for " + "; ".join(problems))
+                raise PipelineError("download failed for " + "; ".join(fetched.problems()))
         present = ingest.raw_zips(s.raw_dir)
     years = s.years if s.years is not None else sorted(present)
     missing = [y for y in years if y not in present]

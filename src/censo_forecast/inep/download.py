@@ -68,6 +68,11 @@ class DownloadReport:
     def ok(self) -> bool:
         return not self.missing and not self.failed
 
+    def problems(self) -> list[str]:
+        """One line per year that did not arrive, for error messages."""
+        lines = [f"year {y}: not offered by the server" for y in self.missing]
+        return lines + [f"year {y}: {m}" for y, m in sorted(self.failed.items())]
+
 
 # ------------------------------------------------------------------------- TLS
 def inep_intermediate_pem() -> str:
