@@ -91,17 +91,7 @@ class EnrollmentForecaster:
                 log.warning("%s: no school offers this stage; nothing to fit", flag)
                 continue
             name = chosen.get(flag, models.ENSEMBLE)
-            X, y = validation.matrix(data), data["y_true"].to_numpy()
-            settings, device = self.model or ModelSettings(), self.resolve_device()
-            if name == models.ENSEMBLE:
-                model = validation.fit_learners(X, y, settings, device, self.n_jobs)[name]
-            elif name in models.LEARNERS:
-                model = validation.fit_learner(name, X, y, settings, device, self.n_jobs)
-            elif name == "Deriva":
-                latest = data.filter(pl.col("target_year") == data["target_year"].max())
-                model = models.Drift(validation.ANCHOR_INDEX).fit(validation.matrix(latest), latest["y_true"].to_numpy())
-            else:
-                model = models.Persistence(validation.ANCHOR_INDEX).fit(X, y)
+            model = validation.fit_model(name, data, self.model or ModelSettings(), self.resolve_device(), self.n_jobs)
             self.models_[flag], self.chosen_[flag] = model, name
             if hasattr(self, "cv_"):
                 self.calibration_[flag] = intervals.calibration_table(self.cv_.predictions.filter(pl.col("etapa") == flag), name)

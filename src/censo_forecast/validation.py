@@ -55,6 +55,24 @@ def fit_learners(X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: 
     return {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
 
 
+def fit_baseline(name: str, rows: pl.DataFrame):
+    """Persistencia, or Deriva: the stage's aggregate change in the latest target year of `rows`."""
+    if name == "Deriva":
+        latest = rows.filter(pl.col("target_year") == rows["target_year"].max())
+        return models.Drift(ANCHOR_INDEX).fit(matrix(latest), latest["y_true"].to_numpy())
+    return models.Persistence(ANCHOR_INDEX).fit(matrix(rows), rows["y_true"].to_numpy())
+
+
+def fit_model(name: str, rows: pl.DataFrame, settings: ModelSettings, device: models.Device, jobs: int):
+    """Any model of the results table, fitted on training rows (features and y_true)."""
+    if name in models.BASELINES:
+        return fit_baseline(name, rows)
+    X, y = matrix(rows), rows["y_true"].to_numpy()
+    if name == models.ENSEMBLE:
+        return fit_learners(X, y, settings, device, jobs)[name]
+    return fit_learner(name, X, y, settings, device, jobs)
+
+
 def matrix(frame: pl.DataFrame) -> np.ndarray:
     return frame.select(FEATURES).to_numpy().astype(np.float32, copy=False)
 
@@ -88,12 +106,10 @@ def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], setting
         test = data.filter(pl.col("target_year") == year)
         if train.height == 0 or test.height == 0:
             continue
-        X_train, y_train, X_test = matrix(train), train["y_true"].to_numpy(), matrix(test)
-        latest = train.filter(pl.col("target_year") == train["target_year"].max())
+        X_test = matrix(test)
         fitted = {
-            "Persistencia": models.Persistence(ANCHOR_INDEX).fit(X_train, y_train),
-            "Deriva": models.Drift(ANCHOR_INDEX).fit(matrix(latest), latest["y_true"].to_numpy()),
-            **fit_learners(X_train, y_train, settings, device, jobs),
+            **{name: fit_baseline(name, train) for name in models.BASELINES},
+            **fit_learners(matrix(train), train["y_true"].to_numpy(), settings, device, jobs),
         }
         out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"),
                           "CO_MUNICIPIO", "CO_UF", "y_true")
