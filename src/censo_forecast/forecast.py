@@ -6,6 +6,7 @@ enrollment expected in offerings that will open (new schools or stages).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,13 @@ def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_
     return pl.DataFrame(out)
 
 
+def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
+    """Sum the last axis of values (n, or draws x n) into groups."""
+    matrix = np.atleast_2d(values)
+    summed = np.stack([np.bincount(group, weights=row, minlength=groups) for row in matrix])
+    return summed if values.ndim == 2 else summed[0]
+
+
 def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str,
               draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
     """Municipal, state and national totals for one stage with resampled intervals.
@@ -86,19 +94,10 @@ def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.Da
             per_year[j, muni_index[m]] = v
     new_draws = per_year[rng.integers(0, len(off_years), size=draws)]
     school_muni = np.array([muni_index[m] for m in schools["CO_MUNICIPIO"].to_list()], dtype=np.int64)
-
-    def to_munis(values: np.ndarray) -> np.ndarray:  # schools (or draws x schools) -> municipalities
-        matrix = np.atleast_2d(values)
-        summed = np.stack([np.bincount(school_muni, weights=row, minlength=len(munis)) for row in matrix])
-        return summed if values.ndim == 2 else summed[0]
-
     ufs = sorted(set(muni_uf[m] for m in munis))
     uf_of = np.array([ufs.index(muni_uf[m]) for m in munis])
-
-    def to_ufs(values: np.ndarray) -> np.ndarray:  # municipalities (or draws x municipalities) -> states
-        matrix = np.atleast_2d(values)
-        summed = np.stack([np.bincount(uf_of, weights=row, minlength=len(ufs)) for row in matrix])
-        return summed if values.ndim == 2 else summed[0]
+    to_munis = partial(_sum_by, school_muni, len(munis))  # schools -> municipalities
+    to_ufs = partial(_sum_by, uf_of, len(ufs))  # municipalities -> states
 
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)

@@ -57,8 +57,7 @@ def bounds(pred: np.ndarray, last_year: np.ndarray, calibration: pl.DataFrame) -
     out = {}
     for level in LEVELS:
         table = offsets_by_bin(calibration, level)
-        lo = np.array([table[b][0] for b in bins]) if len(bins) else np.zeros(0)
-        hi = np.array([table[b][1] for b in bins]) if len(bins) else np.zeros(0)
+        lo, hi = (np.array([table[b][side] for b in range(len(SIZE_EDGES) + 1)])[bins] for side in (0, 1))
         pct = int(round(level * 100))
         out[f"limite_inferior_{pct}"] = np.maximum(pred + lo, 0.0)
         out[f"limite_superior_{pct}"] = np.maximum(pred + hi, 0.0)
