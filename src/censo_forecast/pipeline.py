@@ -101,6 +101,16 @@ def _save_checkpoint(folder: Path, cv: StageCV, importance: pl.DataFrame, finger
     atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})
 
 
+def _ingest(s: Settings, years: list[int]) -> None:
+    ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
+
+
+def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: Path, seed: int) -> list[Path]:
+    """Next year's school forecasts and their area totals, from a fitted forecaster."""
+    schools = forecaster.predict(panel)
+    return forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, seed))
+
+
 def predict(s: Settings, models_dir: Path) -> list[Path]:
     """Forecast from a (newer) census with saved models, without retraining."""
     out = Path(s.out_dir)
@@ -108,12 +118,9 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
     runlog.setup_logging(out)
     forecaster = modelstore.load(models_dir)
     years = ensure_raw(s)
-    ingest_report = ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs)
-    ingest_report.raise_for_failures()
+    _ingest(s, years)
     runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
-    panel = forecaster.panel(ingest.load_cache(s.cache, years))
-    schools = forecaster.predict(panel)
-    written = forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, s.model.seed))
+    written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
     log.info("forecast for %d from saved models: %s", forecaster.forecast_year_, ", ".join(p.name for p in written))
     return written
 
@@ -136,8 +143,7 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     timings["download"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ingest_report = ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs)
-    ingest_report.raise_for_failures()
+    _ingest(s, years)
     timings["ingest"] = time.perf_counter() - t
 
     forecaster = EnrollmentForecaster(s.stages, s.model, s.device, s.min_train_years, s.jobs)
@@ -195,8 +201,7 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     t = time.perf_counter()
     forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]
     forecaster.fit(panel)
-    schools = forecaster.predict(panel)
-    written = forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, s.model.seed))
+    written = _write_forecast(forecaster, panel, out, s.model.seed)
     modelstore.save(forecaster, out / "models", years)
     timings["refit and forecast"] = time.perf_counter() - t
     log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_, ", ".join(p.name for p in written), out / "models")
