@@ -73,11 +73,14 @@ def synth(
 
 @app.command()
 def ingest(
-    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with microdados_censo_escolar_YYYY.zip."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Folder for censo_YYYY.parquet (default: beside raw)."),
+    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder (or fsspec URL) for censo_YYYY.parquet (default: beside raw)."),
     years: Optional[str] = YearsOpt,
     jobs: Optional[int] = JobsOpt,
     force: bool = typer.Option(False, "--force", help="Re-ingest years whose zip is unchanged."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local (default) | dask: one task per year on a Dask cluster."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address; default: start a LocalCluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Read each year's CSV out of its zip into a typed Parquet cache (only the needed columns)."""
@@ -87,12 +90,20 @@ def ingest(
     from censo_forecast.runlog import setup_logging
 
     setup_logging()
-    s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=_years(years), jobs=jobs)
+    from censo_forecast import pipeline
+
+    s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=_years(years), jobs=jobs, engine=engine,
+                  scheduler=scheduler, workers=workers)
     wanted = s.years if s.years is not None else sorted(ingest_mod.raw_zips(s.raw_dir))
     if not wanted:
         _fail(f"no census zips (microdados_censo_escolar_YYYY.zip) in {s.raw_dir}")
-    with tqdm(total=len(wanted), desc="ingest", unit="year", disable=not sys.stderr.isatty()) as bar:
-        report = ingest_mod.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update())
+    try:
+        with pipeline.cluster(s) as client, tqdm(total=len(wanted), desc="ingest", unit="year", disable=not sys.stderr.isatty()) as bar:
+            executor = client.get_executor() if client is not None else None
+            report = ingest_mod.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update(),
+                                       executor=executor)
+    except pipeline.PipelineError as exc:
+        _fail(str(exc))
     typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
     if report.failed:
         _fail(f"{len(report.failed)} year(s) failed:" + "".join(f"\n  {y}: {m}" for y, m in sorted(report.failed.items())))
@@ -133,9 +144,9 @@ def _download(s: config_mod.Settings, years: Optional[list[int]]):
 
 @app.command()
 def run(
-    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with the census zips (default data/raw)."),
+    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with the census zips (default data/raw)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Parquet cache (default: beside the raw folder)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Parquet cache, folder or fsspec URL (default: beside the raw folder)."),
     years: Optional[str] = YearsOpt,
     stages: Optional[str] = typer.Option(None, "--stages", help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
@@ -144,6 +155,9 @@ def run(
     jobs: Optional[int] = JobsOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
     listing_url: Optional[str] = typer.Option(None, "--listing-url", help="Listing page of the mirror; 'none' to skip discovery."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local (default) | dask: ingest, features and training on a Dask cluster."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given (default 2)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
@@ -157,7 +171,7 @@ def run(
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
                   device=device, offline=offline or None, fresh=fresh or None, jobs=jobs, base_url=base_url,
-                  listing_url=listing_url)
+                  listing_url=listing_url, engine=engine, scheduler=scheduler, workers=workers)
     try:
         record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, RuntimeError) as exc:

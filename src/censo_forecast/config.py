@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from censo_forecast import storage
 from censo_forecast.inep import catalog
 
 if sys.version_info >= (3, 11):
@@ -26,6 +27,7 @@ class ModelSettings:
     min_child_samples: int = 20
     subsample: float = 0.8
     colsample: float = 0.8
+    max_bin: int = 255  # histogram bins per feature (both libraries)
     seed: int = 0
 
 
@@ -38,6 +40,10 @@ class Settings:
     stages: list[str] = field(default_factory=lambda: [s.flag for s in catalog.STAGES])
     device: str = "auto"  # auto | cpu | cuda
     jobs: int = 2
+    # engine: where the heavy steps run (local: this process; dask: a Dask cluster)
+    engine: str = "local"
+    scheduler: str | None = None  # tcp://host:port of a running scheduler; None: start a LocalCluster
+    workers: int = 2  # LocalCluster workers (one thread each) when no scheduler is given
     offline: bool = False
     fresh: bool = False
     # download
@@ -53,10 +59,10 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
 
     def __post_init__(self) -> None:
-        self.raw_dir = Path(self.raw_dir)
+        self.raw_dir = storage.normalize(self.raw_dir)  # a path, or an fsspec URL for cluster storage
         self.out_dir = Path(self.out_dir)
         if self.cache_dir is not None:
-            self.cache_dir = Path(self.cache_dir)
+            self.cache_dir = storage.normalize(self.cache_dir)
         if self.ca_bundle is not None:
             self.ca_bundle = Path(self.ca_bundle)
         if isinstance(self.model, dict):
@@ -67,10 +73,20 @@ class Settings:
             catalog.stage(flag)
         if self.jobs < 1:
             raise ValueError("jobs must be at least 1")
+        if self.engine not in ("local", "dask"):
+            raise ValueError(f"engine must be local or dask, not {self.engine!r}")
+        if self.scheduler and self.engine != "dask":
+            raise ValueError("--scheduler needs --engine dask")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
 
     @property
-    def cache(self) -> Path:
-        return self.cache_dir if self.cache_dir is not None else self.raw_dir.parent / "cache"
+    def cache(self):
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if isinstance(self.raw_dir, Path):
+            return self.raw_dir.parent / "cache"
+        return self.raw_dir.rsplit("/", 1)[0] + "/cache"
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

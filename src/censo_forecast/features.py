@@ -61,13 +61,30 @@ def _lagged(view: pl.DataFrame, k: int, columns: dict[str, str]) -> pl.DataFrame
     )
 
 
-def _area_totals(view: pl.DataFrame, key: str, prefix: str) -> pl.DataFrame:
+AREAS = {"CO_MUNICIPIO": "muni", "CO_UF": "state"}
+
+
+def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Each area's stage enrollment and offering schools per year, from the active rows.
+
+    Sums are additive: an engine that holds schools in partitions adds the partitions'
+    sums (`combine_area_sums`) and gets the same totals as one machine, exactly (counts
+    are whole numbers, far below float32's 2**24).
+    """
+    active = view.filter(pl.col("active"))
+    return {key: active.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"),
+                                                pl.col("offers").sum().alias("schools"))
+            for key in AREAS}
+
+
+def combine_area_sums(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    return {key: pl.concat([p[key] for p in parts]).group_by(key, YEAR).agg(pl.col("total").sum(), pl.col("schools").sum())
+            for key in AREAS}
+
+
+def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
     """An area's stage total and offering schools at o, and its growth from o-1 to o."""
-    totals = (
-        view.filter(pl.col("active"))
-        .group_by(key, YEAR)
-        .agg(pl.col("enrollment").sum().alias("total"), pl.col("offers").sum().alias("schools"))
-    )
+    prefix = AREAS[key]
     previous = totals.select(key, (pl.col(YEAR) + 1).alias(YEAR), pl.col("total").alias("total_prev"))
     return totals.join(previous, on=[key, YEAR], how="left").select(
         key,
@@ -78,10 +95,11 @@ def _area_totals(view: pl.DataFrame, key: str, prefix: str) -> pl.DataFrame:
     )
 
 
-def origin_features(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
+def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
     """Feature rows for every origin year o: schools active and offering the stage at o.
 
     Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF and FEATURES.
+    `sums`: area sums over every school (an engine's combined partitions); default: this panel's.
     """
     view = stage_view(panel, flag)
     rows = view.filter(pl.col("offers")).select(
@@ -93,8 +111,9 @@ def origin_features(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
         if k <= 2:
             cols["feeder_enrollment"] = f"feeder_enrollment_lag{k}"
         rows = rows.join(_lagged(view, k, cols), on=[SCHOOL, YEAR], how="left")
-    muni = _area_totals(view, "CO_MUNICIPIO", "muni")
-    state = _area_totals(view, "CO_UF", "state").drop("state_stage_schools_lag1")
+    sums = sums if sums is not None else area_sums(view)
+    muni = _area_features(sums["CO_MUNICIPIO"], "CO_MUNICIPIO")
+    state = _area_features(sums["CO_UF"], "CO_UF").drop("state_stage_schools_lag1")
     rows = rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left").join(state, on=["CO_UF", YEAR], how="left")
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)
     f1, f2 = pl.col("feeder_enrollment_lag1"), pl.col("feeder_enrollment_lag2")
@@ -129,10 +148,10 @@ def origin_features(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
     ).sort("origin_year", SCHOOL)
 
 
-def with_truth(features: pl.DataFrame, panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    """Attach y_true for target years present in the panel; 0 where the school closed,
-    became inactive, stopped offering the stage or left the census."""
-    last = panel.select(pl.col(YEAR).max()).item()
+def with_truth(features: pl.DataFrame, panel: pl.DataFrame, flag: str, last_year: int | None = None) -> pl.DataFrame:
+    """Attach y_true for target years up to the last census year (default: the panel's last);
+    0 where the school closed, became inactive, stopped offering the stage or left the census."""
+    last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
     observed = features.filter(pl.col("target_year") <= last)
     return observed.join(truth(panel, flag), on=[SCHOOL, "target_year"], how="left").with_columns(
         pl.col("y_true").fill_null(0.0)

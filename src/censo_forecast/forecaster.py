@@ -35,12 +35,13 @@ class EnrollmentForecaster:
     """Per-stage forecaster following scikit-learn's conventions (fitted state ends in `_`)."""
 
     def __init__(self, stages: list[str] | None = None, model: ModelSettings | None = None, device: str = "auto",
-                 min_train_years: int = 3, n_jobs: int = 2):
+                 min_train_years: int = 3, n_jobs: int = 2, engine=None):
         self.stages = stages
         self.model = model
         self.device = device
         self.min_train_years = min_train_years
         self.n_jobs = n_jobs
+        self.engine = engine  # None: this machine; or e.g. censo_forecast.distributed.dask.DaskEngine
 
     # ----------------------------------------------------------- helpers
     @property
@@ -49,7 +50,8 @@ class EnrollmentForecaster:
 
     def resolve_device(self) -> models.Device:
         if not hasattr(self, "device_"):
-            self.device_ = models.select_device(self.device)
+            select = self.engine.select_device if self.engine is not None else models.select_device
+            self.device_ = select(self.device)
             log.info("device: %s (%s)", self.device_.name, self.device_.reason)
         return self.device_
 
@@ -57,13 +59,17 @@ class EnrollmentForecaster:
     def panel(census: pl.DataFrame) -> pl.DataFrame:
         return census if "active" in census.columns else build_panel(census)
 
-    def stage_data(self, panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-        return features.with_truth(features.origin_features(panel, flag), panel, flag)
+    def stage_data(self, panel: pl.DataFrame, flag: str) -> validation.StageData:
+        """A stage's feature rows with their truth, where the engine keeps them."""
+        if self.engine is not None:
+            return self.engine.stage_data(panel, flag)
+        return validation.StageData(features.with_truth(features.origin_features(panel, flag), panel, flag))
 
     # ----------------------------------------------------------- validation
-    def cross_validate_stage(self, panel: pl.DataFrame, flag: str) -> validation.StageCV:
+    def cross_validate_stage(self, panel: pl.DataFrame, flag: str, data: validation.StageData | None = None) -> validation.StageCV:
         years = sorted(panel[YEAR].unique().to_list())
-        return validation.walk_forward(self.stage_data(panel, flag), flag, years, self.model or ModelSettings(),
+        data = data if data is not None else self.stage_data(panel, flag)
+        return validation.walk_forward(data, flag, years, self.model or ModelSettings(),
                                        self.resolve_device(), self.min_train_years, self.n_jobs)
 
     def cross_validate(self, census: pl.DataFrame) -> CVResult:
@@ -83,19 +89,32 @@ class EnrollmentForecaster:
     def fit(self, census: pl.DataFrame) -> "EnrollmentForecaster":
         """Refit each stage's chosen model (best CV MAE; Voting if not validated) on every year."""
         panel = self.panel(census)
-        chosen = validation.chosen_models(self.cv_.summary) if hasattr(self, "cv_") else {}
         self.models_, self.chosen_, self.calibration_ = {}, {}, {}
         for flag in self._stages:
-            data = self.stage_data(panel, flag)
-            if data.height == 0:
-                log.warning("%s: no school offers this stage; nothing to fit", flag)
-                continue
-            name = chosen.get(flag, models.ENSEMBLE)
-            model = validation.fit_model(name, data, self.model or ModelSettings(), self.resolve_device(), self.n_jobs)
-            self.models_[flag], self.chosen_[flag] = model, name
+            stage_cv = None
             if hasattr(self, "cv_"):
-                self.calibration_[flag] = intervals.calibration_table(self.cv_.predictions.filter(pl.col("etapa") == flag), name)
+                stage_cv = validation.StageCV(flag, self.cv_.predictions.filter(pl.col("etapa") == flag),
+                                              self.cv_.folds.filter(pl.col("etapa") == flag), 0.0)
+            self.fit_stage(panel, flag, stage_cv)
+        return self
+
+    def fit_stage(self, panel: pl.DataFrame, flag: str, stage_cv: validation.StageCV | None = None,
+                  data: validation.StageData | None = None) -> "EnrollmentForecaster":
+        """Refit one stage's chosen model on every year (reusing `data` when the caller has it)."""
+        for attr in ("models_", "chosen_", "calibration_"):
+            if not hasattr(self, attr):
+                setattr(self, attr, {})
         self.training_years_ = sorted(panel[YEAR].unique().to_list())
+        data = data if data is not None else self.stage_data(panel, flag)
+        if data.height == 0:
+            log.warning("%s: no school offers this stage; nothing to fit", flag)
+            return self
+        validated = stage_cv is not None and stage_cv.folds.height > 0
+        name = validation.chosen_models(validation.summarize(stage_cv.folds))[flag] if validated else models.ENSEMBLE
+        model = validation.fit_model(name, data, self.model or ModelSettings(), self.resolve_device(), self.n_jobs)
+        self.models_[flag], self.chosen_[flag] = model, name
+        if validated:
+            self.calibration_[flag] = intervals.calibration_table(stage_cv.predictions, name)
         return self
 
     def predict(self, census: pl.DataFrame) -> pl.DataFrame:

@@ -103,32 +103,42 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
         self.device = device
         self.n_jobs = n_jobs
 
-    def _booster(self):
+    def booster_params(self) -> dict:
+        """Keyword arguments of the library's scikit-learn estimator (also its Dask twin's)."""
         s = self.settings or ModelSettings()
         if self.library == "lightgbm":
-            import lightgbm as lgb
-
-            return lgb.LGBMRegressor(
+            return dict(
                 n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves,
                 min_child_samples=s.min_child_samples, subsample=s.subsample, subsample_freq=1,
                 colsample_bytree=s.colsample, objective="huber", alpha=2.0, random_state=s.seed,
-                n_jobs=self.n_jobs, device_type=self.device, verbose=-1,
+                n_jobs=self.n_jobs, device_type=self.device, verbose=-1, max_bin=s.max_bin,
             )
         if self.library == "xgboost":
-            import xgboost as xgb
-
-            return xgb.XGBRegressor(
+            return dict(
                 n_estimators=s.n_estimators, learning_rate=s.learning_rate, max_depth=s.max_depth,
                 subsample=s.subsample, colsample_bytree=s.colsample, objective="reg:pseudohubererror",
                 huber_slope=2.0, tree_method="hist", device=self.device, random_state=s.seed, n_jobs=self.n_jobs,
+                max_bin=s.max_bin,
             )
         raise ValueError(f"unknown library {self.library!r}")
 
+    def _booster(self):
+        if self.library == "lightgbm":
+            import lightgbm as lgb
+
+            return lgb.LGBMRegressor(**self.booster_params())
+        import xgboost as xgb
+
+        return xgb.XGBRegressor(**self.booster_params())
+
+    def _change(self, X, y):
+        """Training target: next year's change from the anchor."""
+        return y - np.nan_to_num(X[:, self.anchor])
+
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float32)
-        base = np.nan_to_num(X[:, self.anchor])
         self.model_ = self._booster()
-        self.model_.fit(X, np.asarray(y, dtype=np.float64) - base)
+        self.model_.fit(X, self._change(X, np.asarray(y, dtype=np.float64)))
         self.n_features_in_ = X.shape[1]
         return self
 

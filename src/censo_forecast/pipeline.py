@@ -13,11 +13,13 @@ import logging
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 
-from censo_forecast import atomic, explain, forecast, modelstore, report, runlog
+from censo_forecast import atomic, explain, forecast, modelstore, report, runlog, storage
 from censo_forecast.models import ENSEMBLE, LEARNERS
 from censo_forecast.config import Settings
 from censo_forecast.forecaster import EnrollmentForecaster
@@ -52,7 +54,11 @@ def ensure_raw(s: Settings) -> list[int]:
         from censo_forecast.inep import download as dl
 
         wanted = s.years
-        if wanted is None or any(y not in present for y in wanted):
+        if storage.local_path(s.raw_dir) is None:  # a remote store: fill it with `download` + a copy
+            if wanted is None or any(y not in present for y in wanted):
+                raise PipelineError(f"cannot download into {s.raw_dir}: download to a local folder, copy the zips "
+                                    "there, and run with --offline")
+        elif wanted is None or any(y not in present for y in wanted):
             fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, download_options(s))
             if not fetched.ok:
                 raise PipelineError("download failed for " + "; ".join(fetched.problems()))
@@ -70,7 +76,7 @@ def _fingerprint(s: Settings, years: list[int], flag: str) -> str:
     manifest = json.loads((s.cache / ingest.MANIFEST).read_text())
     data = {str(y): manifest[str(y)]["sha256"] for y in years}
     record = {"v": CHECKPOINT_VERSION, "flag": flag, "years": years, "data": data, "model": s.to_dict()["model"],
-              "min_train_years": s.min_train_years, "device": s.device, "shap_sample": s.shap_sample}
+              "min_train_years": s.min_train_years, "device": s.device, "shap_sample": s.shap_sample, "engine": s.engine}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,8 +107,31 @@ def _save_checkpoint(folder: Path, cv: StageCV, importance: pl.DataFrame, finger
     atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})
 
 
-def _ingest(s: Settings, years: list[int]) -> None:
-    ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
+def _ingest(s: Settings, years: list[int], engine=None) -> None:
+    if engine is not None:
+        engine.ingest(s.raw_dir, years).raise_for_failures()
+    else:
+        ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
+
+
+@contextmanager
+def cluster(s: Settings) -> Iterator:
+    """A Dask client for --engine dask (a LocalCluster unless --scheduler); None for the local engine."""
+    if s.engine != "dask":
+        yield None
+        return
+    try:
+        from censo_forecast.distributed import dask as dask_engine
+    except ImportError as exc:
+        raise PipelineError(f"--engine dask needs Dask: pip install 'censo-forecast[dask]' ({exc})") from None
+    try:
+        with dask_engine.connect(s.scheduler, s.workers) as client:
+            log.info("dask: %s", client)
+            yield client
+    except RuntimeError as exc:
+        if "Dask scheduler" in str(exc):
+            raise PipelineError(str(exc)) from None
+        raise
 
 
 def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: Path, seed: int) -> list[Path]:
@@ -127,7 +156,53 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
 
 def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     """The whole job. `stop_after_stage` exists for crash-and-resume tests."""
-    started = time.perf_counter()
+    with cluster(s) as client:
+        return _run(s, client, stop_after_stage)
+
+
+class _Clock:
+    """Wall time per phase, with start offsets so that a profiler can line memory samples up."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.phases: list[dict] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append({"phase": name, "start_s": round(t - self.started, 3), "seconds": round(time.perf_counter() - t, 3)})
+
+    def timings(self) -> dict[str, float]:
+        return {p["phase"]: p["seconds"] for p in self.phases} | {"total": round(time.perf_counter() - self.started, 2)}
+
+
+def _validate_stage(s: Settings, forecaster: EnrollmentForecaster, panel: pl.DataFrame, flag: str, clock: _Clock,
+                    shap_dir: Path, shap_failures: dict) -> tuple[StageCV, pl.DataFrame | None, object] | None:
+    """Features, walk-forward and SHAP of one stage; None when it has too few years."""
+    with clock.phase(f"features {flag}"):
+        data = forecaster.stage_data(panel, flag)
+    try:
+        with clock.phase(f"validate {flag}"):
+            cv = forecaster.cross_validate_stage(panel, flag, data)
+    except ValueError as exc:
+        log.warning("%s skipped: %s", flag, exc)
+        return None
+    log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
+    importance = None
+    with clock.phase(f"shap {flag}"):
+        try:
+            importance = explain.explain_stage(flag, cv.last_fold, shap_dir, s.shap_sample, s.model.seed)
+        except Exception as exc:  # reported at the end and in the exit code, never swallowed
+            log.exception("%s: SHAP explanation failed", flag)
+            shap_failures[flag] = f"{type(exc).__name__}: {exc}"
+    return cv, importance, data
+
+
+def _run(s: Settings, client, stop_after_stage: str | None) -> dict:
+    clock = _Clock()
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runlog.setup_logging(out)
@@ -136,23 +211,23 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
         shutil.rmtree(checkpoints)
         log.info("--fresh: removed earlier checkpoints")
     checkpoints.mkdir(exist_ok=True)
-    timings: dict[str, float] = {}
 
-    t = time.perf_counter()
-    years = ensure_raw(s)
-    timings["download"] = time.perf_counter() - t
+    with clock.phase("download"):
+        years = ensure_raw(s)
+    engine = None
+    if client is not None:
+        from censo_forecast.distributed.dask import DaskEngine
 
-    t = time.perf_counter()
-    _ingest(s, years)
-    timings["ingest"] = time.perf_counter() - t
+        engine = DaskEngine(client, s.cache, years)
+    with clock.phase("ingest"):
+        _ingest(s, years, engine)
 
-    forecaster = EnrollmentForecaster(s.stages, s.model, s.device, s.min_train_years, s.jobs)
+    forecaster = EnrollmentForecaster(s.stages, s.model, s.device, s.min_train_years, s.jobs, engine)
     device = forecaster.resolve_device()
-    record = runlog.run_header("run", s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})"})
-
-    t = time.perf_counter()
-    panel = forecaster.panel(ingest.load_cache(s.cache, years))
-    timings["panel"] = time.perf_counter() - t
+    record = runlog.run_header("run", s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})",
+                                                    "engine": engine.describe() if engine else "local"})
+    with clock.phase("panel"):
+        panel = forecaster.panel(ingest.load_cache(s.cache, years))
 
     results: list[StageCV] = []
     importances: list[pl.DataFrame] = []
@@ -162,29 +237,24 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     for flag in s.stages:
         fingerprint = _fingerprint(s, years, flag)
         resumed = _load_checkpoint(checkpoints, flag, fingerprint, shap_dir)
+        data = None
         if resumed is not None:
             cv, importance = resumed
             log.info("%s: validation resumed from checkpoint", flag)
         else:
-            try:
-                cv = forecaster.cross_validate_stage(panel, flag)
-            except ValueError as exc:
-                log.warning("%s skipped: %s", flag, exc)
+            validated = _validate_stage(s, forecaster, panel, flag, clock, shap_dir, shap_failures)
+            if validated is None:
                 progress.update()
                 continue
-            log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
-            try:
-                importance = explain.explain_stage(flag, cv.last_fold, shap_dir, s.shap_sample, s.model.seed)
-            except Exception as exc:  # reported below and in the exit code, never swallowed
-                log.exception("%s: SHAP explanation failed", flag)
-                shap_failures[flag] = f"{type(exc).__name__}: {exc}"
-                importance = None
+            cv, importance, data = validated
             if importance is not None:
                 _save_checkpoint(checkpoints, cv, importance, fingerprint)
-        timings[f"validate {flag}"] = cv.seconds
         results.append(cv)
         if importance is not None:
             importances.append(importance)
+        with clock.phase(f"refit {flag}"):
+            forecaster.fit_stage(panel, flag, cv, data)  # the stage's features are reused, then freed
+        del data
         progress.update()
         if stop_after_stage == flag:
             raise KeyboardInterrupt(f"stopped after {flag} (test hook)")
@@ -198,19 +268,17 @@ def run(s: Settings, stop_after_stage: str | None = None) -> dict:
     atomic.write_parquet(out / CV_PREDICTIONS, cv.predictions)
     atomic.write_csv(out / COVERAGE, cv.coverage)
 
-    t = time.perf_counter()
-    forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]
-    forecaster.fit(panel)
-    written = _write_forecast(forecaster, panel, out, s.model.seed)
-    modelstore.save(forecaster, out / "models", years)
-    timings["refit and forecast"] = time.perf_counter() - t
+    with clock.phase("forecast"):
+        forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]
+        written = _write_forecast(forecaster, panel, out, s.model.seed)
+        modelstore.save(forecaster, out / "models", years)
     log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_, ", ".join(p.name for p in written), out / "models")
     if importances:
         atomic.write_csv(shap_dir / "shap_importance.csv", pl.concat(importances))
-    timings["total"] = time.perf_counter() - started
+    timings = clock.timings()
     for step, seconds in timings.items():
         log.info("timing %-28s %8.1fs", step, seconds)
-    record.update({"timings_s": {k: round(v, 2) for k, v in timings.items()}, "stages": [r.flag for r in results],
+    record.update({"timings_s": timings, "phases": clock.phases, "stages": [r.flag for r in results],
                    "forecast_year": forecaster.forecast_year_})
     atomic.write_json(out / METADATA, record)
     report.build_report(out)

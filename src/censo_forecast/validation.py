@@ -55,26 +55,63 @@ def fit_learners(X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: 
     return {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
 
 
-def fit_baseline(name: str, rows: pl.DataFrame):
-    """Persistencia, or Deriva: the stage's aggregate change in the latest target year of `rows`."""
-    if name == "Deriva":
-        latest = rows.filter(pl.col("target_year") == rows["target_year"].max())
-        return models.Drift(ANCHOR_INDEX).fit(matrix(latest), latest["y_true"].to_numpy())
-    return models.Persistence(ANCHOR_INDEX).fit(matrix(rows), rows["y_true"].to_numpy())
-
-
-def fit_model(name: str, rows: pl.DataFrame, settings: ModelSettings, device: models.Device, jobs: int):
-    """Any model of the results table, fitted on training rows (features and y_true)."""
-    if name in models.BASELINES:
-        return fit_baseline(name, rows)
-    X, y = matrix(rows), rows["y_true"].to_numpy()
-    if name == models.ENSEMBLE:
-        return fit_learners(X, y, settings, device, jobs)[name]
-    return fit_learner(name, X, y, settings, device, jobs)
-
-
 def matrix(frame: pl.DataFrame) -> np.ndarray:
     return frame.select(FEATURES).to_numpy().astype(np.float32, copy=False)
+
+
+def before(year: int | None) -> pl.Expr:
+    """Training rows for test year `year`: target years < year (None: every row)."""
+    return pl.lit(True) if year is None else pl.col("target_year") < year
+
+
+class StageData:
+    """A stage's feature rows (features and y_true) held in one polars frame: the local engine.
+
+    The seam between validation and an engine: the walk-forward asks only for target
+    years, for rows to bring to the driver (a test year, the latest training year) and
+    for learners fitted on the training rows, so a cluster engine can keep the rows where
+    they are (see censo_forecast.distributed).
+    """
+
+    def __init__(self, frame: pl.DataFrame):
+        self.frame = frame
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def target_years(self) -> list[int]:
+        return sorted(self.frame["target_year"].unique().to_list())
+
+    def rows(self, predicate: pl.Expr) -> pl.DataFrame:
+        return self.frame.filter(predicate)
+
+    def fit_learners(self, test_year: int | None, settings: ModelSettings, device: models.Device, jobs: int,
+                     names: tuple[str, ...] = models.LEARNERS) -> dict:
+        """The named learners fitted on the training rows for test_year; Voting as well when both are."""
+        train = self.rows(before(test_year))
+        X, y = matrix(train), train["y_true"].to_numpy()
+        if set(names) == set(models.LEARNERS):
+            return fit_learners(X, y, settings, device, jobs)
+        return {name: fit_learner(name, X, y, settings, device, jobs) for name in names}
+
+
+def fit_baseline(name: str, data: StageData, test_year: int | None = None):
+    """Persistencia, or Deriva: the stage's aggregate change in the latest target year before test_year."""
+    if name == "Deriva":
+        latest = max(y for y in data.target_years() if test_year is None or y < test_year)
+        rows = data.rows(pl.col("target_year") == latest)
+        return models.Drift(ANCHOR_INDEX).fit(matrix(rows), rows["y_true"].to_numpy())
+    return models.Persistence(ANCHOR_INDEX).fit(np.empty((0, len(FEATURES)), dtype=np.float32))
+
+
+def fit_model(name: str, data: StageData, settings: ModelSettings, device: models.Device, jobs: int):
+    """Any model of the results table, fitted on every row of the stage."""
+    if name in models.BASELINES:
+        return fit_baseline(name, data)
+    if name == models.ENSEMBLE:
+        return data.fit_learners(None, settings, device, jobs)[name]
+    return data.fit_learners(None, settings, device, jobs, names=(name,))[name]
 
 
 @dataclass
@@ -95,21 +132,18 @@ class StageCV:
     last_fold: LastFold | None = None  # not checkpointed
 
 
-def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], settings: ModelSettings,
+def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[int], settings: ModelSettings,
                  device: models.Device, min_train_years: int = 3, jobs: int = 2) -> StageCV:
     """Expanding-window walk-forward over calendar years for one stage."""
     started = time.perf_counter()
-    targets = sorted(data["target_year"].unique().to_list())
+    data = StageData(data) if isinstance(data, pl.DataFrame) else data
     preds, fold_rows = [], []
-    for year in test_years(targets, census_years, min_train_years):
-        train = data.filter(pl.col("target_year") < year)
-        test = data.filter(pl.col("target_year") == year)
-        if train.height == 0 or test.height == 0:
-            continue
+    for year in test_years(data.target_years(), census_years, min_train_years):
+        test = data.rows(pl.col("target_year") == year).sort("CO_ENTIDADE")
         X_test = matrix(test)
         fitted = {
-            **{name: fit_baseline(name, train) for name in models.BASELINES},
-            **fit_learners(matrix(train), train["y_true"].to_numpy(), settings, device, jobs),
+            **{name: fit_baseline(name, data, year) for name in models.BASELINES},
+            **data.fit_learners(year, settings, device, jobs),
         }
         out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"),
                           "CO_MUNICIPIO", "CO_UF", "y_true")
@@ -120,8 +154,8 @@ def walk_forward(data: pl.DataFrame, flag: str, census_years: list[int], setting
             fold_rows.append({"etapa": flag, "modelo": name, "NU_ANO_CENSO": year, **metrics(y_test, pred), "n": len(y_test)})
         preds.append(out)
         last_fold = LastFold(year, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, X_test)
-        log.info("%s %d: train %d rows, test %d rows, MAE persistence %.2f / voting %.2f", flag, year, train.height,
-                 test.height, fold_rows[-5]["MAE"], fold_rows[-1]["MAE"])
+        log.info("%s %d: test %d rows, MAE persistence %.2f / voting %.2f", flag, year, test.height,
+                 fold_rows[-5]["MAE"], fold_rows[-1]["MAE"])
     if not preds:
         raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import zipfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from censo_forecast import atomic
+from censo_forecast import storage
 from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
@@ -53,25 +52,37 @@ class IngestReport:
             raise IngestError(f"{len(self.failed)} year(s) could not be ingested:\n{lines}")
 
 
-def cache_path(cache_dir: Path, year: int) -> Path:
-    return Path(cache_dir) / f"censo_{year}.parquet"
+def cache_path_name(year: int) -> str:
+    return f"censo_{year}.parquet"
 
 
-def raw_zips(raw_dir: Path) -> dict[int, Path]:
-    """Census zips present in a folder, by year (re-publications with a trailing '_' are skipped)."""
-    found: dict[int, Path] = {}
-    if not Path(raw_dir).is_dir():
-        return found
-    for path in sorted(Path(raw_dir).iterdir()):
-        m = _RAW_ZIP_RE.match(path.name)
-        if m and path.is_file():
-            found[int(m.group(1))] = path
+def cache_path(cache_dir, year: int):
+    """The year's cache file: a Path for a local folder, a URL for a remote one."""
+    return storage.join(cache_dir, cache_path_name(year))
+
+
+def raw_zips(raw_dir) -> dict[int, Path]:
+    """Census zips present in a folder (path or URL), by year (re-publications with a trailing '_' are skipped)."""
+    found = {}
+    for name, location in storage.listdir(raw_dir).items():
+        m = _RAW_ZIP_RE.match(name)
+        if m:
+            found[int(m.group(1))] = location
     return found
 
 
-def read_census_zip(zip_path: Path, year: int) -> pl.DataFrame:
-    """Read the needed columns of one year's data CSV straight out of its zip."""
-    zip_path = Path(zip_path)
+def read_census_zip(zip_path, year: int) -> pl.DataFrame:
+    """Read the needed columns of one year's data CSV straight out of its zip (a local copy of a remote one)."""
+    with storage.local_copy(zip_path) as local:
+        try:
+            return _read_local_zip(local, year)
+        except IngestError as exc:
+            if local == zip_path:
+                raise
+            raise IngestError(str(exc).replace(str(local), str(zip_path))) from None  # name the URL, not the copy
+
+
+def _read_local_zip(zip_path: Path, year: int) -> pl.DataFrame:
     try:
         with archive.open_zip(zip_path) as zf:
             member = archive.data_member(zf, year, zip_path)
@@ -208,54 +219,59 @@ def _strict_cast(raw: pl.DataFrame, names: list[str], where: str, arrow_message:
 
 
 # ---------------------------------------------------------------- cache + manifest
-def _zip_fingerprint(path: Path) -> dict:
-    st = path.stat()
-    return {"zip": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _zip_fingerprint(location) -> dict:
+    return {"zip": str(location).rsplit("/", 1)[-1], **storage.stat(location)}
 
 
-def _load_manifest(cache_dir: Path) -> dict:
-    path = Path(cache_dir) / MANIFEST
-    if not path.exists():
+def _load_manifest(cache_dir) -> dict:
+    location = storage.join(cache_dir, MANIFEST)
+    if not storage.exists(location):
         return {}
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_text(location))
     except (OSError, json.JSONDecodeError):
-        log.warning("ingest manifest %s is unreadable; every year will be re-ingested", path)
+        log.warning("ingest manifest %s is unreadable; every year will be re-ingested", location)
         return {}
 
 
-def _is_current(entry: dict | None, zip_path: Path, parquet: Path) -> bool:
-    if not entry or not parquet.exists() or entry.get("schema_version") != catalog.CACHE_SCHEMA_VERSION:
+def _is_current(entry: dict | None, zip_path, parquet) -> bool:
+    if not entry or not storage.exists(parquet) or entry.get("schema_version") != catalog.CACHE_SCHEMA_VERSION:
         return False
     now = _zip_fingerprint(zip_path)
     if entry.get("size") != now["size"] or entry.get("zip") != now["zip"]:
         return False
     if entry.get("mtime_ns") == now["mtime_ns"]:
         return True
-    return entry.get("sha256") == archive.file_sha256(zip_path)  # touched but identical
+    return entry.get("sha256") == storage.sha256(zip_path)  # touched but identical
 
 
-def ingest_year(zip_path: Path, year: int, cache_dir: Path) -> dict:
+def ingest_year(zip_path, year: int, cache_dir) -> dict:
+    """One year: zip (path or URL) -> cache Parquet (atomic); returns its manifest entry."""
     started = time.perf_counter()
     frame = read_census_zip(zip_path, year)
     target = cache_path(cache_dir, year)
-    atomic.write_parquet(target, frame)
+    storage.write_parquet(target, frame)
     entry = {
         **_zip_fingerprint(zip_path),
-        "sha256": archive.file_sha256(zip_path),
+        "sha256": storage.sha256(zip_path),
         "rows": frame.height,
-        "parquet": target.name,
+        "parquet": cache_path_name(year),
         "schema_version": catalog.CACHE_SCHEMA_VERSION,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    log.info("ingested %d: %d rows from %s in %.1fs", year, frame.height, Path(zip_path).name, entry["seconds"])
+    log.info("ingested %d: %d rows from %s in %.1fs", year, frame.height, entry["zip"], entry["seconds"])
     return entry
 
 
-def ingest(raw_dir: Path, cache_dir: Path, years: list[int] | None = None, jobs: int = 2, force: bool = False, progress=None) -> IngestReport:
-    """Ingest every requested year found in raw_dir; unchanged years are skipped."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 2, force: bool = False, progress=None,
+           executor: Executor | None = None) -> IngestReport:
+    """Ingest every requested year found in raw_dir; unchanged years are skipped.
+
+    Folders may be paths or fsspec URLs. Years run on `executor` (a Dask client's, for
+    one) or on `jobs` threads; the manifest is written here, after each year.
+    """
+    cache_dir = storage.normalize(cache_dir)
+    storage.makedirs(cache_dir)
     available = raw_zips(raw_dir)
     wanted = years if years is not None else sorted(available)
     report = IngestReport()
@@ -271,8 +287,8 @@ def ingest(raw_dir: Path, cache_dir: Path, years: list[int] | None = None, jobs:
             todo.append(year)
     if report.skipped:
         log.info("ingest: %d year(s) unchanged, skipped: %s", len(report.skipped), report.skipped)
-    lock = threading.Lock()
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = executor if executor is not None else ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         futures = {pool.submit(ingest_year, available[y], y, cache_dir): y for y in todo}
         for future in as_completed(futures):
             year = futures[future]
@@ -282,30 +298,32 @@ def ingest(raw_dir: Path, cache_dir: Path, years: list[int] | None = None, jobs:
                 report.failed[year] = str(exc)
                 log.error("ingest %d failed: %s", year, exc)
             else:
-                with lock:
-                    manifest[str(year)] = entry
-                    atomic.write_json(cache_dir / MANIFEST, manifest)
+                manifest[str(year)] = entry
+                storage.write_text(storage.join(cache_dir, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                 report.written.append(year)
             if progress is not None:
                 progress(year)
+    finally:
+        if executor is None:
+            pool.shutdown()
     report.written.sort()
     return report
 
 
-def load_cache(cache_dir: Path, years: list[int]) -> pl.DataFrame:
+def load_cache(cache_dir, years: list[int]) -> pl.DataFrame:
     """All cached years as one frame (the panel's input)."""
-    paths = []
+    frames = []
     for year in years:
-        path = cache_path(cache_dir, year)
-        if not path.exists():
-            raise IngestError(f"year {year}: no cache file {path}; run `censo-forecast ingest` first")
-        paths.append(path)
-    return pl.concat([pl.read_parquet(p) for p in paths], how="vertical")
+        location = cache_path(cache_dir, year)
+        if not storage.exists(location):
+            raise IngestError(f"year {year}: no cache file {location}; run `censo-forecast ingest` first")
+        frames.append(storage.read_parquet(location))
+    return pl.concat(frames, how="vertical")
 
 
-def cached_years(cache_dir: Path) -> list[int]:
+def cached_years(cache_dir) -> list[int]:
     manifest = _load_manifest(cache_dir)
-    return sorted(int(y) for y in manifest if cache_path(cache_dir, int(y)).exists())
+    return sorted(int(y) for y in manifest if storage.exists(cache_path(cache_dir, int(y))))
 
 
-__all__ = ["IngestError", "IngestReport", "ingest", "ingest_year", "read_census_zip", "load_cache", "raw_zips", "cache_path", "cached_years"]
+__all__ = ["IngestError", "IngestReport", "ingest", "ingest_year", "read_census_zip", "load_cache", "raw_zips", "cache_path", "cache_path_name", "cached_years"]

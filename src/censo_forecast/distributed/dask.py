@@ -1,0 +1,218 @@
+"""The Dask engine: the same pipeline with its heavy steps on a Dask cluster.
+
+What runs where:
+- ingest: one task per census year on the workers (they read the raw zips and write the
+  Parquet cache, so both folders must be shared storage or fsspec URLs they can reach);
+- features: the schools are split by state (each school goes with the state it is first
+  seen in) into partitions that stay in the workers' memory; each partition builds its
+  panel from the cache and its feature rows; municipal and state sums are added up
+  across partitions on the client, so they equal one machine's exactly;
+- training: `lightgbm.dask` and `xgboost.dask` on the partitions where they lie;
+  the fitted boosters come back to the client as ordinary models;
+- the client keeps what is small: one test year's rows at a time, predictions, SHAP,
+  the forecast year's features, totals and the report.
+
+Lost workers: partitions are futures whose tasks the scheduler can rerun from the cache,
+so a worker that dies between tasks costs a recomputation, not a wrong result. A worker
+that dies inside a distributed training ends that training with an error (LightGBM's and
+XGBoost's collective steps cannot continue without it); rerun: finished stages resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import polars as pl
+
+from censo_forecast import features, models, storage
+from censo_forecast.config import ModelSettings
+from censo_forecast.inep import ingest
+from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
+from censo_forecast.validation import ANCHOR_INDEX, StageData, before, matrix
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1, timeout: str = "30s") -> Iterator:
+    """A client of the given scheduler, or of a LocalCluster started (and stopped) here."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except OSError as exc:
+            raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+# ------------------------------------------------------------------ worker tasks
+def _load_partition(cache_dir, years: list[int], schools: np.ndarray) -> pl.DataFrame:
+    frames = [storage.read_parquet(ingest.cache_path(cache_dir, y)).filter(pl.col(SCHOOL).is_in(schools))
+              for y in years]
+    return build_panel(pl.concat(frames, how="vertical"))
+
+
+def _stage_sums(panel: pl.DataFrame, flag: str) -> dict[str, pl.DataFrame]:
+    return features.area_sums(stage_view(panel, flag))
+
+
+def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int) -> pl.DataFrame:
+    return features.with_truth(features.origin_features(panel, flag, sums), panel, flag, last_year)
+
+
+def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
+    return rows.filter(predicate)
+
+
+def _xy(rows: pl.DataFrame, test_year: int | None) -> tuple[np.ndarray, np.ndarray]:
+    train = rows.filter(before(test_year))
+    return matrix(train), train["y_true"].to_numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------ engine
+class DaskEngine:
+    """Partitions of schools on a Dask cluster, built from the Parquet cache."""
+
+    def __init__(self, client, cache_dir, years: list[int]):
+        self.client = client
+        self.cache_dir = storage.normalize(cache_dir)
+        self.years = sorted(years)
+        self.parts_: list | None = None
+
+    def ingest(self, raw_dir, years: list[int], force: bool = False) -> ingest.IngestReport:
+        """One task per year on the workers; the client keeps the manifest."""
+        return ingest.ingest(raw_dir, self.cache_dir, years, force=force, executor=self.client.get_executor())
+
+    def select_device(self, requested: str) -> models.Device:
+        """The device as a worker sees it: that is where the boosters train."""
+        return self.client.submit(models.select_device, requested, pure=False).result()
+
+    def describe(self) -> str:
+        workers = self.client.scheduler_info().get("workers", {})
+        return f"dask: scheduler {self.client.scheduler.address}, {len(workers)} worker(s), {self.threads_per_worker} thread(s) each"
+
+    @property
+    def threads_per_worker(self) -> int:
+        workers = self.client.scheduler_info().get("workers", {}).values()
+        return max(1, min((w.get("nthreads", 1) for w in workers), default=1))
+
+    def partitions(self) -> list:
+        """One future per state: the panel of the schools first seen in that state."""
+        if self.parts_ is None:
+            paths = [ingest.cache_path(self.cache_dir, y) for y in self.years]
+            ids = pl.concat([storage.read_parquet(p, columns=[SCHOOL, YEAR, "CO_UF"]) for p in paths])
+            home = ids.sort(YEAR).group_by(SCHOOL, maintain_order=True).agg(pl.col("CO_UF").first())
+            groups = home.group_by("CO_UF").agg(pl.col(SCHOOL)).sort("CO_UF")
+            self.parts_ = [
+                self.client.submit(_load_partition, self.cache_dir, self.years, np.asarray(schools))
+                for uf, schools in groups.iter_rows()
+            ]
+            log.info("dask: %d school partitions (one per state) on %d workers", len(self.parts_),
+                     len(self.client.scheduler_info().get("workers", {})))
+        return self.parts_
+
+    def stage_data(self, panel: pl.DataFrame, flag: str) -> "DaskStageData":
+        """The stage's feature rows, per partition, where the partitions lie.
+
+        `panel` is the client's copy, used only to check that it covers the same years.
+        """
+        census_years = sorted(panel[YEAR].unique().to_list())
+        if census_years != self.years:
+            raise ValueError(f"the client's panel has years {census_years}, the cluster's partitions {self.years}")
+        parts = self.partitions()
+        sums = features.combine_area_sums(self.client.gather(self.client.map(_stage_sums, parts, flag=flag)))
+        shared = self.client.scatter(sums, broadcast=True)
+        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=self.years[-1])
+        return DaskStageData(self, rows)
+
+
+class DaskStageData(StageData):
+    """A stage's rows as futures, one per partition; only filtered slices come to the client."""
+
+    def __init__(self, engine: DaskEngine, parts: list):
+        self.engine = engine
+        self.client = engine.client
+        self.parts = parts
+        self._years: list[int] | None = None
+
+    @property
+    def height(self) -> int:
+        return sum(self.client.gather(self.client.map(len, self.parts)))
+
+    def target_years(self) -> list[int]:
+        if self._years is None:
+            years = self.client.gather(self.client.map(lambda r: r["target_year"].unique().to_list(), self.parts))
+            self._years = sorted({y for part in years for y in part})
+        return self._years
+
+    def rows(self, predicate: pl.Expr) -> pl.DataFrame:
+        found = self.client.gather(self.client.map(_filter, self.parts, predicate=predicate))
+        return pl.concat(found).sort("origin_year", SCHOOL)
+
+    def fit_learners(self, test_year: int | None, settings: ModelSettings, device: models.Device, jobs: int,
+                     names: tuple[str, ...] = models.LEARNERS) -> dict:
+        import dask.array as da
+        from dask import delayed
+
+        pairs = self.client.map(_xy, self.parts, test_year=test_year)
+        sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
+        width = len(features.FEATURES)
+        X_parts, y_parts = [], []
+        for pair, n in zip(pairs, sizes):
+            if n:  # empty partitions would give a worker nothing to train on
+                X_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 0), shape=(n, width), dtype=np.float32))
+                y_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 1), shape=(n,), dtype=np.float64))
+        if not X_parts:
+            raise ValueError("no training rows")
+        X, y = da.concatenate(X_parts), da.concatenate(y_parts)
+        threads = self.engine.threads_per_worker
+        fitted = {name: DaskChangeRegressor(name.lower(), ANCHOR_INDEX, settings, getattr(device, name.lower()), threads,
+                                            client=self.client).fit(X, y) for name in names}
+        if set(names) == set(models.LEARNERS):
+            fitted[models.ENSEMBLE] = models.Voting([fitted[n] for n in models.LEARNERS])
+        return fitted
+
+
+class DaskChangeRegressor(models.ChangeRegressor):
+    """ChangeRegressor trained with lightgbm.dask / xgboost.dask on dask arrays; it keeps
+    the booster as the ordinary local model, so prediction, SHAP and saving are unchanged."""
+
+    def __init__(self, library: str = "lightgbm", anchor: int = 0, settings: ModelSettings | None = None,
+                 device: str = "cpu", n_jobs: int = 1, client=None):
+        super().__init__(library, anchor, settings, device, n_jobs)
+        self.client = client
+
+    def fit(self, X, y):
+        change = self._change(X, y)
+        params = self.booster_params()
+        if self.library == "lightgbm":
+            import lightgbm as lgb
+
+            params.pop("n_jobs")  # lightgbm.dask uses each worker's threads (and says so, even when unset)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+                self.model_ = lgb.DaskLGBMRegressor(client=self.client, **params).fit(X, change).to_local()
+        else:
+            import xgboost as xgb
+            from xgboost import dask as dxgb
+
+            trained = dxgb.DaskXGBRegressor(**params)
+            trained.client = self.client
+            trained.fit(X, change)
+            self.model_ = xgb.XGBRegressor(**params)
+            self.model_.load_model(bytearray(trained.get_booster().save_raw("json")))
+        self.n_features_in_ = X.shape[1]
+        return self
