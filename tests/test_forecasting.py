@@ -187,3 +187,29 @@ def test_totals_without_validation_say_what_to_do(small_panel):
     assert "limite_inferior_80" not in schools.columns  # no calibrated residuals, no intervals
     with pytest.raises(ValueError, match=r"IN_ESP_CE: totals need calibrated residuals; call cross_validate\(\) before fit\(\)"):
         fc.aggregate(small_panel, schools)
+
+
+def test_training_window_keeps_only_the_latest_target_years(small_panel):
+    from dataclasses import replace
+
+    flag = "IN_FUND_AI"
+    frame = features.with_truth(features.origin_features(small_panel, flag), small_panel, flag)
+    data = validation.StageData(frame)
+    chosen = lambda test_year, window: sorted(data.rows(validation.training_rows(data.target_years(), test_year, window))["target_year"].unique())  # noqa: E731
+    assert chosen(2020, 3) == [2017, 2018, 2019]
+    assert chosen(None, 3) == [2022, 2023, 2024]  # the refit: the last three years
+    assert chosen(2020, 0) == list(range(2012, 2020))  # 0: expanding
+    # truth outside the window cannot move the models; inside it, it does
+    device, test = models.select_device("cpu"), data.rows(pl.col("target_year") == 2020)
+    shifted = validation.StageData(frame.with_columns(
+        pl.when(pl.col("target_year") < 2017).then(pl.col("y_true") + 50).otherwise(pl.col("y_true")).alias("y_true")))
+    for window, same in ((3, True), (0, False)):
+        settings = replace(FAST, train_window_years=window)
+        a = data.fit_learners(2020, settings, device, 1)["Voting"].predict(validation.matrix(test))
+        b = shifted.fit_learners(2020, settings, device, 1)["Voting"].predict(validation.matrix(test))
+        assert np.array_equal(a, b) == same, window
+
+
+def test_negative_training_window_is_refused():
+    with pytest.raises(ValueError, match="train_window_years"):
+        ModelSettings(train_window_years=-1)

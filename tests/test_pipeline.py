@@ -53,6 +53,12 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     assert "timing validate IN_FUND_AF" in log_text
     meta = json.loads((out / "run_metadata.json").read_text())
     assert meta["years"] == list(range(2011, 2025)) and meta["versions"]["lightgbm"]
+    assert meta["engine"] == "local"
+    phases = [p["phase"] for p in meta["phases"]]  # the phase clock the pipeline benchmark reads
+    assert {f"{step} {flag}" for step in ("features", "validate", "shap", "refit") for flag in STAGES} | {"ingest", "panel", "forecast"} <= set(phases)
+    starts = [p["start_s"] for p in meta["phases"]]
+    assert starts == sorted(starts) and all(p["seconds"] >= 0 for p in meta["phases"])
+    assert meta["timings_s"]["total"] >= sum(p["seconds"] for p in meta["phases"]) - 0.01
 
 
 def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_config, caplog):

@@ -59,9 +59,12 @@ def matrix(frame: pl.DataFrame) -> np.ndarray:
     return frame.select(FEATURES).to_numpy().astype(np.float32, copy=False)
 
 
-def before(year: int | None) -> pl.Expr:
-    """Training rows for test year `year`: target years < year (None: every row)."""
-    return pl.lit(True) if year is None else pl.col("target_year") < year
+def training_rows(target_years: list[int], test_year: int | None, window: int) -> pl.Expr:
+    """Rows to train on for test year `test_year` (None: the refit after the last year):
+    target years before it, only the last `window` of them when window > 0."""
+    end = test_year if test_year is not None else max(target_years) + 1
+    rows = pl.col("target_year") < end
+    return rows & (pl.col("target_year") >= end - window) if window > 0 else rows
 
 
 class StageData:
@@ -89,7 +92,7 @@ class StageData:
     def fit_learners(self, test_year: int | None, settings: ModelSettings, device: models.Device, jobs: int,
                      names: tuple[str, ...] = models.LEARNERS) -> dict:
         """The named learners fitted on the training rows for test_year; Voting as well when both are."""
-        train = self.rows(before(test_year))
+        train = self.rows(training_rows(self.target_years(), test_year, settings.train_window_years))
         X, y = matrix(train), train["y_true"].to_numpy()
         if set(names) == set(models.LEARNERS):
             return fit_learners(X, y, settings, device, jobs)

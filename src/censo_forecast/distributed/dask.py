@@ -33,7 +33,7 @@ from censo_forecast import features, models, storage
 from censo_forecast.config import ModelSettings
 from censo_forecast.inep import ingest
 from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
-from censo_forecast.validation import ANCHOR_INDEX, StageData, before, matrix
+from censo_forecast.validation import ANCHOR_INDEX, StageData, matrix, training_rows
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
     return rows.filter(predicate)
 
 
-def _xy(rows: pl.DataFrame, test_year: int | None) -> tuple[np.ndarray, np.ndarray]:
-    train = rows.filter(before(test_year))
+def _xy(rows: pl.DataFrame, predicate: pl.Expr) -> tuple[np.ndarray, np.ndarray]:
+    train = rows.filter(predicate)
     return matrix(train), train["y_true"].to_numpy().astype(np.float64)
 
 
@@ -167,7 +167,8 @@ class DaskStageData(StageData):
         import dask.array as da
         from dask import delayed
 
-        pairs = self.client.map(_xy, self.parts, test_year=test_year)
+        predicate = training_rows(self.target_years(), test_year, settings.train_window_years)
+        pairs = self.client.map(_xy, self.parts, predicate=predicate)
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)
         X_parts, y_parts = [], []
