@@ -110,14 +110,19 @@ for zpath in sorted(raw.glob("microdados_censo_escolar_*.zip")):
     with zipfile.ZipFile(zpath) as zf:
         member = [n for n in zf.namelist() if re.search(r"microdados_ed_basica_\d{4}\.csv$", n, re.I)][0]
         csv_path = Path(zf.extract(member, work))
-    frames.append(pd.read_csv(csv_path, sep=";", encoding="latin-1", low_memory=False))
+    frame = pd.read_csv(csv_path, sep=";", encoding="latin-1", low_memory=False)
+    for col in frame.select_dtypes("number").columns:  # the seed downcast after loading
+        frame[col] = pd.to_numeric(frame[col], downcast="integer" if pd.api.types.is_integer_dtype(frame[col]) else "float")
+    frames.append(frame)
     csv_path.unlink()
-df = pd.concat(frames, ignore_index=True).sort_values(["CO_ENTIDADE", "NU_ANO_CENSO"])
+df = pd.concat(frames, ignore_index=True)
+del frames
 t = time.perf_counter()
 per_stage, rows = {}, 0
 for stage in catalog.STAGES:
     s = time.perf_counter()
-    d = df[df[stage.flag] == 1][["CO_ENTIDADE", "NU_ANO_CENSO", "CO_MUNICIPIO", stage.enrollment, stage.teachers, stage.classes]].copy()
+    d = (df[df[stage.flag] == 1][["CO_ENTIDADE", "NU_ANO_CENSO", "CO_MUNICIPIO", stage.enrollment, stage.teachers, stage.classes]]
+         .sort_values(["CO_ENTIDADE", "NU_ANO_CENSO"]))
     g = d.groupby("CO_ENTIDADE")
     for col in (stage.enrollment, stage.teachers, stage.classes):
         for k in (1, 2, 3):
@@ -183,12 +188,14 @@ def main() -> None:
         for p in ours["phases"]:
             print(f"{p['phase']:28} {p['seconds']:>8.1f} {p['peak_rss_mb']:>12}")
         cache = str(work / "cache")
-        results["features_ours"] = measure(FEATURES_OURS, cache)
-        results["features_mlforecast"] = measure(FEATURES_MLFORECAST, cache)
+        steps = {"features_ours": (FEATURES_OURS, cache), "features_mlforecast": (FEATURES_MLFORECAST, cache)}
         if not args.skip_seed:
-            results["load_seed"] = measure(SEED_LOAD, str(raw), str(work / "extract"))
-            results["features_seed"] = measure(FEATURES_SEED, str(raw), str(work / "extract"))
-            results["training"] = measure(TRAINING, cache, "IN_FUND_AI")
+            steps |= {"load_seed": (SEED_LOAD, str(raw), str(work / "extract")),
+                      "features_seed": (FEATURES_SEED, str(raw), str(work / "extract")),
+                      "training": (TRAINING, cache, "IN_FUND_AI")}
+        for name, (code, *argv) in steps.items():
+            results[name] = measure(code, *argv)
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -29,8 +29,9 @@ class ModelSettings:
     colsample: float = 0.8
     max_bin: int = 255  # histogram bins per feature (both libraries)
     # training window: the last N target years before the test year (0: every earlier year).
-    # Nationally, 6 years match the expanding window's error at half its training time.
-    train_window_years: int = 6
+    # Nationally, 4-6 years matched the expanding window's error at a third to a half of its
+    # training time (benchmarks/README.md); 5 keeps the national run under 30 minutes.
+    train_window_years: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
