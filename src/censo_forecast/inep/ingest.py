@@ -1,13 +1,12 @@
 """INEP yearly zips -> one typed Parquet file per year, reading only the columns we need.
 
 The data member is inflated straight from the zip (ISA-L when available, CRC-checked; never
-extracted to disk). `fastcsv` then parses the latin-1 bytes as they are, stepping over the
-fields we do not need and typing the others straight to their cache types; text stays
-bytes, so only the distinct names are decoded. A file outside its narrow grammar goes to
-Arrow (every field tokenised), and only a file that Arrow refuses is transcoded and re-read
-as text, so that a bad value in a column we need is reported with its year, member,
-column, line and text, while damage in columns we skip (spreadsheet mangling, '.'
-placeholders) costs nothing.
+extracted to disk) and Arrow parses the latin-1 bytes as they are, projecting the needed
+columns straight to their cache types and keeping text as bytes, so only the distinct
+names are decoded (no transcoding of the whole file). Only a file that fails this fast
+path is transcoded and re-read as text, so that a bad value in a column we need is
+reported with its year, member, column, line and text, while damage in columns we skip
+(spreadsheet mangling, '.' placeholders) costs nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from censo_forecast import storage
-from censo_forecast.inep import archive, catalog, fastcsv
+from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def _parse(raw: bytes, year: int, where: str) -> pl.DataFrame:
     try:
         # one contiguous buffer: streaming the pieces to Arrow saved memory (~0.8 GB peak instead of
         # ~1.3 GB for 14 national years) but cost ~10 % in time, Arrow reading through Python
-        frame = _fast_read(raw, header, names)
+        frame = _fast_read(pa.py_buffer(raw), names)
     except pa.ArrowInvalid as exc:
         _explain_failure(raw, header, names, where, str(exc))  # always raises
     if frame.height == 0:
@@ -131,19 +130,10 @@ def _parse(raw: bytes, year: int, where: str) -> pl.DataFrame:
 _ARROW_INTS = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
 
 
-def _fast_read(raw: bytes, header: list[str], names: list[str]) -> pl.DataFrame:
-    """The needed columns, typed: numba's field-skipping reader when the file keeps to its
-    narrow grammar (nearly always), else Arrow (which raises ArrowInvalid on a bad file)."""
-    arrays = fastcsv.read(raw, header, names, catalog.CACHE_SCHEMA)
-    if arrays is None:
-        arrays = _arrow_read(pa.py_buffer(raw), names)
-    return pl.DataFrame({n: _latin1_text(a) if a.type == pa.binary() else pl.from_arrow(a) for n, a in arrays.items()})
-
-
-def _arrow_read(buffer: pa.Buffer, names: list[str]) -> dict[str, pa.ChunkedArray]:
+def _fast_read(buffer: pa.Buffer, names: list[str]) -> pl.DataFrame:
     """Arrow parses the latin-1 bytes as they are: numbers straight to the cache types, text
-    as binary (no UTF-8 check, so no transcoding of the whole file). Arrow also rejects rows
-    with the wrong field count."""
+    as binary (no UTF-8 check, so no transcoding of the whole file); only the text columns'
+    distinct values are then decoded. Arrow also rejects rows with the wrong field count."""
     types = {n: _ARROW_INTS.get(catalog.CACHE_SCHEMA[n], pa.binary()) for n in names}
     table = pacsv.read_csv(
         buffer,
@@ -152,13 +142,15 @@ def _arrow_read(buffer: pa.Buffer, names: list[str]) -> dict[str, pa.ChunkedArra
         convert_options=pacsv.ConvertOptions(include_columns=names, column_types=types, check_utf8=False,
                                              null_values=["", "."], strings_can_be_null=True),
     )
-    return {name: table.column(name) for name in names}
+    columns = {}
+    for name in names:
+        column = table.column(name)
+        columns[name] = _latin1_text(column) if types[name] == pa.binary() else pl.from_arrow(column)
+    return pl.DataFrame(columns)
 
 
-def _latin1_text(column: pa.Array | pa.ChunkedArray) -> pl.Series:
-    """Only the distinct values are decoded from latin-1."""
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = column.dictionary_encode()
+def _latin1_text(column: pa.ChunkedArray) -> pl.Series:
+    encoded = column.combine_chunks().dictionary_encode()
     text = pa.array([None if v is None else v.decode(catalog.CSV_ENCODING) for v in encoded.dictionary.to_pylist()], pa.string())
     return pl.from_arrow(pc.take(text, encoded.indices)).cast(pl.String)
 
