@@ -31,8 +31,10 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
