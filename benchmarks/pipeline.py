@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from common import measure, national_census
-from ingest import BASELINE as SEED_LOAD
+from ingest import BASELINE as SEED_LOAD_AND_COUNT, SEED_LOAD
 
 OURS = r"""
 import json, sys, threading, time
@@ -99,23 +99,10 @@ for stage in catalog.STAGES:
 print(json.dumps({"features_s": round(sum(per_stage.values()), 2), "rows": rows, "per_stage": per_stage}))
 """
 
-FEATURES_SEED = r"""
-import json, sys, time, zipfile, re
-from pathlib import Path
-import pandas as pd
+FEATURES_SEED = SEED_LOAD + r"""
+import time
 from censo_forecast.inep import catalog
-raw, work = Path(sys.argv[1]), Path(sys.argv[2])
-frames = []
-for zpath in sorted(raw.glob("microdados_censo_escolar_*.zip")):
-    with zipfile.ZipFile(zpath) as zf:
-        member = [n for n in zf.namelist() if re.search(r"microdados_ed_basica_\d{4}\.csv$", n, re.I)][0]
-        csv_path = Path(zf.extract(member, work))
-    frame = pd.read_csv(csv_path, sep=";", encoding="latin-1", low_memory=False)
-    for col in frame.select_dtypes("number").columns:  # the seed downcast after loading
-        frame[col] = pd.to_numeric(frame[col], downcast="integer" if pd.api.types.is_integer_dtype(frame[col]) else "float")
-    frames.append(frame)
-    csv_path.unlink()
-df = pd.concat(frames, ignore_index=True)
+df = total
 del frames
 t = time.perf_counter()
 per_stage, rows = {}, 0
@@ -190,7 +177,7 @@ def main() -> None:
         cache = str(work / "cache")
         steps = {"features_ours": (FEATURES_OURS, cache), "features_mlforecast": (FEATURES_MLFORECAST, cache)}
         if not args.skip_seed:
-            steps |= {"load_seed": (SEED_LOAD, str(raw), str(work / "extract")),
+            steps |= {"load_seed": (SEED_LOAD_AND_COUNT, str(raw), str(work / "extract")),
                       "features_seed": (FEATURES_SEED, str(raw), str(work / "extract")),
                       "training": (TRAINING, cache, "IN_FUND_AI")}
         for name, (code, *argv) in steps.items():
