@@ -87,7 +87,7 @@ class EnrollmentForecaster:
 
     # ----------------------------------------------------------- fit / predict
     def fit(self, census: pl.DataFrame) -> "EnrollmentForecaster":
-        """Refit each stage's chosen model (best CV MAE; Voting if not validated) on every year."""
+        """Refit each stage's chosen model (best CV MAE; Voting if not validated) on the latest years."""
         panel = self.panel(census)
         self.models_, self.chosen_, self.calibration_ = {}, {}, {}
         for flag in self._stages:
@@ -100,7 +100,8 @@ class EnrollmentForecaster:
 
     def fit_stage(self, panel: pl.DataFrame, flag: str, stage_cv: validation.StageCV | None = None,
                   data: validation.StageData | None = None) -> "EnrollmentForecaster":
-        """Refit one stage's chosen model on every year (reusing `data` when the caller has it)."""
+        """Refit one stage's chosen model on the latest years (the training window), reusing `data`
+        when the caller has it."""
         for attr in ("models_", "chosen_", "calibration_"):
             if not hasattr(self, attr):
                 setattr(self, attr, {})

@@ -66,8 +66,8 @@ def listdir(location) -> dict[str, object]:
     fs, p = _fs(location)
     if not fs.exists(p):
         return {}
-    return {e["name"].rstrip("/").rsplit("/", 1)[-1]: join(location, e["name"].rstrip("/").rsplit("/", 1)[-1])
-            for e in fs.ls(p, detail=True) if e.get("type") == "file"}
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(p, detail=True) if e.get("type") == "file"]
+    return {name: join(location, name) for name in sorted(names)}
 
 
 def stat(location) -> dict:

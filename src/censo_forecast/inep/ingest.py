@@ -74,12 +74,17 @@ def raw_zips(raw_dir) -> dict[int, Path]:
 def read_census_zip(zip_path, year: int) -> pl.DataFrame:
     """Read the needed columns of one year's data CSV straight out of its zip (a local copy of a remote one)."""
     with storage.local_copy(zip_path) as local:
-        try:
-            return _read_local_zip(local, year)
-        except IngestError as exc:
-            if local == zip_path:
-                raise
-            raise IngestError(str(exc).replace(str(local), str(zip_path))) from None  # name the URL, not the copy
+        return _read_copy(local, year, zip_path)
+
+
+def _read_copy(local: Path, year: int, zip_path) -> pl.DataFrame:
+    """Read a local zip that stands for zip_path; errors name zip_path (the URL, not the copy)."""
+    try:
+        return _read_local_zip(local, year)
+    except IngestError as exc:
+        if local == zip_path:
+            raise
+        raise IngestError(str(exc).replace(str(local), str(zip_path))) from None
 
 
 def _read_local_zip(zip_path: Path, year: int) -> pl.DataFrame:
@@ -248,12 +253,14 @@ def _is_current(entry: dict | None, zip_path, parquet) -> bool:
 def ingest_year(zip_path, year: int, cache_dir) -> dict:
     """One year: zip (path or URL) -> cache Parquet (atomic); returns its manifest entry."""
     started = time.perf_counter()
-    frame = read_census_zip(zip_path, year)
+    with storage.local_copy(zip_path) as local:  # a remote zip is fetched once, for reading and hashing
+        frame = _read_copy(local, year, zip_path)
+        sha256 = archive.file_sha256(local)
     target = cache_path(cache_dir, year)
     storage.write_parquet(target, frame)
     entry = {
         **_zip_fingerprint(zip_path),
-        "sha256": storage.sha256(zip_path),
+        "sha256": sha256,
         "rows": frame.height,
         "parquet": cache_path_name(year),
         "schema_version": catalog.CACHE_SCHEMA_VERSION,
