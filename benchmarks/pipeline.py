@@ -65,7 +65,7 @@ load = time.perf_counter() - t
 per_stage, rows = {}, 0
 for stage in catalog.STAGES:
     t = time.perf_counter()
-    frame = features.with_truth(features.origin_features(panel, stage.flag), panel, stage.flag)
+    frame = features.training_frame(panel, stage.flag)
     per_stage[stage.flag] = round(time.perf_counter() - t, 2)
     rows += frame.height
 print(json.dumps({"load_s": round(load, 2), "features_s": round(sum(per_stage.values()), 2), "rows": rows, "per_stage": per_stage, "n_features": len(features.FEATURES)}))
@@ -135,7 +135,7 @@ from censo_forecast.models import select_device
 from censo_forecast.panel import build_panel
 cache, flag = sys.argv[1], sys.argv[2]
 panel = build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
-data = features.with_truth(features.origin_features(panel, flag), panel, flag)
+data = features.training_frame(panel, flag)
 last = data["target_year"].max()
 train = data.filter(pl.col("target_year") < last)
 X, y = validation.matrix(train), train["y_true"].to_numpy()

@@ -44,7 +44,7 @@ def cache(small_census, tmp_path_factory):
 
 
 def _local_rows(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    return features.with_truth(features.origin_features(panel, flag), panel, flag).sort("origin_year", "CO_ENTIDADE")
+    return features.training_frame(panel, flag)
 
 
 def test_ingest_runs_one_task_per_year_on_the_workers(small_census, client, tmp_path):

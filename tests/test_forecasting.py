@@ -53,6 +53,47 @@ def test_calendar_gap_is_a_gap_not_a_shifted_lag():
     assert row["years_since_first_seen"] == 3
 
 
+def test_lags_and_truth_never_cross_schools_and_row_order_does_not_matter():
+    """Lags come from row shifts: a neighbouring school's rows must never be taken for this one's."""
+    census = census_rows([
+        {"NU_ANO_CENSO": 2016, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 70},
+        {"NU_ANO_CENSO": 2017, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 80},
+        {"NU_ANO_CENSO": 2018, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 300},  # rows right after school 1's
+        {"NU_ANO_CENSO": 2019, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 310},
+    ])
+    panel = build_panel(census)
+    data = features.training_frame(panel, "IN_MED")
+    rows = {(r["CO_ENTIDADE"], r["origin_year"]): r for r in data.iter_rows(named=True)}
+    first_of_2 = rows[2, 2018]
+    assert first_of_2["enrollment_lag2"] is None and first_of_2["enrollment_lag3"] is None
+    assert first_of_2["offered_years_last3"] == 1
+    assert rows[1, 2017]["y_true"] == 0.0  # school 1 left the census; school 2's 2018 is not its truth
+    assert rows[1, 2017]["enrollment_lag2"] == 70 and rows[1, 2016]["y_true"] == 80.0
+    shuffled = panel[[2, 0, 3, 1]]
+    assert not shuffled.equals(panel)
+    assert features.training_frame(shuffled, "IN_MED").equals(data)
+
+
+def test_area_totals_count_every_active_school_with_enrollment():
+    """Municipal totals: active schools' stage enrollment (one not flagging the stage but
+    reporting students included), offering schools counted, inactive ones left out."""
+    rows = []
+    for year, scale in ((2019, 1), (2020, 2)):
+        rows += [
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 100 * scale},
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 50 * scale},
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 3, "IN_MED": 0, "QT_MAT_MED": 5},  # flag off, students reported
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 4, "IN_MED": 0, "QT_MAT_MED": 0},
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 5, "TP_SITUACAO_FUNCIONAMENTO": 2, "IN_MED": 1, "QT_MAT_MED": 999},
+            {"NU_ANO_CENSO": year, "CO_ENTIDADE": 6, "CO_MUNICIPIO": 3304557, "IN_MED": 1, "QT_MAT_MED": 7},
+        ]
+    feats = features.origin_features(build_panel(census_rows(rows)), "IN_MED")
+    row = feats.filter((pl.col("CO_ENTIDADE") == 1) & (pl.col("origin_year") == 2020)).row(0, named=True)
+    assert row["muni_stage_total_lag1"] == 305 and row["muni_stage_schools_lag1"] == 2
+    assert row["muni_stage_growth"] == pytest.approx(305 / 155 - 1)
+    assert row["state_stage_total_lag1"] == 312 and row["school_share_of_muni"] == pytest.approx(200 / 305)
+
+
 def test_population_and_truth_rule():
     y0 = [  # all offer high school in 2020
         {"NU_ANO_CENSO": 2020, "CO_ENTIDADE": c, "IN_MED": 1, "QT_MAT_MED": 50} for c in (1, 2, 3, 4, 5)
@@ -70,7 +111,7 @@ def test_population_and_truth_rule():
         {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 7, "IN_MED": 1, "QT_MAT_MED": 30},  # reopened: was inactive
     ]
     panel = build_panel(census_rows(y0 + y1))
-    data = features.with_truth(features.origin_features(panel, "IN_MED"), panel, "IN_MED")
+    data = features.training_frame(panel, "IN_MED")
     truth = dict(data.filter(pl.col("target_year") == 2021).select("CO_ENTIDADE", "y_true").iter_rows())
     assert truth == {1: 55.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
 
@@ -100,7 +141,7 @@ def test_no_leakage_year_t_inputs_do_not_move_year_t_predictions(small_panel):
     device = models.select_device("cpu")
     results = []
     for panel in (small_panel, perturbed):
-        data = features.with_truth(features.origin_features(panel, flag), panel, flag)
+        data = features.training_frame(panel, flag)
         cv = validation.walk_forward(data, flag, years, FAST, device, min_train_years=12, jobs=1)
         results.append(cv.predictions.filter(pl.col("NU_ANO_CENSO") == year).sort("CO_ENTIDADE"))
     original, changed = results
@@ -193,7 +234,7 @@ def test_training_window_keeps_only_the_latest_target_years(small_panel):
     from dataclasses import replace
 
     flag = "IN_FUND_AI"
-    frame = features.with_truth(features.origin_features(small_panel, flag), small_panel, flag)
+    frame = features.training_frame(small_panel, flag)
     data = validation.StageData(frame)
     chosen = lambda test_year, window: sorted(data.rows(validation.training_rows(data.target_years(), test_year, window))["target_year"].unique())  # noqa: E731
     assert chosen(2020, 3) == [2017, 2018, 2019]

@@ -1,8 +1,8 @@
 """Leakage-free features: for target year T, only census years <= T-1 (the origin) are read.
 
-Every feature of an origin row (school, o) comes from the panel at years o, o-1 and o-2
-through explicit calendar joins; the truth for o+1 is attached separately. Nothing here
-knows about models.
+Every feature of an origin row (school, o) comes from the panel at calendar years o, o-1
+and o-2 of that school (a missing year is a gap, not the row before it); the truth for
+o+1 is a separate column that only `training_frame` adds. Nothing here knows about models.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from censo_forecast.inep import catalog
-from censo_forecast.panel import SCHOOL, YEAR, stage_view, truth
+from censo_forecast.panel import SCHOOL, YEAR, stage_view
 
 LAGS = (1, 2, 3)  # lag k = census year T-k = origin - (k - 1)
 COUNTS = ("enrollment", "teachers", "classes")
@@ -54,11 +54,28 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den > 0).then(num / den).otherwise(None)
 
 
-def _lagged(view: pl.DataFrame, k: int, columns: dict[str, str]) -> pl.DataFrame:
-    """Values of census year o-(k-1), keyed by origin o."""
-    return view.select(
-        SCHOOL, (pl.col(YEAR) + (k - 1)).alias(YEAR), *(pl.col(src).alias(dst) for src, dst in columns.items())
-    )
+def _back(column: str | pl.Expr, years: int) -> pl.Expr:
+    """`column` at calendar year o - years (o + |years| when negative) of the same school.
+
+    The view holds one row per (school, year), sorted, so that row, when the school has
+    it, lies at most |years| rows away; a shifted row counts only when its school and year
+    match, so a year missing from the census is a gap (null), never the row before it.
+    """
+    value = pl.col(column) if isinstance(column, str) else column
+    step = 1 if years > 0 else -1
+    candidates = [
+        pl.when((pl.col(SCHOOL).shift(i) == pl.col(SCHOOL)) & (pl.col(YEAR).shift(i) == pl.col(YEAR) - years))
+        .then(value.shift(i))
+        for i in range(step, years + step, step)
+    ]
+    return candidates[0] if len(candidates) == 1 else pl.coalesce(candidates)
+
+
+def _sorted(view: pl.DataFrame) -> pl.DataFrame:
+    """The view in (school, year) order, which `_back` relies on; the panel's order costs one check."""
+    school, year = pl.col(SCHOOL), pl.col(YEAR)
+    ascending = (school > school.shift(1)) | ((school == school.shift(1)) & (year > year.shift(1)))
+    return view if view.select(ascending.slice(1).all()).item() in (True, None) else view.sort(SCHOOL, YEAR)
 
 
 AREAS = {"CO_MUNICIPIO": "muni", "CO_UF": "state"}
@@ -71,10 +88,12 @@ def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
     sums (`combine_area_sums`) and gets the same totals as one machine, exactly (counts
     are whole numbers, far below float32's 2**24).
     """
-    active = view.filter(pl.col("active"))
-    return {key: active.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"),
-                                                pl.col("offers").sum().alias("schools"))
-            for key in AREAS}
+    # rows that add nothing (not offering, no enrollment) are left out before grouping: the
+    # sums are the same, and an area-year without any is never looked up by an offering row
+    adding = view.lazy().filter(pl.col("active") & (pl.col("offers") | (pl.col("enrollment") != 0)))
+    queries = [adding.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"), pl.col("offers").sum().alias("schools"))
+               for key in AREAS]
+    return dict(zip(AREAS, pl.collect_all(queries, engine="in-memory")))
 
 
 def combine_area_sums(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
@@ -95,26 +114,25 @@ def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
     )
 
 
-def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
-    """Feature rows for every origin year o: schools active and offering the stage at o.
-
-    Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF and FEATURES.
-    `sums`: area sums over every school (an engine's combined partitions); default: this panel's.
-    """
-    view = stage_view(panel, flag)
-    rows = view.filter(pl.col("offers")).select(
-        SCHOOL, YEAR, "first_year", "CO_MUNICIPIO", "CO_UF", "TP_DEPENDENCIA", "TP_LOCALIZACAO",
-        "QT_MAT_BAS", *catalog.AGE_BANDS, *catalog.INFRASTRUCTURE_FLAGS,
-    )
-    for k in LAGS:
-        cols = {c: f"{c}_lag{k}" for c in COUNTS} | {"offers": f"offers_lag{k}"}
-        if k <= 2:
-            cols["feeder_enrollment"] = f"feeder_enrollment_lag{k}"
-        rows = rows.join(_lagged(view, k, cols), on=[SCHOOL, YEAR], how="left")
+def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth: bool) -> pl.LazyFrame:
+    """One lazy pass over the stage's view: calendar lags by row shifts, then the offering rows."""
+    view = _sorted(stage_view(panel, flag))
     sums = sums if sums is not None else area_sums(view)
-    muni = _area_features(sums["CO_MUNICIPIO"], "CO_MUNICIPIO")
-    state = _area_features(sums["CO_UF"], "CO_UF").drop("state_stage_schools_lag1")
-    rows = rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left").join(state, on=["CO_UF", YEAR], how="left")
+    lagged = [_back(c, k - 1).alias(f"{c}_lag{k}") for c in (*COUNTS, "offers") for k in LAGS[1:]]
+    lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2")]
+    if truth:  # the school's stage enrollment in o + 1: 0 when it closed, dropped the stage or left
+        enrolled = pl.when(pl.col("offers")).then(pl.col("enrollment")).otherwise(0)
+        lagged.append(_back(enrolled, -1).fill_null(0).cast(pl.Float64).alias("y_true"))
+    rows = (
+        view.lazy()
+        .with_columns(*lagged)
+        .filter(pl.col("offers"))
+        .rename({**{c: f"{c}_lag1" for c in COUNTS}, "offers": "offers_lag1", "feeder_enrollment": "feeder_enrollment_lag1"})
+    )
+    muni = _area_features(sums["CO_MUNICIPIO"], "CO_MUNICIPIO").lazy()
+    state = _area_features(sums["CO_UF"], "CO_UF").drop("state_stage_schools_lag1").lazy()
+    rows = (rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left", maintain_order="left")
+            .join(state, on=["CO_UF", YEAR], how="left", maintain_order="left"))
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)
     f1, f2 = pl.col("feeder_enrollment_lag1"), pl.col("feeder_enrollment_lag2")
     infra = {flag_: pl.when(pl.col(flag_).is_in([0, 1])).then(pl.col(flag_)).otherwise(None) for flag_ in catalog.INFRASTRUCTURE_FLAGS}
@@ -145,14 +163,22 @@ def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame
         "CO_MUNICIPIO",
         "CO_UF",
         *(pl.col(f).cast(pl.Float32) for f in FEATURES),
-    ).sort("origin_year", SCHOOL)
-
-
-def with_truth(features: pl.DataFrame, panel: pl.DataFrame, flag: str, last_year: int | None = None) -> pl.DataFrame:
-    """Attach y_true for target years up to the last census year (default: the panel's last);
-    0 where the school closed, became inactive, stopped offering the stage or left the census."""
-    last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
-    observed = features.filter(pl.col("target_year") <= last)
-    return observed.join(truth(panel, flag), on=[SCHOOL, "target_year"], how="left").with_columns(
-        pl.col("y_true").fill_null(0.0)
+        *(["y_true"] if truth else []),
     )
+
+
+def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+    """Feature rows for every origin year o: schools active and offering the stage at o.
+
+    Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF and FEATURES,
+    sorted by school and origin year. `sums`: area sums over every school (an engine's combined partitions); default: this panel's.
+    """
+    return _origin_rows(panel, flag, sums, truth=False).collect(engine="in-memory")
+
+
+def training_frame(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
+                   last_year: int | None = None) -> pl.DataFrame:
+    """`origin_features` with y_true, for the target years up to the last census year
+    (default: the panel's last; an engine's partition passes the whole census's)."""
+    last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
+    return _origin_rows(panel, flag, sums, truth=True).filter(pl.col("target_year") <= last).collect(engine="in-memory")

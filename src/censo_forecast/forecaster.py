@@ -63,7 +63,7 @@ class EnrollmentForecaster:
         """A stage's feature rows with their truth, where the engine keeps them."""
         if self.engine is not None:
             return self.engine.stage_data(panel, flag)
-        return validation.StageData(features.with_truth(features.origin_features(panel, flag), panel, flag))
+        return validation.StageData(features.training_frame(panel, flag))
 
     # ----------------------------------------------------------- validation
     def cross_validate_stage(self, panel: pl.DataFrame, flag: str, data: validation.StageData | None = None) -> validation.StageCV:

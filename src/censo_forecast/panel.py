@@ -1,7 +1,8 @@
 """The (school, year) panel and its per-stage views, keyed by calendar year.
 
-Lags are taken by joining on `year - k`, never by shifting rows, so a year in which a
-school is missing from the census is a gap (null), not last-but-one year's value.
+Rows are sorted by school and year, one per pair. Lags look up the row of calendar year
+`year - k` of the same school (`features._back`), so a year in which a school is missing
+from the census is a gap (null), not last-but-one year's value.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def _stage_sums(panel: pl.DataFrame, flag: str) -> dict[str, pl.DataFrame]:
 
 
 def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int) -> pl.DataFrame:
-    return features.with_truth(features.origin_features(panel, flag, sums), panel, flag, last_year)
+    return features.training_frame(panel, flag, sums, last_year)
 
 
 def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
@@ -160,7 +160,7 @@ class DaskStageData(StageData):
 
     def rows(self, predicate: pl.Expr) -> pl.DataFrame:
         found = self.client.gather(self.client.map(_filter, self.parts, predicate=predicate))
-        return pl.concat(found).sort("origin_year", SCHOOL)
+        return pl.concat(found).sort(SCHOOL, "origin_year")
 
     def fit_learners(self, test_year: int | None, settings: ModelSettings, device: models.Device, jobs: int,
                      names: tuple[str, ...] = models.LEARNERS) -> dict:
