@@ -13,9 +13,9 @@
      validation through the ratio to our two fits on the same rows.
 3. Nixtla mlforecast's `preprocess` on the same per-stage panels (lags 1-3 and rolling
    means 2 and 3 of enrollment, after `fill_gaps`, which mlforecast needs because it
-   shifts rows), against our `origin_features` (which computes 46 features).
+   shifts rows), against our `training_frame` (46 features and the truth).
 
-    python benchmarks/pipeline.py [--schools 200000] [--years 2011-2024] [--skip-seed]
+    python benchmarks/pipeline.py [--schools 200000] [--years 2011-2024] [--skip-seed | --features-only]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -162,21 +163,25 @@ def main() -> None:
     parser.add_argument("--schools", type=int, default=200_000)
     parser.add_argument("--years", default="2011-2024")
     parser.add_argument("--skip-seed", action="store_true", help="only our pipeline and mlforecast")
+    parser.add_argument("--features-only", action="store_true", help="only ingest, then our features against mlforecast's")
     parser.add_argument("--work", default=None, help="keep outputs in this folder (default: a temporary one)")
     args = parser.parse_args()
     raw = national_census(args.schools, args.years)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-pipeline-"))
     results: dict = {}
+    cache = str(work / "cache")
     try:
-        ours = measure(OURS, str(raw), str(work))
-        results["ours"] = ours
-        print(f"\nours: whole pipeline {ours['wall_s']:.0f} s, peak RSS {_mb(ours)} MB", flush=True)
-        print(f"{'phase':28} {'wall s':>8} {'peak RSS MB':>12}")
-        for p in ours["phases"]:
-            print(f"{p['phase']:28} {p['seconds']:>8.1f} {p['peak_rss_mb']:>12}")
-        cache = str(work / "cache")
+        if args.features_only:
+            subprocess.run([sys.executable, "-m", "censo_forecast.cli", "ingest", "--raw-dir", str(raw), "--cache-dir", cache], check=True)
+        else:
+            ours = measure(OURS, str(raw), str(work))
+            results["ours"] = ours
+            print(f"\nours: whole pipeline {ours['wall_s']:.0f} s, peak RSS {_mb(ours)} MB", flush=True)
+            print(f"{'phase':28} {'wall s':>8} {'peak RSS MB':>12}")
+            for p in ours["phases"]:
+                print(f"{p['phase']:28} {p['seconds']:>8.1f} {p['peak_rss_mb']:>12}")
         steps = {"features_ours": (FEATURES_OURS, cache), "features_mlforecast": (FEATURES_MLFORECAST, cache)}
-        if not args.skip_seed:
+        if not (args.skip_seed or args.features_only):
             steps |= {"load_seed": (SEED_LOAD_AND_COUNT, str(raw), str(work / "extract")),
                       "features_seed": (FEATURES_SEED, str(raw), str(work / "extract")),
                       "training": (TRAINING, cache, "IN_FUND_AI")}
