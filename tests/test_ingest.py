@@ -188,6 +188,20 @@ def test_unchanged_years_are_skipped_and_changed_ones_redone(small_census, tmp_p
     assert pl.read_parquet(ingest.cache_path(cache, 2021)).height < 40
 
 
+def test_stored_member_is_read_and_a_flipped_byte_fails_its_crc(tmp_path):
+    """Stored (uncompressed) members skip inflating, so only the CRC can catch damage."""
+    path = tmp_path / "microdados_censo_escolar_2019.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("microdados_ed_basica_2019/dados/microdados_ed_basica_2019.csv", _small_csv(2019))
+    assert ingest.read_census_zip(path, 2019).height == pl.read_csv(_small_csv(2019), separator=";", quote_char=None,
+                                                                     infer_schema=False, encoding="latin-1").height
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ingest.IngestError, match=r"microdados_ed_basica_2019\.csv, year 2019: .*CRC or size mismatch"):
+        ingest.read_census_zip(path, 2019)
+
+
 def _deflate64_zip(path, year: int, csv_bytes: bytes):
     """A zip whose data member is marked Deflate64 (method 9), which Python cannot read."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:

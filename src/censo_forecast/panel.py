@@ -58,13 +58,3 @@ def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
         (count(feeder.enrollment) if feeder else pl.lit(None)).cast(pl.Float32).alias("feeder_enrollment"),
     )
 
-
-def truth(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    """Enrollment in the stage per (school, year): 0 when inactive or not offering it."""
-    stage = catalog.stage(flag)
-    offered = pl.col("active") & (pl.col(stage.flag) == 1)
-    return panel.select(
-        SCHOOL,
-        pl.col(YEAR).alias("target_year"),
-        pl.when(offered).then(pl.col(stage.enrollment).fill_null(0)).otherwise(0).cast(pl.Float64).alias("y_true"),
-    )

