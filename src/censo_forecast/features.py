@@ -79,6 +79,7 @@ def _sorted(view: pl.DataFrame) -> pl.DataFrame:
 
 
 AREAS = {"CO_MUNICIPIO": "muni", "CO_UF": "state"}
+ENGINE = "in-memory"  # polars' streaming default took twice as long on these whole-view shifts
 
 
 def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -93,7 +94,7 @@ def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
     adding = view.lazy().filter(pl.col("active") & (pl.col("offers") | (pl.col("enrollment") != 0)))
     queries = [adding.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"), pl.col("offers").sum().alias("schools"))
                for key in AREAS]
-    return dict(zip(AREAS, pl.collect_all(queries, engine="in-memory")))
+    return dict(zip(AREAS, pl.collect_all(queries, engine=ENGINE)))
 
 
 def combine_area_sums(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
@@ -171,9 +172,10 @@ def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame
     """Feature rows for every origin year o: schools active and offering the stage at o.
 
     Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF and FEATURES,
-    sorted by school and origin year. `sums`: area sums over every school (an engine's combined partitions); default: this panel's.
+    sorted by school and origin year. `sums`: area sums over every school (an engine's
+    combined partitions); default: this panel's.
     """
-    return _origin_rows(panel, flag, sums, truth=False).collect(engine="in-memory")
+    return _origin_rows(panel, flag, sums, truth=False).collect(engine=ENGINE)
 
 
 def training_frame(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
@@ -181,4 +183,4 @@ def training_frame(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame]
     """`origin_features` with y_true, for the target years up to the last census year
     (default: the panel's last; an engine's partition passes the whole census's)."""
     last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
-    return _origin_rows(panel, flag, sums, truth=True).filter(pl.col("target_year") <= last).collect(engine="in-memory")
+    return _origin_rows(panel, flag, sums, truth=True).filter(pl.col("target_year") <= last).collect(engine=ENGINE)
