@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import pipeline
+from censo_forecast import outputs, pipeline
 from censo_forecast.config import load_settings
 from censo_forecast.inep import synthetic
 from censo_forecast.inep.catalog import parse_years
@@ -22,7 +22,7 @@ from censo_forecast.inep.catalog import parse_years
 def skill_table(raw: Path, work: Path) -> pl.DataFrame:
     s = load_settings(None, raw_dir=raw, cache_dir=work / "cache", out_dir=work / "out", offline=True, device="cpu")
     pipeline.run(s)
-    table = pl.read_csv(work / "out" / pipeline.RESULTS)
+    table = pl.read_csv(work / "out" / outputs.RESULTS)
     return table.select("etapa", "modelo", "MAE_Media_CV", "Skill_MAE_vs_Persistencia", "Escolhido")
 
 

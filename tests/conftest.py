@@ -33,16 +33,19 @@ def make_year_zip(tmp_path):
     return make
 
 
+# The small end-to-end run's settings (two stages, fast models), shared by every test that
+# compares a run with `run_out`.
+FAST_RUN = dict(offline=True, device="cpu", stages=["IN_INF_CRE", "IN_MED"], min_train_years=10, jobs=1, shap_sample=300,
+                model={"n_estimators": 20, "num_leaves": 15, "max_depth": 4})
+
+
 @pytest.fixture(scope="session")
 def run_out(small_census, tmp_path_factory):
-    """One small end-to-end run (two stages, fast models) shared by report and forecast tests."""
+    """One small end-to-end run shared by report and forecast tests."""
     from censo_forecast import pipeline
     from censo_forecast.config import load_settings
 
     raw, _ = small_census
     tmp = tmp_path_factory.mktemp("run")
-    s = load_settings(None, raw_dir=raw, cache_dir=tmp / "cache", out_dir=tmp / "out", offline=True, device="cpu",
-                      stages=["IN_INF_CRE", "IN_MED"], min_train_years=10, jobs=1, shap_sample=300,
-                      model={"n_estimators": 20, "num_leaves": 15, "max_depth": 4})
-    pipeline.run(s)
+    pipeline.run(load_settings(None, raw_dir=raw, cache_dir=tmp / "cache", out_dir=tmp / "out", **FAST_RUN))
     return tmp / "out"

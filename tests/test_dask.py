@@ -17,10 +17,14 @@ from dask.distributed import Client, LocalCluster, get_task_stream, wait  # noqa
 
 from censo_forecast import features, pipeline, storage, validation  # noqa: E402
 from censo_forecast.config import load_settings  # noqa: E402
+from censo_forecast.engine import EngineError  # noqa: E402
 from censo_forecast.distributed import dask as dask_engine  # noqa: E402
 from censo_forecast.inep import ingest  # noqa: E402
 from censo_forecast.models import BASELINES, LEARNERS  # noqa: E402
 from censo_forecast.panel import build_panel  # noqa: E402
+from conftest import FAST_RUN  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 YEARS = list(range(2011, 2025))
 # Distributed LightGBM/XGBoost build their histograms from per-worker data, so their
@@ -49,9 +53,9 @@ def _local_rows(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
 
 def test_ingest_runs_one_task_per_year_on_the_workers(small_census, client, tmp_path):
     raw, _ = small_census
-    engine = dask_engine.DaskEngine(client, tmp_path / "cache", YEARS)
+    engine = dask_engine.DaskEngine(client, tmp_path / "cache")
     with get_task_stream(client) as stream:
-        report = engine.ingest(raw, YEARS)
+        report = engine.ingest(raw, tmp_path / "cache", YEARS)
     assert report.written == YEARS and not report.failed
     tasks = [t for t in stream.data if t["key"].startswith("ingest_year")]
     assert len(tasks) == len(YEARS)
@@ -62,13 +66,13 @@ def test_ingest_runs_one_task_per_year_on_the_workers(small_census, client, tmp_
         assert pl.read_parquet(ingest.cache_path(tmp_path / "cache", year)).equals(pl.read_parquet(ingest.cache_path(local, year)))
     manifest = json.loads((tmp_path / "cache" / ingest.MANIFEST).read_text())
     assert sorted(int(y) for y in manifest) == YEARS
-    assert engine.ingest(raw, YEARS).skipped == YEARS  # the client's manifest makes the rerun a no-op
+    assert engine.ingest(raw, tmp_path / "cache", YEARS).skipped == YEARS  # the client's manifest makes the rerun a no-op
 
 
 def test_partitioned_features_equal_one_machine(client, cache):
     panel = build_panel(ingest.load_cache(cache, YEARS))
-    engine = dask_engine.DaskEngine(client, cache, YEARS)
-    assert len(engine.partitions()) == panel["CO_UF"].n_unique() > 1
+    engine = dask_engine.DaskEngine(client, cache)
+    assert len(engine.partitions(YEARS)) == panel["CO_UF"].n_unique() > 1
     for flag in ("IN_INF_CRE", "IN_FUND_AF", "IN_MED"):  # creche has no feeder; the others have one
         data = engine.stage_data(panel, flag)
         assert data.rows(pl.lit(True)).equals(_local_rows(panel, flag)), flag
@@ -78,29 +82,31 @@ def test_partitioned_features_equal_one_machine(client, cache):
 
 def test_killed_worker_is_survived_with_the_same_rows(client, cache):
     panel = build_panel(ingest.load_cache(cache, YEARS))
-    engine = dask_engine.DaskEngine(client, cache, YEARS)
-    parts = engine.partitions()
+    engine = dask_engine.DaskEngine(client, cache)
+    parts = engine.partitions(YEARS)
     wait(parts)
     holders = client.who_has(parts)
     victim = next(iter(holders[parts[0].key]))
     lost = [p for p in parts if victim in holders[p.key]]
     pid = client.run(os.getpid, workers=[victim])[victim]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.time() + 30
-    while victim in client.scheduler_info()["workers"] and time.time() < deadline:
-        time.sleep(0.2)
-    assert victim not in client.scheduler_info()["workers"], "the killed worker is still registered"
-    assert lost and all(p.status != "finished" or victim not in client.who_has([p])[p.key] for p in lost)
-    rows = engine.stage_data(panel, "IN_FUND_AI").rows(pl.lit(True))  # lost partitions are recomputed
+    with get_task_stream(client) as stream:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while victim in client.scheduler_info()["workers"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert victim not in client.scheduler_info()["workers"], "the killed worker is still registered"
+        rows = engine.stage_data(panel, "IN_FUND_AI").rows(pl.lit(True))
+    # the partitions the victim held were built again from the cache, and only those
+    rebuilt = [t for t in stream.data if t["key"].startswith("_load_partition")]
+    assert lost and len(rebuilt) == len(lost)
     assert rows.equals(_local_rows(panel, "IN_FUND_AI"))
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it
 
 
 def test_run_with_dask_engine_matches_local_engine(small_census, run_out, tmp_path):
     raw, _ = small_census
-    s = load_settings(None, raw_dir=raw, cache_dir=f"file://{tmp_path / 'cache'}", out_dir=tmp_path / "out", offline=True,
-                      device="cpu", stages=["IN_INF_CRE", "IN_MED"], min_train_years=10, jobs=1, shap_sample=300,
-                      model={"n_estimators": 20, "num_leaves": 15, "max_depth": 4}, engine="dask", workers=2)
+    s = load_settings(None, raw_dir=raw, cache_dir=f"file://{tmp_path / 'cache'}", out_dir=tmp_path / "out", **FAST_RUN,
+                      engine="dask", workers=2)
     record = pipeline.run(s)
     assert record["engine"].startswith("dask: scheduler tcp://") and "2 worker(s)" in record["engine"]
     ours = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
@@ -132,11 +138,12 @@ def test_fsspec_urls_for_raw_and_cache(small_census, tmp_path):
     fs.pipe("/census/raw/microdados_censo_escolar_2030.zip", b"PK\x03\x04 not really a zip")
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as c:
-            engine = dask_engine.DaskEngine(c, "memory://census/cache", years)
-            assert engine.ingest("memory://census/raw", years).written == years
-            bad = engine.ingest("memory://census/raw", [2030])
+            cache = "memory://census/cache"
+            engine = dask_engine.DaskEngine(c, cache)
+            assert engine.ingest("memory://census/raw", cache, years).written == years
+            bad = engine.ingest("memory://census/raw", cache, [2030])
             assert "memory://census/raw/microdados_censo_escolar_2030.zip" in bad.failed[2030]  # the URL, not a temp copy
-            assert engine.ingest("memory://census/raw", years).skipped == years
+            assert engine.ingest("memory://census/raw", cache, years).skipped == years
             panel = build_panel(ingest.load_cache("memory://census/cache", years))
             local = tmp_path / "cache"
             ingest.ingest(raw, local, years, jobs=1).raise_for_failures()
@@ -149,7 +156,9 @@ def test_fsspec_urls_for_raw_and_cache(small_census, tmp_path):
         fs.rm("/census", recursive=True)
 
 
-def test_unreachable_scheduler_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
-        with dask_engine.connect("tcp://127.0.0.1:9", timeout="2s"):
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT", "2s")
+    s = load_settings(None, raw_dir=tmp_path, engine="dask", scheduler="tcp://127.0.0.1:9")
+    with pytest.raises(EngineError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        with dask_engine.connect(s):
             pass

@@ -6,7 +6,6 @@ import shutil
 import ssl
 import subprocess
 import threading
-import zipfile
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from censo_forecast.cli import app
-from censo_forecast.inep import archive, catalog, download, synthetic
+from censo_forecast.inep import catalog, download, synthetic
 from mirror import Faults, Mirror, MirrorState, _Handler
 
 YEARS = (2021, 2022, 2023)
@@ -249,43 +248,6 @@ def test_insecure_warns_loudly(https_mirror, tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- safe extraction
-def _zip_with(path: Path, name: str, data: bytes, attr: int = 0o644 << 16) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        info = zipfile.ZipInfo(name)
-        info.external_attr = attr
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, data)
-    return path
-
-
-@pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "dados/../../evil.txt"])
-def test_zip_slip_is_refused(tmp_path, name):
-    path = _zip_with(tmp_path / "slip.zip", name, b"x")
-    with pytest.raises(archive.ArchiveError, match="zip slip"):
-        archive.safe_extract(path, tmp_path / "out")
-    assert not (tmp_path / "evil.txt").exists()
-
-
-def test_symlink_member_is_refused(tmp_path):
-    path = _zip_with(tmp_path / "link.zip", "dados/link", b"/etc/passwd", attr=(0o120777 << 16))
-    with pytest.raises(archive.ArchiveError, match="symbolic link"):
-        archive.safe_extract(path, tmp_path / "out")
-
-
-def test_zip_bomb_is_refused(tmp_path):
-    path = _zip_with(tmp_path / "bomb.zip", "dados/zeros.csv", bytes(50_000_000))
-    with pytest.raises(archive.ArchiveError, match="zip bomb"):
-        archive.safe_extract(path, tmp_path / "out")
-    assert not list((tmp_path / "out").rglob("*.csv"))
-
-
-def test_safe_extract_writes_ordinary_members(tmp_path, zips):
-    (tmp_path / "y.zip").write_bytes(zips[2021])
-    written = archive.safe_extract(tmp_path / "y.zip", tmp_path / "out")
-    csv = [p for p in written if p.name == "microdados_ed_basica_2021.csv"]
-    assert csv and csv[0].read_bytes().startswith(b"NU_ANO_CENSO;")
-
-
 def test_listed_file_that_is_missing_is_a_clear_404(state, zips, tmp_path):
     state.listing_extra = '<li><a href="/dados_abertos/microdados_censo_escolar_2019.zip">2019</a></li>'
     with Mirror(state) as url:

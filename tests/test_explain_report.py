@@ -23,8 +23,8 @@ def fitted():
     X = (rng.random((400, len(FEATURES))) * 40).astype(np.float32)
     X[rng.random(X.shape) < 0.05] = np.nan  # missing lags, as in real rows
     y = np.nan_to_num(X[:, 0]) * 0.95 + 3 * (np.nan_to_num(X[:, 5]) > 20) + rng.normal(0, 1, 400)
-    lgbm = models.ChangeRegressor("lightgbm", 0, FAST, n_jobs=1).fit(X, y)
-    xgb = models.ChangeRegressor("xgboost", 0, FAST, n_jobs=1).fit(X, y)
+    lgbm = models.ChangeRegressor("LightGBM", 0, FAST, n_jobs=1).fit(X, y)
+    xgb = models.ChangeRegressor("XGBoost", 0, FAST, n_jobs=1).fit(X, y)
     return X, {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
 
 
@@ -34,7 +34,7 @@ def test_native_contributions_match_tree_explainer_and_add_up(fitted, name):
     values, base = explain.contributions(learners[name], X)
     np.testing.assert_allclose(base + values.sum(axis=1), learners[name].predict_change(X), rtol=1e-4, atol=1e-3)
     try:
-        reference = shap.TreeExplainer(learners[name].model_).shap_values(X)
+        reference = shap.TreeExplainer(learners[name].booster_).shap_values(X)
     except ValueError as exc:  # shap < 0.50 (the last for Python 3.10) cannot read XGBoost >= 3.1 models
         if name == "XGBoost" and "could not convert string to float" in str(exc):
             pytest.skip(f"shap {shap.__version__} cannot load XGBoost {__import__('xgboost').__version__} models: {exc}")
@@ -71,6 +71,7 @@ def test_explain_refuses_what_it_cannot_explain(fitted):
         explain.contributions(models.Persistence(0), X)
 
 
+@pytest.mark.slow
 def test_run_writes_shap_files_for_every_stage_and_model(run_out):
     importance = pl.read_csv(run_out / "shap" / "shap_importance.csv")
     assert set(importance.select(pl.concat_str("etapa", "modelo", separator="/")).to_series()) == {
@@ -78,6 +79,7 @@ def test_run_writes_shap_files_for_every_stage_and_model(run_out):
     assert len(list((run_out / "shap").glob("SHAP_*.png"))) == 12
 
 
+@pytest.mark.slow
 def test_shap_failure_is_an_error_and_a_nonzero_exit(small_census, tmp_path, monkeypatch):
     raw, _ = small_census
 
@@ -92,6 +94,7 @@ def test_shap_failure_is_an_error_and_a_nonzero_exit(small_census, tmp_path, mon
     assert "SHAP explanation failed" in (tmp_path / "out" / "execution_log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(run_out):
     text = (run_out / "report.html").read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
@@ -104,6 +107,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
+@pytest.mark.slow
 def test_report_in_a_real_browser(run_out, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from censo_forecast import features, models, validation
 from censo_forecast.config import ModelSettings
@@ -142,7 +143,7 @@ def test_no_leakage_year_t_inputs_do_not_move_year_t_predictions(small_panel):
     results = []
     for panel in (small_panel, perturbed):
         data = features.training_frame(panel, flag)
-        cv = validation.walk_forward(data, flag, years, FAST, device, min_train_years=12, jobs=1)
+        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=12, jobs=1)
         results.append(cv.predictions.filter(pl.col("NU_ANO_CENSO") == year).sort("CO_ENTIDADE"))
     original, changed = results
     assert original.height > 50
@@ -186,10 +187,12 @@ def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
     rng = np.random.default_rng(1)
     X = rng.random((300, 4)).astype(np.float32) * 50
     y = X[:, 0] * 0.9 + rng.normal(0, 1, 300)
-    est = models.ChangeRegressor("lightgbm", anchor=0, settings=FAST, n_jobs=1)
-    assert clone(est).get_params()["library"] == "lightgbm" and not hasattr(est, "model_")
-    assert est.fit(X, y) is est and hasattr(est, "model_")
-    xgb = models.ChangeRegressor("xgboost", anchor=0, settings=FAST, n_jobs=1).fit(X, y)
+    est = models.ChangeRegressor("LightGBM", anchor=0, settings=FAST, n_jobs=1)
+    assert clone(est).get_params()["learner"] == "LightGBM" and not hasattr(est, "booster_")
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert est.fit(X, y) is est and hasattr(est, "booster_")
+    xgb = models.ChangeRegressor("XGBoost", anchor=0, settings=FAST, n_jobs=1).fit(X, y)
     vote = models.Voting([est, xgb])
     np.testing.assert_allclose(vote.predict(X), (est.predict(X) + xgb.predict(X)) / 2)
     X_zero = X.copy()
@@ -204,9 +207,41 @@ def test_device_selection_without_gpu(monkeypatch):
     monkeypatch.setattr(models, "_cuda_devices", lambda: 0)
     auto = models.select_device("auto")
     assert auto.name == "cpu" and "no NVIDIA GPU" in auto.reason
-    assert models.select_device("cpu").xgboost == "cpu"
+    assert models.select_device("cpu").of("XGBoost") == models.select_device("cpu").of("LightGBM") == "cpu"
     with pytest.raises(RuntimeError, match="--device cuda: no NVIDIA GPU"):
         models.select_device("cuda")
+
+
+def test_device_with_a_gpu_is_chosen_per_learner(monkeypatch):
+    """A GPU with a CUDA XGBoost and a CPU-only LightGBM: XGBoost trains on cuda, LightGBM on cpu."""
+    from censo_forecast import boosters
+
+    monkeypatch.setattr(models, "_cuda_devices", lambda: 1)
+    monkeypatch.setattr(boosters.XGBoostAdapter, "gpu_device", lambda self: "cuda")
+    monkeypatch.setattr(boosters.LightGBMAdapter, "gpu_device", lambda self: None)
+    device = models.select_device("auto")
+    assert device.name == "cuda" and device.of("XGBoost") == "cuda" and device.of("LightGBM") == "cpu"
+    assert "LightGBM CPU (installed build has no GPU support)" in device.reason
+    est = models.ChangeRegressor("XGBoost", device=device.of("XGBoost"))
+    assert est.booster_params()["device"] == "cuda"
+    monkeypatch.setattr(boosters.XGBoostAdapter, "gpu_device", lambda self: None)
+    assert models.select_device("auto").name == "cpu"
+    with pytest.raises(RuntimeError, match="no GPU support in the installed builds of LightGBM, XGBoost"):
+        models.select_device("cuda")
+
+
+def test_forecaster_follows_the_estimator_contract(small_panel):
+    fc = EnrollmentForecaster(["IN_MED"], model=FAST, device="cpu", n_jobs=1)
+    params = fc.get_params()
+    assert params == {"stages": ["IN_MED"], "model": FAST, "device": "cpu", "min_train_years": 3, "n_jobs": 1, "engine": None}
+    assert fc.set_params(n_jobs=2) is fc and fc.n_jobs == 2
+    assert clone(fc).get_params()["stages"] == ["IN_MED"]
+    with pytest.raises(NotFittedError):
+        fc.predict(small_panel)
+    with pytest.raises(NotFittedError):
+        fc.cv_
+    with pytest.raises(TypeError):
+        EnrollmentForecaster(["IN_MED"], FAST)  # options are keyword-only
 
 
 def test_forecaster_api_fit_predict(small_panel):
@@ -254,3 +289,20 @@ def test_training_window_keeps_only_the_latest_target_years(small_panel):
 def test_negative_training_window_is_refused():
     with pytest.raises(ValueError, match="train_window_years"):
         ModelSettings(train_window_years=-1)
+
+
+def test_error_by_size_and_totals_by_year_from_hand_computed_rows():
+    """The two tables the report reads: MAE per size bin of last year's enrollment, totals per year."""
+    preds = pl.DataFrame({
+        "etapa": ["IN_MED"] * 4, "NU_ANO_CENSO": [2023, 2023, 2024, 2024], "y_true": [5.0, 300.0, 7.0, 280.0],
+        "Persistencia": [4.0, 310.0, 5.0, 300.0], "Voting": [5.5, 305.0, 6.0, 290.0],
+    })
+    errors = validation.error_by_size(preds)
+    small = errors.filter((pl.col("modelo") == "Voting") & (pl.col("faixa_tamanho") == "<10")).row(0, named=True)
+    assert small["n"] == 2 and small["MAE"] == pytest.approx((0.5 + 1.0) / 2)
+    big = errors.filter((pl.col("modelo") == "Persistencia") & (pl.col("faixa_tamanho") == "200-399")).row(0, named=True)
+    assert big["n"] == 2 and big["MAE"] == pytest.approx((10 + 20) / 2)
+    assert errors["modelo"].unique(maintain_order=True).to_list() == ["Persistencia", "Voting"]
+    totals = validation.totals_by_year(preds)
+    row = totals.filter((pl.col("modelo") == "Voting") & (pl.col("NU_ANO_CENSO") == 2024)).row(0, named=True)
+    assert row["real"] == 287.0 and row["previsao"] == 296.0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -29,6 +32,7 @@ def fast_config(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_config):
     raw, _ = small_census
     out = tmp_path / "out"
@@ -61,14 +65,26 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     assert meta["timings_s"]["total"] >= sum(p["seconds"] for p in meta["phases"]) - 0.01
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_config, caplog):
+    """Ctrl-C (a real SIGINT to a real `censo-forecast run`) after the first stage's
+    checkpoint: exit 130 with a hint, then the same run resumes from that stage."""
     raw, _ = small_census
-    s = load_settings(fast_config, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out", offline=True,
+    out = tmp_path / "out"
+    s = load_settings(fast_config, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=out, offline=True,
                       stages=STAGES, device="cpu")
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(s, stop_after_stage="IN_INF_PRE")
-    ck = tmp_path / "out" / "checkpoints" / "cv_IN_INF_PRE.json"
-    assert ck.exists() and not (tmp_path / "out" / "resultados_finais.csv").exists()
+    ck = out / "checkpoints" / "cv_IN_INF_PRE.json"
+    command = [sys.executable, "-m", "censo_forecast.cli", "run", "--raw-dir", str(raw), "--cache-dir", str(tmp_path / "cache"),
+               "--out", str(out), "--offline", "--stages", ",".join(STAGES), "--device", "cpu", "--config", str(fast_config)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted; rerun the same command to resume" in output
+    assert ck.exists() and not (out / "resultados_finais.csv").exists()
     stamp = ck.stat().st_mtime_ns
     caplog.clear()
     pipeline.run(s)
@@ -86,7 +102,7 @@ def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_c
 def test_offline_run_without_data_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["run", "--raw-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--offline"])
     assert result.exit_code == 1
-    assert "walk-forward validation needs more than 3 census years" in result.output
+    assert f"no census zips (microdados_censo_escolar_YYYY.zip) in {tmp_path / 'empty'}" in result.output
 
 
 def test_unknown_stage_and_bad_config_are_usage_errors(tmp_path):
@@ -98,6 +114,7 @@ def test_unknown_stage_and_bad_config_are_usage_errors(tmp_path):
     assert result.exit_code == 2 and "unknown setting(s) ['nonsense']" in result.output
 
 
+@pytest.mark.slow
 def test_seed_entry_point_runs_the_pipeline(small_census, tmp_path, fast_config):
     raw, _ = small_census
     out = tmp_path / "seed-out"
@@ -110,6 +127,7 @@ def test_seed_entry_point_runs_the_pipeline(small_census, tmp_path, fast_config)
     assert pl.read_csv(out / "resultados_finais.csv").columns[:5] == SEED_COLUMNS
 
 
+@pytest.mark.slow
 def test_run_downloads_missing_years_from_a_mirror(small_census, tmp_path, fast_config):
     """Without --offline, `run` fetches what the raw folder lacks, then does the whole job."""
     from mirror import Mirror, MirrorState
@@ -128,6 +146,7 @@ def test_run_downloads_missing_years_from_a_mirror(small_census, tmp_path, fast_
     assert (tmp_path / "out" / "previsoes_2025.csv").exists()
 
 
+@pytest.mark.slow
 def test_per_year_interval_coverage_is_written(run_out):
     coverage = pl.read_csv(run_out / "cobertura_intervalos_cv.csv")
     assert coverage.columns == ["etapa", "modelo", "NU_ANO_CENSO", "Cobertura_80", "Cobertura_95", "n"]
@@ -137,3 +156,89 @@ def test_per_year_interval_coverage_is_written(run_out):
     table = pl.read_csv(run_out / "resultados_finais.csv")
     voting = coverage.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95"].mean()
     assert table.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95_CV"].item() == pytest.approx(voting)
+
+
+ENGINE_MODULE = '''
+"""A test engine: the local engine, recording what the pipeline asks of it."""
+from contextlib import contextmanager
+
+from censo_forecast.engine import LocalEngine
+
+CALLS = []
+
+
+class RecordingEngine(LocalEngine):
+    def ingest(self, *args, **kwargs):
+        CALLS.append("ingest")
+        return super().ingest(*args, **kwargs)
+
+    def stage_data(self, panel, flag):
+        CALLS.append(f"stage_data {flag}")
+        return super().stage_data(panel, flag)
+
+    def select_device(self, requested):
+        CALLS.append("select_device")
+        return super().select_device(requested)
+
+    def describe(self):
+        return "recording engine"
+
+
+@contextmanager
+def connect(settings):
+    CALLS.append(f"connect {settings.engine}")
+    yield RecordingEngine()
+'''
+
+
+@pytest.mark.slow
+def test_a_new_engine_is_one_module_under_distributed(small_census, tmp_path, monkeypatch):
+    import importlib
+
+    import censo_forecast.distributed as distributed
+    from conftest import FAST_RUN
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "recording.py").write_text(ENGINE_MODULE)
+    monkeypatch.setattr(distributed, "__path__", [*distributed.__path__, str(folder)])
+    monkeypatch.delitem(sys.modules, "censo_forecast.distributed.recording", raising=False)
+    raw, _ = small_census
+    s = load_settings(None, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=tmp_path / "out",
+                      **{**FAST_RUN, "stages": ["IN_MED"]}, engine="recording")
+    record = pipeline.run(s)
+    calls = importlib.import_module("censo_forecast.distributed.recording").CALLS
+    assert calls == ["connect recording", "ingest", "select_device", "stage_data IN_MED"]
+    assert record["engine"] == "recording engine"
+    with pytest.raises(ValueError, match="engine must be local or a module of censo_forecast.distributed"):
+        load_settings(None, engine="spark_that_does_not_exist")
+
+
+@pytest.mark.slow
+def test_run_and_predict_with_the_cache_on_an_fsspec_filesystem(small_census, run_out, tmp_path):
+    """memory:// stands for an object store: the same results as a local cache, end to end."""
+    import fsspec
+
+    from conftest import FAST_RUN
+
+    raw, _ = small_census
+    fs = fsspec.filesystem("memory")
+    try:
+        s = load_settings(None, raw_dir=raw, cache_dir="memory://fsspec-test/cache", out_dir=tmp_path / "out", **FAST_RUN)
+        pipeline.run(s)
+        assert fs.exists("/fsspec-test/cache/censo_2024.parquet") and fs.exists("/fsspec-test/cache/manifest.json")
+        assert pl.read_csv(tmp_path / "out" / "resultados_finais.csv").equals(pl.read_csv(run_out / "resultados_finais.csv"))
+        pipeline.run(s)  # the checkpoints' fingerprint reads the remote manifest
+        assert "IN_MED: validation resumed from checkpoint" in (tmp_path / "out" / "execution_log.txt").read_text()
+        result = CliRunner().invoke(app, ["predict", "--models", str(tmp_path / "out" / "models"), "--raw-dir", str(raw),
+                                          "--cache-dir", "memory://fsspec-test/cache2", "--out", str(tmp_path / "pred"),
+                                          "--offline"])
+        assert result.exit_code == 0, result.output
+        assert fs.exists("/fsspec-test/cache2/censo_2024.parquet")
+        ran = pl.read_parquet(run_out / "previsoes_2025.parquet")
+        predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2025.parquet")
+        assert predicted.select("etapa", "CO_ENTIDADE").equals(ran.select("etapa", "CO_ENTIDADE"))
+        np.testing.assert_allclose(predicted["previsao"].to_numpy(), ran["previsao"].to_numpy(), rtol=1e-6)
+    finally:
+        if fs.exists("/fsspec-test"):
+            fs.rm("/fsspec-test", recursive=True)

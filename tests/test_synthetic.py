@@ -136,9 +136,10 @@ def test_placebo_changes_do_not_depend_on_the_past(tmp_path):
         return np.corrcoef(np.log(b[ok] / a[ok]), np.log(c[ok] / b[ok]))[0, 1]
 
     assert abs(lagged_change_corr(True)) < 0.1
-    assert lagged_change_corr(False) != pytest.approx(lagged_change_corr(True), abs=0.05)
+    assert lagged_change_corr(False) > 0.2  # the real-like census has momentum (observed +0.39)
 
 
+@pytest.mark.slow
 def test_full_scale_totals_track_national_figures():
     """At ~180k active schools the simulated trajectory lands on the published totals."""
     sim = synthetic.CensusSimulator(synthetic.SynthSettings(list(range(2011, 2025)), schools=180_000, seed=1))

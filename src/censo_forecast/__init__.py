@@ -21,8 +21,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'censo_forecast' has no attribute {name!r}")
 
 
-def load_census(cache_dir, years=None):
-    """The ingested census years (all cached ones by default) as one polars DataFrame."""
+def load_census(cache_dir, *, years=None):
+    """The ingested census as one polars DataFrame, the input of `EnrollmentForecaster`.
+
+    Parameters: `cache_dir`, the Parquet cache (`censo-forecast ingest`; a folder or an
+    fsspec URL); `years`, the census years to load (default: every cached year).
+    Returns one row per school and year with INEP's column names (`catalog.CACHE_SCHEMA`).
+    Raises `IngestError` when a year is not in the cache.
+    """
     from censo_forecast.inep import ingest
 
     return ingest.load_cache(cache_dir, years or ingest.cached_years(cache_dir))

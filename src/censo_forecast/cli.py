@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from censo_forecast import config as config_mod
+from censo_forecast import outputs
 from censo_forecast.inep import catalog
 
 app = typer.Typer(
@@ -23,6 +23,13 @@ log = logging.getLogger("censo_forecast.cli")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with settings (command-line options win).")
 YearsOpt = typer.Option(None, "--years", help="Years: '2011-2021', '2015,2017' or 'all'.")
 JobsOpt = typer.Option(None, "--jobs", help="Parallel years (default 2).")
+RawDirOpt = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip (default data/raw).")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Parquet cache, folder or fsspec URL (default: beside the raw folder).")
+OfflineOpt = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir.")
+EngineOpt = typer.Option(None, "--engine", help="local (default) | dask: ingest, features and training on a Dask cluster.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster.")
+WorkersOpt = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given (default 2).")
+ListingUrlOpt = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery.")
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -73,36 +80,31 @@ def synth(
 
 @app.command()
 def ingest(
-    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder (or fsspec URL) for censo_YYYY.parquet (default: beside raw)."),
+    raw_dir: Optional[str] = RawDirOpt,
+    cache_dir: Optional[str] = CacheDirOpt,
     years: Optional[str] = YearsOpt,
     jobs: Optional[int] = JobsOpt,
     force: bool = typer.Option(False, "--force", help="Re-ingest years whose zip is unchanged."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="local (default) | dask: one task per year on a Dask cluster."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address; default: start a LocalCluster."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given."),
+    engine: Optional[str] = EngineOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Read each year's CSV out of its zip into a typed Parquet cache (only the needed columns)."""
-    from tqdm import tqdm
-
+    from censo_forecast.engine import EngineError, open_engine
     from censo_forecast.inep import ingest as ingest_mod
-    from censo_forecast.runlog import setup_logging
+    from censo_forecast.runlog import Progress, setup_logging
 
     setup_logging()
-    from censo_forecast import pipeline
-
     s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=_years(years), jobs=jobs, engine=engine,
                   scheduler=scheduler, workers=workers)
     wanted = s.years if s.years is not None else sorted(ingest_mod.raw_zips(s.raw_dir))
     if not wanted:
         _fail(f"no census zips (microdados_censo_escolar_YYYY.zip) in {s.raw_dir}")
     try:
-        with pipeline.cluster(s) as client, tqdm(total=len(wanted), desc="ingest", unit="year", disable=not sys.stderr.isatty()) as bar:
-            executor = client.get_executor() if client is not None else None
-            report = ingest_mod.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update(),
-                                       executor=executor)
-    except pipeline.PipelineError as exc:
+        with open_engine(s) as eng, Progress("ingest", len(wanted), unit="year") as bar:
+            report = eng.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update())
+    except EngineError as exc:
         _fail(str(exc))
     typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
     if report.failed:
@@ -112,9 +114,9 @@ def ingest(
 @app.command()
 def download(
     years: Optional[str] = typer.Option(None, "--years", help="Years to fetch: '2011-2024', '2019,2021' or 'all' (default: every year offered)."),
-    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder for the zips (default data/raw)."),
+    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Local folder for the zips (default data/raw)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Where the zips live (a mirror; http:// is fine on this machine)."),
-    listing_url: Optional[str] = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery."),
+    listing_url: Optional[str] = ListingUrlOpt,
     jobs: Optional[int] = JobsOpt,
     ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="Extra CA certificates (PEM) to trust."),
     insecure: bool = typer.Option(False, "--insecure", help="Turn TLS verification OFF (never the default; warns every time)."),
@@ -132,9 +134,12 @@ def download(
 
 
 def _download(s: config_mod.Settings, years: Optional[list[int]]):
+    from censo_forecast import storage
     from censo_forecast.inep import download as dl
     from censo_forecast.pipeline import download_options
 
+    if storage.local_path(s.raw_dir) is None:
+        _fail(f"--raw-dir {s.raw_dir}: downloads go to a local folder; copy the zips to the store afterwards")
     try:
         return dl.download(s.raw_dir, years, download_options(s))
     except dl.DownloadError as exc:
@@ -144,24 +149,25 @@ def _download(s: config_mod.Settings, years: Optional[list[int]]):
 
 @app.command()
 def run(
-    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with the census zips (default data/raw)."),
+    raw_dir: Optional[str] = RawDirOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs)."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Parquet cache, folder or fsspec URL (default: beside the raw folder)."),
+    cache_dir: Optional[str] = CacheDirOpt,
     years: Optional[str] = YearsOpt,
     stages: Optional[str] = typer.Option(None, "--stages", help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
-    offline: bool = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir."),
+    offline: bool = OfflineOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an earlier run and start over."),
     jobs: Optional[int] = JobsOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
-    listing_url: Optional[str] = typer.Option(None, "--listing-url", help="Listing page of the mirror; 'none' to skip discovery."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="local (default) | dask: ingest, features and training on a Dask cluster."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given (default 2)."),
+    listing_url: Optional[str] = ListingUrlOpt,
+    engine: Optional[str] = EngineOpt,
+    scheduler: Optional[str] = SchedulerOpt,
+    workers: Optional[int] = WorkersOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
     from censo_forecast import pipeline
+    from censo_forecast.engine import EngineError
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
 
@@ -174,11 +180,11 @@ def run(
                   listing_url=listing_url, engine=engine, scheduler=scheduler, workers=workers)
     try:
         record = pipeline.run(s)
-    except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, RuntimeError) as exc:
+    except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last finished stage", 130)
-    typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / pipeline.RESULTS}")
+    typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / outputs.RESULTS}")
 
 
 @app.command()
@@ -198,23 +204,23 @@ def report(
 @app.command()
 def predict(
     models: Path = typer.Option(..., "--models", help="Saved models folder (OUT/models of a run)."),
-    raw_dir: Optional[Path] = typer.Option(None, "--raw-dir", help="Folder with the (newer) census zips."),
+    raw_dir: Optional[str] = RawDirOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder for the forecast files."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Parquet cache (default: beside the raw folder)."),
+    cache_dir: Optional[str] = CacheDirOpt,
     years: Optional[str] = YearsOpt,
-    offline: bool = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir."),
+    offline: bool = OfflineOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Forecast the year after the last census year with saved models, without retraining."""
     from censo_forecast import modelstore, pipeline
+    from censo_forecast.engine import EngineError
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
 
-    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), offline=offline or None,
-                  min_train_years=0)
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), offline=offline or None)
     try:
         written = pipeline.predict(s, models)
-    except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError) as exc:
+    except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError) as exc:
         _fail(str(exc))
     typer.echo("wrote " + ", ".join(str(p) for p in written))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,26 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+LOCAL_ENGINE = "local"
+
+
+def engine_exists(name: str) -> bool:
+    """An engine is `local` or a module `censo_forecast/distributed/<name>.py` (see `engine`)."""
+    if name == LOCAL_ENGINE:
+        return True
+    if not isinstance(name, str) or not name.isidentifier():
+        return False
+    return importlib.util.find_spec(f"censo_forecast.distributed.{name}") is not None
+
+
 @dataclass
 class ModelSettings:
-    """Gradient-boosting hyper-parameters shared by LightGBM and XGBoost."""
+    """Gradient-boosting hyper-parameters shared by LightGBM and XGBoost, and the training
+    window; the `[model]` table of the TOML settings.
+
+    `n_estimators`, `learning_rate`, `max_bin`, `subsample`, `colsample` and `seed` go to
+    both libraries; `num_leaves` and `min_child_samples` to LightGBM; `max_depth` to XGBoost.
+    """
 
     n_estimators: int = 150
     learning_rate: float = 0.1
@@ -81,10 +99,10 @@ class Settings:
             catalog.stage(flag)
         if self.jobs < 1:
             raise ValueError("jobs must be at least 1")
-        if self.engine not in ("local", "dask"):
-            raise ValueError(f"engine must be local or dask, not {self.engine!r}")
-        if self.scheduler and self.engine != "dask":
-            raise ValueError("--scheduler needs --engine dask")
+        if not engine_exists(self.engine):
+            raise ValueError(f"engine must be local or a module of censo_forecast.distributed (dask), not {self.engine!r}")
+        if self.scheduler and self.engine == LOCAL_ENGINE:
+            raise ValueError("--scheduler needs a cluster engine (--engine dask)")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
 

@@ -20,7 +20,8 @@ import polars as pl  # noqa: E402
 
 from censo_forecast import atomic  # noqa: E402
 from censo_forecast.features import FEATURES, READABLE  # noqa: E402
-from censo_forecast.models import ENSEMBLE, LEARNERS, ChangeRegressor, Voting  # noqa: E402
+from censo_forecast.models import ENSEMBLE, LEARNERS  # noqa: E402
+from censo_forecast.outputs import shap_png  # noqa: E402
 from censo_forecast.validation import LastFold  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -28,22 +29,11 @@ MAX_DISPLAY = 20
 
 
 def contributions(model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(SHAP values n x f, base values n) of a fitted ChangeRegressor or Voting of them."""
-    if isinstance(model, Voting):
-        parts = [contributions(m, X) for m in model.estimators]
-        return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)
-    if not isinstance(model, ChangeRegressor):
+    """(SHAP values n x f, base values n) of a fitted booster model or a Voting of them,
+    from the libraries' native fast paths (`boosters`)."""
+    if not hasattr(model, "contributions"):
         raise TypeError(f"cannot explain {type(model).__name__}")
-    X = np.asarray(X, dtype=np.float32)
-    if model.library == "lightgbm":
-        raw = model.model_.predict(X, pred_contrib=True)
-    else:
-        import xgboost as xgb
-
-        booster = model.model_.get_booster()  # runs on the GPU when the model was trained there
-        raw = booster.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True)
-    raw = np.asarray(raw, dtype=np.float64)
-    return raw[:, :-1], raw[:, -1]
+    return model.contributions(X)
 
 
 def sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -62,8 +52,7 @@ def explain_stage(flag: str, fold: LastFold, shap_dir: Path, sample: int = 2000,
     for model_name in (*LEARNERS, ENSEMBLE):
         values, base = contributions(fold.learners[model_name], X)
         check = base + values.sum(axis=1)
-        expected = fold.learners[model_name].predict_change(X) if model_name != ENSEMBLE else np.mean(
-            [m.predict_change(X) for m in fold.learners[model_name].estimators], axis=0)
+        expected = fold.learners[model_name].predict_change(X)
         if not np.allclose(check, expected, atol=1e-3 * max(1.0, float(np.abs(expected).max()))):
             raise RuntimeError(f"SHAP values of {flag}/{model_name} do not add up to the model output")
         mean_abs = np.abs(values).mean(axis=0)
@@ -71,8 +60,8 @@ def explain_stage(flag: str, fold: LastFold, shap_dir: Path, sample: int = 2000,
             "etapa": flag, "modelo": model_name, "feature": list(FEATURES), "feature_label": names,
             "mean_abs_shap": mean_abs, "n_rows": len(rows), "NU_ANO_CENSO": fold.year,
         }))
-        _beeswarm(values, X, names, shap_dir / f"SHAP_summary_{flag}_{model_name}.png", f"{flag} - {model_name} ({fold.year})")
-        _bar(mean_abs, names, shap_dir / f"SHAP_bar_{flag}_{model_name}.png", f"{flag} - {model_name}: mean |SHAP| ({fold.year})")
+        _beeswarm(values, X, names, shap_dir / shap_png("summary", flag, model_name), f"{flag} - {model_name} ({fold.year})")
+        _bar(mean_abs, names, shap_dir / shap_png("bar", flag, model_name), f"{flag} - {model_name}: mean |SHAP| ({fold.year})")
     log.info("%s: SHAP on %d held-out rows of %d written to %s", flag, len(rows), fold.year, shap_dir)
     return pl.concat(importance).sort(["modelo", "mean_abs_shap"], descending=[False, True])
 

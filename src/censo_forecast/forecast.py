@@ -14,15 +14,12 @@ import polars as pl
 
 from censo_forecast import atomic, intervals
 from censo_forecast.inep import catalog
+from censo_forecast.outputs import AREA_LEVELS, FORECAST, LAST_ENROLLMENT, SCHOOL_FORECAST_COLUMNS, forecast_file
 from censo_forecast.panel import SCHOOL, YEAR
 
 log = logging.getLogger(__name__)
 NEW_OFFERINGS_WINDOW = 3
 DRAWS = 400
-SCHOOL_COLUMNS = [
-    "CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", "matriculas_ultimo_ano", "previsao",
-    "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95",
-]
 
 
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:
@@ -51,8 +48,8 @@ def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_
     """An area's point forecast is the centre of the same simulated totals that give its bounds."""
     totals = schools + adjust_draws + new_draws
     adjust = adjust_draws.mean(axis=0)
-    out = {key_name: keys, "matriculas_ultimo_ano": last, "previsao_escolas": schools, "ajuste_agregacao": adjust,
-           "previsao_novas_ofertas": new_expected, "previsao": schools + adjust + new_expected}
+    out = {key_name: keys, LAST_ENROLLMENT: last, "previsao_escolas": schools, "ajuste_agregacao": adjust,
+           "previsao_novas_ofertas": new_expected, FORECAST: schools + adjust + new_expected}
     for level in intervals.LEVELS:
         pct = int(round(level * 100))
         a = (1 - level) / 2
@@ -68,8 +65,8 @@ def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
     return summed if values.ndim == 2 else summed[0]
 
 
-def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str,
-              draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
+def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
+                draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
     """Municipal, state and national totals for one stage with resampled intervals.
 
     `previsao_escolas` is exactly the sum of the school forecasts. `ajuste_agregacao` is the
@@ -77,8 +74,8 @@ def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.Da
     total needs the mean, which includes the schools that will close or drop the stage.
     """
     rng = np.random.default_rng(seed)
-    pred = schools["previsao"].to_numpy()
-    last = schools["matriculas_ultimo_ano"].to_numpy()
+    pred = schools[FORECAST].to_numpy()
+    last = schools[LAST_ENROLLMENT].to_numpy()
     residuals = intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng)
     net_error = np.maximum(pred + residuals, 0.0) - pred  # draws x schools
     # new offerings: one of the recent years per draw, shared by all municipalities (a common shock)
@@ -102,32 +99,33 @@ def aggregate(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.Da
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)
 
+    municipalities, states, country = AREA_LEVELS
     levels = {
-        "municipios": (np.array(munis), "CO_MUNICIPIO", lambda v: v),
-        "ufs": (np.array(ufs), "CO_UF", to_ufs),
-        "brasil": (np.array(["BR"]), "pais", lambda v: to_country(to_ufs(v))),
+        municipalities: (np.array(munis), "CO_MUNICIPIO", lambda v: v),
+        states: (np.array(ufs), "CO_UF", to_ufs),
+        country: (np.array(["BR"]), "pais", lambda v: to_country(to_ufs(v))),
     }
     per_muni = (to_munis(last), to_munis(pred), to_munis(net_error), new_draws)
     out = {}
     for name, (keys, key_name, up) in levels.items():
         last_a, pred_a, err_a, new_a = (up(v) for v in per_muni)
         out[name] = _area_table(keys, last_a, pred_a, err_a, up(per_year.mean(axis=0)), new_a, key_name)
-    out["municipios"] = out["municipios"].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
+    out[municipalities] = out[municipalities].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     abbr = {code: a for code, a, _, _ in catalog.UFS}
-    out["ufs"] = out["ufs"].with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
+    out[states] = out[states].with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
     return {k: v.with_columns(pl.lit(flag).alias("etapa")) for k, v in out.items()}
 
 
 def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str, pl.DataFrame]) -> list[Path]:
     """previsoes_{year}.parquet/.csv and the _municipios, _ufs, _brasil CSVs, atomically."""
     written = []
-    base = Path(out) / f"previsoes_{year}"
-    schools = schools.select(SCHOOL_COLUMNS).sort("etapa", SCHOOL)
-    atomic.write_parquet(base.with_suffix(".parquet"), schools)
-    atomic.write_csv(base.with_suffix(".csv"), schools)
-    written += [base.with_suffix(".parquet"), base.with_suffix(".csv")]
+    schools = schools.select(SCHOOL_FORECAST_COLUMNS).sort("etapa", SCHOOL)
+    for suffix, write in ((".parquet", atomic.write_parquet), (".csv", atomic.write_csv)):
+        path = Path(out) / forecast_file(year, suffix=suffix)
+        write(path, schools)
+        written.append(path)
     for name, frame in areas.items():
-        path = Path(out) / f"previsoes_{year}_{name}.csv"
+        path = Path(out) / forecast_file(year, name)
         first = [c for c in ("etapa", "CO_UF", "SG_UF", "CO_MUNICIPIO", "pais") if c in frame.columns]
         atomic.write_csv(path, frame.select(*first, *[c for c in frame.columns if c not in first]))
         written.append(path)

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import features, forecast, intervals, models, validation
+from censo_forecast import features, forecast, intervals, models, modelstore, validation
 from censo_forecast.config import ModelSettings
+from censo_forecast.engine import Engine, LocalEngine
 from censo_forecast.inep import catalog
+from censo_forecast.outputs import FORECAST, LAST_ENROLLMENT
 from censo_forecast.panel import SCHOOL, YEAR, build_panel
 
 log = logging.getLogger(__name__)
@@ -29,79 +34,120 @@ class CVResult:
     predictions: pl.DataFrame  # cv_predictions
     folds: pl.DataFrame  # per test year metrics
     coverage: pl.DataFrame  # interval coverage per stage, model and test year
+    error_by_size: pl.DataFrame  # MAE per stage, model and school-size bin
+    totals: pl.DataFrame  # actual and forecast stage totals per test year and model
 
 
-class EnrollmentForecaster:
-    """Per-stage forecaster following scikit-learn's conventions (fitted state ends in `_`)."""
+class EnrollmentForecaster(BaseEstimator):
+    """Per-stage forecaster with scikit-learn's conventions: parameters stored as given,
+    `fit` returns self, fitted state ends in `_`.
 
-    def __init__(self, stages: list[str] | None = None, model: ModelSettings | None = None, device: str = "auto",
-                 min_train_years: int = 3, n_jobs: int = 2, engine=None):
+    Parameters
+    ----------
+    stages : offer flags of the stages to model (default: all ten, `catalog.STAGES`).
+    model : boosting hyper-parameters and training window (`ModelSettings()` by default).
+    device : "auto", "cpu" or "cuda" (see `models.select_device`).
+    min_train_years : census years before the first test year of the walk-forward.
+    n_jobs : threads per model.
+    engine : where features and training run (`engine.LocalEngine()` by default; a
+        cluster engine from `engine.open_engine`).
+
+    Fitted state: `stage_cv_` (walk-forward results per stage), `cv_` (all stages
+    combined), `models_`, `chosen_`, `calibration_` (per stage), `training_years_`,
+    `forecast_year_` (after `predict`).
+    """
+
+    def __init__(self, stages: list[str] | None = None, *, model: ModelSettings | None = None, device: str = "auto",
+                 min_train_years: int = 3, n_jobs: int = 2, engine: Engine | None = None):
         self.stages = stages
         self.model = model
         self.device = device
         self.min_train_years = min_train_years
         self.n_jobs = n_jobs
-        self.engine = engine  # None: this machine; or e.g. censo_forecast.distributed.dask.DaskEngine
+        self.engine = engine
 
     # ----------------------------------------------------------- helpers
     @property
     def _stages(self) -> list[str]:
         return list(self.stages) if self.stages else [s.flag for s in catalog.STAGES]
 
+    @property
+    def _engine(self) -> Engine:
+        return self.engine if self.engine is not None else LocalEngine()
+
+    @property
+    def _settings(self) -> ModelSettings:
+        return self.model or ModelSettings()
+
     def resolve_device(self) -> models.Device:
+        """The device the learners train on (decided once, by the engine)."""
         if not hasattr(self, "device_"):
-            select = self.engine.select_device if self.engine is not None else models.select_device
-            self.device_ = select(self.device)
+            self.device_ = self._engine.select_device(self.device)
             log.info("device: %s (%s)", self.device_.name, self.device_.reason)
         return self.device_
 
     @staticmethod
     def panel(census: pl.DataFrame) -> pl.DataFrame:
+        """The (school, year) panel of a census frame (a panel is returned as it is)."""
         return census if "active" in census.columns else build_panel(census)
 
     def stage_data(self, panel: pl.DataFrame, flag: str) -> validation.StageData:
         """A stage's feature rows with their truth, where the engine keeps them."""
-        if self.engine is not None:
-            return self.engine.stage_data(panel, flag)
-        return validation.StageData(features.training_frame(panel, flag))
+        return self._engine.stage_data(panel, flag)
 
     # ----------------------------------------------------------- validation
-    def cross_validate_stage(self, panel: pl.DataFrame, flag: str, data: validation.StageData | None = None) -> validation.StageCV:
+    def cross_validate_stage(self, panel: pl.DataFrame, flag: str, *,
+                             data: validation.StageData | None = None) -> validation.StageCV:
+        """Walk-forward validation of one stage; recorded in `stage_cv_`.
+
+        `data`: the stage's rows when the caller already has them (they are reused by
+        `fit_stage`). Raises ValueError when the census has too few years.
+        """
         years = sorted(panel[YEAR].unique().to_list())
         data = data if data is not None else self.stage_data(panel, flag)
-        return validation.walk_forward(data, flag, years, self.model or ModelSettings(),
-                                       self.resolve_device(), self.min_train_years, self.n_jobs)
+        cv = validation.walk_forward(data, flag, years, settings=self._settings, device=self.resolve_device(),
+                                     min_train_years=self.min_train_years, jobs=self.n_jobs)
+        return self.record_cv(cv)
+
+    def record_cv(self, cv: validation.StageCV) -> validation.StageCV:
+        """Adopt a stage's walk-forward result computed earlier (a resumed checkpoint)."""
+        if not hasattr(self, "stage_cv_"):
+            self.stage_cv_ = {}
+        self.stage_cv_[cv.flag] = cv
+        return cv
 
     def cross_validate(self, census: pl.DataFrame) -> CVResult:
+        """Walk-forward validation of every stage.
+
+        Parameters: `census`, the ingested years (`load_census`) or their panel.
+        Returns the `CVResult` (also `cv_`): `summary` is `resultados_finais.csv`.
+        """
         panel = self.panel(census)
-        results = [self.cross_validate_stage(panel, flag) for flag in self._stages]
-        self.cv_ = self.combine(results)
+        for flag in self._stages:
+            self.cross_validate_stage(panel, flag)
         return self.cv_
 
-    @staticmethod
-    def combine(results: list[validation.StageCV]) -> CVResult:
-        folds = pl.concat([r.folds for r in results])
-        predictions = pl.concat([r.predictions for r in results], how="diagonal")
-        coverage = validation.coverage_table(predictions)
-        return CVResult(validation.summarize(folds, predictions, coverage), predictions, folds, coverage)
+    @property
+    def cv_(self) -> CVResult:
+        """Every validated stage's results, combined."""
+        check_is_fitted(self, "stage_cv_")
+        return combine(list(self.stage_cv_.values()))
 
     # ----------------------------------------------------------- fit / predict
     def fit(self, census: pl.DataFrame) -> "EnrollmentForecaster":
-        """Refit each stage's chosen model (best CV MAE; Voting if not validated) on the latest years."""
+        """Refit each stage's chosen model (best CV MAE; Voting if not validated) on the
+        latest years (the training window) and calibrate its intervals from the CV residuals.
+
+        Parameters: `census`, the ingested years or their panel. Returns self.
+        """
         panel = self.panel(census)
-        self.models_, self.chosen_, self.calibration_ = {}, {}, {}
         for flag in self._stages:
-            stage_cv = None
-            if hasattr(self, "cv_"):
-                stage_cv = validation.StageCV(flag, self.cv_.predictions.filter(pl.col("etapa") == flag),
-                                              self.cv_.folds.filter(pl.col("etapa") == flag), 0.0)
-            self.fit_stage(panel, flag, stage_cv)
+            self.fit_stage(panel, flag)
         return self
 
-    def fit_stage(self, panel: pl.DataFrame, flag: str, stage_cv: validation.StageCV | None = None,
+    def fit_stage(self, panel: pl.DataFrame, flag: str, *,
                   data: validation.StageData | None = None) -> "EnrollmentForecaster":
-        """Refit one stage's chosen model on the latest years (the training window), reusing `data`
-        when the caller has it."""
+        """Refit one stage's chosen model, reusing `data` when the caller has it. Returns self."""
         for attr in ("models_", "chosen_", "calibration_"):
             if not hasattr(self, attr):
                 setattr(self, attr, {})
@@ -110,17 +156,24 @@ class EnrollmentForecaster:
         if data.height == 0:
             log.warning("%s: no school offers this stage; nothing to fit", flag)
             return self
+        stage_cv = getattr(self, "stage_cv_", {}).get(flag)
         validated = stage_cv is not None and stage_cv.folds.height > 0
         name = validation.chosen_models(validation.summarize(stage_cv.folds))[flag] if validated else models.ENSEMBLE
-        model = validation.fit_model(name, data, self.model or ModelSettings(), self.resolve_device(), self.n_jobs)
-        self.models_[flag], self.chosen_[flag] = model, name
+        self.models_[flag] = validation.fit_model(name, data, settings=self._settings, device=self.resolve_device(),
+                                                  jobs=self.n_jobs)
+        self.chosen_[flag] = name
         if validated:
             self.calibration_[flag] = intervals.calibration_table(stage_cv.predictions, name)
         return self
 
     def predict(self, census: pl.DataFrame) -> pl.DataFrame:
-        """Forecast for the year after the last census year, per school offering each stage
-        then; with 80% and 95% conformal intervals when the models were validated."""
+        """Forecast the year after the last census year for every school offering each
+        fitted stage then, with 80 % and 95 % conformal intervals where validated.
+
+        Parameters: `census`, the ingested years or their panel (may be newer than the
+        fit's). Returns one row per (school, stage) with `outputs.SCHOOL_FORECAST_COLUMNS`.
+        """
+        check_is_fitted(self, "models_")
         panel = self.panel(census)
         last = int(panel[YEAR].max())
         names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
@@ -132,24 +185,55 @@ class EnrollmentForecaster:
             pred = np.asarray(model.predict(validation.matrix(rows)), dtype=np.float64)
             last_year = rows[features.ANCHOR].to_numpy().astype(np.float64)
             frame = rows.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias("etapa"),
-                                pl.lit(self.chosen_[flag]).alias("modelo"), pl.col(features.ANCHOR).cast(pl.Float64).alias("matriculas_ultimo_ano"))
-            frame = frame.with_columns(pl.Series("previsao", pred))
-            calibration = getattr(self, "calibration_", {}).get(flag)
+                                pl.lit(self.chosen_[flag]).alias("modelo"),
+                                pl.col(features.ANCHOR).cast(pl.Float64).alias(LAST_ENROLLMENT))
+            frame = frame.with_columns(pl.Series(FORECAST, pred))
+            calibration = self.calibration_.get(flag)
             if calibration is not None:
                 frame = frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
             frames.append(frame.join(names, on=SCHOOL, how="left"))
         self.forecast_year_ = last + 1
         return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
 
-    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, seed: int = 0) -> dict[str, pl.DataFrame]:
-        """Municipal, state and national sums (with new offerings) per stage, with intervals."""
+    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.DataFrame]:
+        """Municipal, state and national totals per stage, with new offerings and intervals.
+
+        Parameters: `census` (as for `predict`), `schools` (what `predict` returned),
+        `seed` (of the residual resampling). Returns {"municipios", "ufs", "brasil"} frames.
+        """
+        check_is_fitted(self, "models_")
         panel = self.panel(census)
-        parts: dict[str, list[pl.DataFrame]] = {"municipios": [], "ufs": [], "brasil": []}
+        parts: dict[str, list[pl.DataFrame]] = {}
         for flag in schools["etapa"].unique(maintain_order=True):
-            if flag not in getattr(self, "calibration_", {}):
+            if flag not in self.calibration_:
                 raise ValueError(f"{flag}: totals need calibrated residuals; call cross_validate() before fit()")
-            areas = forecast.aggregate(schools.filter(pl.col("etapa") == flag), self.calibration_[flag],
-                                       forecast.new_offerings(panel, flag), flag, seed=seed)
+            areas = forecast.area_totals(schools.filter(pl.col("etapa") == flag), self.calibration_[flag],
+                                         forecast.new_offerings(panel, flag), flag, seed=seed)
             for key, frame in areas.items():
-                parts[key].append(frame)
-        return {k: pl.concat(v, how="diagonal") for k, v in parts.items() if v}
+                parts.setdefault(key, []).append(frame)
+        return {k: pl.concat(v, how="diagonal") for k, v in parts.items()}
+
+    # ----------------------------------------------------------- persistence
+    def save(self, folder: Path) -> Path:
+        """Write the fitted models, calibration tables and metadata to `folder` (see `modelstore`)."""
+        check_is_fitted(self, "models_")
+        return modelstore.save(folder, modelstore.SavedModels(self.models_, self.chosen_, self.calibration_,
+                                                              self.training_years_))
+
+    @classmethod
+    def load(cls, folder: Path, **params) -> "EnrollmentForecaster":
+        """A fitted forecaster from a saved folder; raises modelstore.ModelStoreError on a mismatch."""
+        saved = modelstore.load(folder)
+        fc = cls(stages=list(saved.models), **params)
+        fc.models_, fc.chosen_, fc.calibration_ = saved.models, saved.chosen, saved.calibration
+        fc.training_years_ = saved.training_years
+        return fc
+
+
+def combine(results: list[validation.StageCV]) -> CVResult:
+    """Stages' walk-forward results as one CVResult (the tables a run writes)."""
+    folds = pl.concat([r.folds for r in results])
+    predictions = pl.concat([r.predictions for r in results], how="diagonal")
+    coverage = validation.coverage_table(predictions)
+    return CVResult(validation.summarize(folds, predictions, coverage), predictions, folds, coverage,
+                    validation.error_by_size(predictions), validation.totals_by_year(predictions))

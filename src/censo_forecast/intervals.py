@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from censo_forecast.outputs import PERSISTENCE
+
 SIZE_EDGES = (10, 25, 50, 100, 200, 400)  # bins: <10, 10-24, 25-49, ..., 400+
 LEVELS = (0.80, 0.95)
 MIN_PER_BIN = 30
@@ -19,10 +21,21 @@ def size_bin(last_year: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(SIZE_EDGES), np.nan_to_num(np.asarray(last_year, dtype=np.float64)), side="right")
 
 
+def size_labels() -> list[str]:
+    """Readable bins: "<10", "10-24", ..., "400+"."""
+    edges = SIZE_EDGES
+    return [f"<{edges[0]}", *(f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])), f"{edges[-1]}+"]
+
+
+def cv_size_bins(predictions: pl.DataFrame) -> np.ndarray:
+    """Size bins of walk-forward rows: last year's enrollment is the persistence forecast."""
+    return size_bin(predictions[PERSISTENCE].to_numpy())
+
+
 def calibration_table(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
     """(bin, NU_ANO_CENSO, residual) from walk-forward predictions of one model."""
     return predictions.select(
-        pl.Series("bin", size_bin(predictions["Persistencia"].to_numpy()), dtype=pl.Int8),
+        pl.Series("bin", cv_size_bins(predictions), dtype=pl.Int8),
         "NU_ANO_CENSO",
         (pl.col("y_true") - pl.col(model)).alias("residual"),
     )
@@ -72,7 +85,7 @@ def coverage_by_year(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
     for year in years[1:]:
         earlier = calibration.filter(pl.col("NU_ANO_CENSO") < year)
         test = predictions.filter(pl.col("NU_ANO_CENSO") == year)
-        b = bounds(test[model].to_numpy(), test["Persistencia"].to_numpy(), earlier)
+        b = bounds(test[model].to_numpy(), test[PERSISTENCE].to_numpy(), earlier)
         y = test["y_true"].to_numpy()
         row = {"modelo": model, "NU_ANO_CENSO": year, "n": len(y)}
         for level in LEVELS:

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
 
+from censo_forecast import boosters
 from censo_forecast.config import ModelSettings
+from censo_forecast.outputs import DRIFT, ENSEMBLE, PERSISTENCE
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("Persistencia", "Deriva")
-LEARNERS = ("LightGBM", "XGBoost")
-ENSEMBLE = "Voting"
+BASELINES = (PERSISTENCE, DRIFT)
+LEARNERS = boosters.LEARNERS  # ("LightGBM", "XGBoost")
 MODEL_NAMES = (*BASELINES, *LEARNERS, ENSEMBLE)
 
 
@@ -29,9 +30,11 @@ MODEL_NAMES = (*BASELINES, *LEARNERS, ENSEMBLE)
 @dataclass(frozen=True)
 class Device:
     name: str  # "cpu" or "cuda"
-    xgboost: str  # XGBoost's `device`
-    lightgbm: str  # LightGBM's `device_type`
+    learners: dict  # learner name -> the library's device value ("cpu", "cuda", "gpu")
     reason: str
+
+    def of(self, learner: str) -> str:
+        return self.learners.get(learner, "cpu")
 
 
 def _cuda_devices() -> int:
@@ -48,43 +51,23 @@ def _cuda_devices() -> int:
     return 0
 
 
-def _lightgbm_gpu() -> str | None:
-    """LightGBM's GPU flavour if this build has one, found by a tiny fit."""
-    import lightgbm as lgb
-
-    X = np.random.default_rng(0).random((64, 2))
-    for device_type in ("cuda", "gpu"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                lgb.LGBMRegressor(n_estimators=1, device_type=device_type, verbose=-1).fit(X, X[:, 0])
-            return device_type
-        except Exception:  # LightGBMError: this build has no such device
-            continue
-    return None
-
-
-def _xgboost_cuda() -> bool:
-    import xgboost as xgb
-
-    return bool(xgb.build_info().get("USE_CUDA"))
-
-
 def select_device(requested: str = "auto") -> Device:
-    """auto: CUDA when a GPU and a CUDA build are present; cpu; cuda: insist (error if impossible)."""
+    """auto: a GPU for every learner whose installed build can use one; cpu; cuda: insist
+    (an error when no GPU is visible or no learner's build can use it)."""
+    cpu = {name: "cpu" for name in LEARNERS}
     if requested == "cpu":
-        return Device("cpu", "cpu", "cpu", "CPU requested")
+        return Device("cpu", cpu, "CPU requested")
     gpus = _cuda_devices()
     if gpus == 0:
         if requested == "cuda":
             raise RuntimeError("--device cuda: no NVIDIA GPU is visible to the CUDA driver (libcuda)")
-        return Device("cpu", "cpu", "cpu", "no NVIDIA GPU visible to the CUDA driver")
-    xgb_cuda = _xgboost_cuda()
-    if not xgb_cuda and requested == "cuda":
-        raise RuntimeError("--device cuda: this XGBoost build has no CUDA support")
-    lgbm = _lightgbm_gpu() or "cpu"
-    reason = f"{gpus} GPU(s); XGBoost {'CUDA' if xgb_cuda else 'CPU (no CUDA build)'}; LightGBM {lgbm if lgbm != 'cpu' else 'CPU (installed build has no GPU support)'}"
-    return Device("cuda" if xgb_cuda else "cpu", "cuda" if xgb_cuda else "cpu", lgbm, reason)
+        return Device("cpu", cpu, "no NVIDIA GPU visible to the CUDA driver")
+    found = {name: boosters.adapter(name).gpu_device() for name in LEARNERS}
+    if requested == "cuda" and not any(found.values()):
+        raise RuntimeError(f"--device cuda: no GPU support in the installed builds of {', '.join(LEARNERS)}")
+    reason = f"{gpus} GPU(s); " + "; ".join(
+        f"{name} {value.upper() if value else 'CPU (installed build has no GPU support)'}" for name, value in found.items())
+    return Device("cuda" if any(found.values()) else "cpu", {n: v or "cpu" for n, v in found.items()}, reason)
 
 
 # ------------------------------------------------------------------- models
@@ -93,57 +76,55 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
 
     A Huber loss (delta 2 students) behaves like absolute error on the heavy tails of
     closures and openings: on the synthetic census squared error lost to persistence.
+
+    Parameters: `learner` ("LightGBM" or "XGBoost"), `anchor` (column index of last
+    year's enrollment), `settings` (hyper-parameters), `device` (the library's device
+    value), `n_jobs` (threads). Fitted state: `booster_`, the library's native booster.
     """
 
-    def __init__(self, library: str = "lightgbm", anchor: int = 0, settings: ModelSettings | None = None,
+    def __init__(self, learner: str = "LightGBM", anchor: int = 0, settings: ModelSettings | None = None,
                  device: str = "cpu", n_jobs: int = 2):
-        self.library = library
+        self.learner = learner
         self.anchor = anchor
         self.settings = settings
         self.device = device
         self.n_jobs = n_jobs
 
+    @property
+    def adapter(self) -> boosters.BoosterAdapter:
+        return boosters.adapter(self.learner)
+
     def booster_params(self) -> dict:
         """Keyword arguments of the library's scikit-learn estimator (also its Dask twin's)."""
-        s = self.settings or ModelSettings()
-        if self.library == "lightgbm":
-            return dict(
-                n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves,
-                min_child_samples=s.min_child_samples, subsample=s.subsample, subsample_freq=1,
-                colsample_bytree=s.colsample, objective="huber", alpha=2.0, random_state=s.seed,
-                n_jobs=self.n_jobs, device_type=self.device, verbose=-1, max_bin=s.max_bin,
-            )
-        if self.library == "xgboost":
-            return dict(
-                n_estimators=s.n_estimators, learning_rate=s.learning_rate, max_depth=s.max_depth,
-                subsample=s.subsample, colsample_bytree=s.colsample, objective="reg:pseudohubererror",
-                huber_slope=2.0, tree_method="hist", device=self.device, random_state=s.seed, n_jobs=self.n_jobs,
-                max_bin=s.max_bin,
-            )
-        raise ValueError(f"unknown library {self.library!r}")
+        return self.adapter.params(self.settings or ModelSettings(), self.device, self.n_jobs)
 
-    def _booster(self):
-        if self.library == "lightgbm":
-            import lightgbm as lgb
-
-            return lgb.LGBMRegressor(**self.booster_params())
-        import xgboost as xgb
-
-        return xgb.XGBRegressor(**self.booster_params())
-
-    def _change(self, X, y):
-        """Training target: next year's change from the anchor."""
+    def change(self, X, y) -> np.ndarray:
+        """Training target: next year's change from the anchor (lazy on dask arrays)."""
         return y - np.nan_to_num(X[:, self.anchor])
 
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float32)
-        self.model_ = self._booster()
-        self.model_.fit(X, self._change(X, np.asarray(y, dtype=np.float64)))
-        self.n_features_in_ = X.shape[1]
+        target = self.change(X, np.asarray(y, dtype=np.float64))
+        return self.set_booster(self.adapter.fit(X, target, self.booster_params()), X.shape[1])
+
+    def fit_dask(self, client, X, y):
+        """The same fit with the library's Dask estimator, on dask arrays spread over a cluster."""
+        return self.set_booster(self.adapter.fit_dask(client, X, self.change(X, y), self.booster_params()), X.shape[1])
+
+    def set_booster(self, booster, n_features: int) -> "ChangeRegressor":
+        """Adopt a native booster trained elsewhere (a cluster) or loaded from a file."""
+        self.booster_, self.n_features_in_ = booster, n_features
         return self
 
     def predict_change(self, X) -> np.ndarray:
-        return self.model_.predict(np.asarray(X, dtype=np.float32))
+        check_is_fitted(self, "booster_")
+        return self.adapter.predict(self.booster_, np.asarray(X, dtype=np.float32))
+
+    def contributions(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(SHAP values n x f, base values n) of the predicted change."""
+        check_is_fitted(self, "booster_")
+        raw = self.adapter.contributions(self.booster_, np.asarray(X, dtype=np.float32))
+        return raw[:, :-1], raw[:, -1]
 
     def predict(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -151,7 +132,7 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
 
 
 class Persistence(RegressorMixin, BaseEstimator):
-    """Next year = this year."""
+    """Next year = this year. Parameter: `anchor`, the column of last year's enrollment."""
 
     def __init__(self, anchor: int = 0):
         self.anchor = anchor
@@ -166,7 +147,8 @@ class Persistence(RegressorMixin, BaseEstimator):
 
 class Drift(RegressorMixin, BaseEstimator):
     """This year times the stage's aggregate change in the most recent year of training
-    data (closures and stage drops included)."""
+    data (closures and stage drops included). Parameter: `anchor`, the column of last
+    year's enrollment; fitted state: `ratio_`."""
 
     def __init__(self, anchor: int = 0):
         self.anchor = anchor
@@ -182,7 +164,8 @@ class Drift(RegressorMixin, BaseEstimator):
 
 
 class Voting(RegressorMixin, BaseEstimator):
-    """The mean of already fitted models' predictions (no further fit)."""
+    """The mean of already fitted models' predictions (no further fit). Parameter:
+    `estimators`, the fitted models (ChangeRegressors, for SHAP)."""
 
     def __init__(self, estimators: list | None = None):
         self.estimators = estimators
@@ -192,3 +175,11 @@ class Voting(RegressorMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return np.mean([est.predict(X) for est in self.estimators], axis=0)
+
+    def predict_change(self, X) -> np.ndarray:
+        return np.mean([est.predict_change(X) for est in self.estimators], axis=0)
+
+    def contributions(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """SHAP values and base values: the mean of its members' (SHAP is additive)."""
+        parts = [est.contributions(X) for est in self.estimators]
+        return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)

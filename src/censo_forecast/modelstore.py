@@ -7,22 +7,33 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, models
+from censo_forecast import atomic, boosters, models
 from censo_forecast.features import FEATURES
 from censo_forecast.validation import ANCHOR_INDEX
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
-_LIBRARIES = ("lightgbm", "xgboost")
 
 
 class ModelStoreError(Exception):
     """Saved models that cannot be used here; the message says what does not match."""
+
+
+@dataclass
+class SavedModels:
+    """What a saved-models folder holds: per stage the fitted model, its name and its
+    calibration table (None when it was not validated), and the training years."""
+
+    models: dict
+    chosen: dict[str, str]
+    calibration: dict[str, pl.DataFrame]
+    training_years: list[int]
 
 
 def _version(name: str) -> str:
@@ -33,28 +44,24 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def save(forecaster, folder: Path, training_years: list[int]) -> Path:
+def save(folder: Path, saved: SavedModels) -> Path:
+    """Write native booster files, calibration tables and metadata.json (last: the folder
+    is complete once it exists)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stages = {}
-    for flag, model in forecaster.models_.items():
-        name = forecaster.chosen_[flag]
-        entry: dict = {"modelo": name, "files": {}}
+    for flag, model in saved.models.items():
+        entry: dict = {"modelo": saved.chosen[flag], "files": {}}
         members = model.estimators if isinstance(model, models.Voting) else [model]
         for member in members:
             if isinstance(member, models.ChangeRegressor):
-                label = "LightGBM" if member.library == "lightgbm" else "XGBoost"
-                path = folder / f"{flag}_{label}.{'txt' if label == 'LightGBM' else 'json'}"
+                path = folder / f"{flag}_{member.learner}.{member.adapter.suffix}"
                 with atomic.atomic_path(path) as tmp:
-                    if label == "LightGBM":
-                        member.model_.booster_.save_model(str(tmp))
-                    else:
-                        member.model_.get_booster().save_model(str(tmp.with_suffix(".json")))
-                        tmp.with_suffix(".json").replace(tmp)
-                entry["files"][label] = path.name
+                    member.adapter.save(member.booster_, tmp)
+                entry["files"][member.learner] = path.name
         if isinstance(model, models.Drift):
             entry["drift_ratio"] = model.ratio_
-        calibration = forecaster.calibration_.get(flag)
+        calibration = saved.calibration.get(flag)
         if calibration is not None:
             atomic.write_parquet(folder / f"calibration_{flag}.parquet", calibration)
             entry["calibration"] = f"calibration_{flag}.parquet"
@@ -63,18 +70,20 @@ def save(forecaster, folder: Path, training_years: list[int]) -> Path:
         "format_version": FORMAT_VERSION,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "features": list(FEATURES),
-        "versions": {name: _version(name) for name in ("censo-forecast", *_LIBRARIES, "polars")},
-        "training_years": training_years,
+        "versions": {name: _version(name) for name in ("censo-forecast", *_packages(), "polars")},
+        "training_years": saved.training_years,
         "stages": stages,
     }
-    atomic.write_json(folder / METADATA, meta)  # last: the folder is complete once this exists
+    atomic.write_json(folder / METADATA, meta)
     return folder
 
 
-def load(folder: Path):
-    """A fitted EnrollmentForecaster from a saved folder; refuses mismatches with a clear message."""
-    from censo_forecast.forecaster import EnrollmentForecaster
+def _packages() -> list[str]:
+    return [boosters.adapter(name).package for name in models.LEARNERS]
 
+
+def load(folder: Path) -> SavedModels:
+    """The saved models of a folder; refuses mismatches with a clear message."""
     folder = Path(folder)
     path = folder / METADATA
     if not path.exists():
@@ -86,42 +95,31 @@ def load(folder: Path):
         missing = sorted(set(meta["features"]) - set(FEATURES))
         extra = sorted(set(FEATURES) - set(meta["features"]))
         raise ModelStoreError(f"{folder}: the models were trained on other feature columns (missing here: {missing}; new here: {extra}); refit")
-    for lib in _LIBRARIES:
-        saved, here = meta["versions"][lib], _version(lib)
+    for package in _packages():
+        saved, here = meta["versions"][package], _version(package)
         if _minor(saved) != _minor(here):
-            raise ModelStoreError(f"{folder}: models saved with {lib} {saved}, but {lib} {here} is installed; "
-                                  f"install {lib}=={saved} or refit")
-    fc = EnrollmentForecaster(stages=list(meta["stages"]), device="cpu")
-    fc.models_, fc.chosen_, fc.calibration_ = {}, {}, {}
+            raise ModelStoreError(f"{folder}: models saved with {package} {saved}, but {package} {here} is installed; "
+                                  f"install {package}=={saved} or refit")
+    out = SavedModels({}, {}, {}, meta["training_years"])
     for flag, entry in meta["stages"].items():
-        fc.models_[flag] = _restore(folder, entry)
-        fc.chosen_[flag] = entry["modelo"]
+        out.models[flag] = _restore(folder, entry)
+        out.chosen[flag] = entry["modelo"]
         if "calibration" in entry:
-            fc.calibration_[flag] = pl.read_parquet(folder / entry["calibration"])
-    fc.training_years_ = meta["training_years"]
-    return fc
+            out.calibration[flag] = pl.read_parquet(folder / entry["calibration"])
+    return out
 
 
 def _restore(folder: Path, entry: dict):
-    import lightgbm as lgb
-    import xgboost as xgb
-
     learners = {}
-    for label, name in entry["files"].items():
-        est = models.ChangeRegressor(label.lower(), ANCHOR_INDEX)
-        if label == "LightGBM":
-            est.model_ = lgb.Booster(model_file=str(folder / name))
-        else:
-            est.model_ = xgb.XGBRegressor()
-            est.model_.load_model(str(folder / name))
-        est.n_features_in_ = len(FEATURES)
-        learners[label] = est
+    for name, file in entry["files"].items():
+        est = models.ChangeRegressor(name, ANCHOR_INDEX)
+        learners[name] = est.set_booster(est.adapter.load(folder / file), len(FEATURES))
     name = entry["modelo"]
     if name == models.ENSEMBLE:
-        return models.Voting([learners["LightGBM"], learners["XGBoost"]])
+        return models.Voting([learners[n] for n in models.LEARNERS])
     if name in learners:
         return learners[name]
-    if name == "Deriva":
+    if name == models.DRIFT:
         drift = models.Drift(ANCHOR_INDEX)
         drift.ratio_ = entry["drift_ratio"]
         return drift

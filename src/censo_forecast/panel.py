@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 YEAR = "NU_ANO_CENSO"
 SCHOOL = "CO_ENTIDADE"
-SCHOOL_COLUMNS = (
+# school-level columns every stage view carries (the features read them)
+SCHOOL_ATTRIBUTES = (
     "CO_MUNICIPIO", "CO_UF", "TP_DEPENDENCIA", "TP_LOCALIZACAO", "QT_MAT_BAS",
     *catalog.AGE_BANDS, *catalog.INFRASTRUCTURE_FLAGS,
 )
@@ -50,7 +51,7 @@ def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
         YEAR,
         "active",
         "first_year",
-        *SCHOOL_COLUMNS,
+        *SCHOOL_ATTRIBUTES,
         (active & (pl.col(stage.flag) == 1)).fill_null(False).alias("offers"),
         count(stage.enrollment).cast(pl.Float32).alias("enrollment"),
         count(stage.teachers).cast(pl.Float32).alias("teachers"),

@@ -1,17 +1,14 @@
-"""`run`: download -> ingest -> panel -> features -> walk-forward validation -> outputs.
+"""`run` and `predict`: download -> ingest -> panel -> features -> validation -> outputs.
 
-Each finished stage is checkpointed in OUT/checkpoints with a fingerprint of the data
-and settings, so a rerun after a crash or Ctrl-C resumes without redoing it; `fresh`
-starts over. Every output is written atomically.
+`run` is a sequence of named steps (`Run.execute`); each finished stage is checkpointed
+(`checkpoints`), so a rerun after a crash or Ctrl-C resumes without redoing it, and
+`fresh` starts over. Every output is written atomically.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,19 +16,14 @@ from typing import Iterator
 
 import polars as pl
 
-from censo_forecast import atomic, explain, forecast, modelstore, report, runlog, storage
-from censo_forecast.models import ENSEMBLE, LEARNERS
+from censo_forecast import atomic, checkpoints, explain, forecast, outputs, report, runlog, storage
 from censo_forecast.config import Settings
-from censo_forecast.forecaster import EnrollmentForecaster
+from censo_forecast.engine import Engine, open_engine
+from censo_forecast.forecaster import CVResult, EnrollmentForecaster
 from censo_forecast.inep import catalog, ingest
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
-RESULTS = "resultados_finais.csv"
-CV_PREDICTIONS = "cv_predictions.parquet"
-METADATA = "run_metadata.json"
-COVERAGE = "cobertura_intervalos_cv.csv"
 
 
 class PipelineError(Exception):
@@ -48,96 +40,36 @@ def download_options(s: Settings):
 
 
 def ensure_raw(s: Settings) -> list[int]:
-    """Years available locally after fetching what is missing (unless offline)."""
+    """Years available in the raw folder after fetching what is missing (unless offline)."""
     present = ingest.raw_zips(s.raw_dir)
-    if not s.offline:
+    wanted = s.years
+    if not s.offline and (wanted is None or any(y not in present for y in wanted)):
         from censo_forecast.inep import download as dl
 
-        wanted = s.years
         if storage.local_path(s.raw_dir) is None:  # a remote store: fill it with `download` + a copy
-            if wanted is None or any(y not in present for y in wanted):
-                raise PipelineError(f"cannot download into {s.raw_dir}: download to a local folder, copy the zips "
-                                    "there, and run with --offline")
-        elif wanted is None or any(y not in present for y in wanted):
-            fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, download_options(s))
-            if not fetched.ok:
-                raise PipelineError("download failed for " + "; ".join(fetched.problems()))
+            raise PipelineError(f"cannot download into {s.raw_dir}: download to a local folder, copy the zips "
+                                "there, and run with --offline")
+        fetched = dl.download(s.raw_dir, [y for y in wanted if y not in present] if wanted else None, download_options(s))
+        if not fetched.ok:
+            raise PipelineError("download failed for " + "; ".join(fetched.problems()))
         present = ingest.raw_zips(s.raw_dir)
-    years = s.years if s.years is not None else sorted(present)
+    years = wanted if wanted is not None else sorted(present)
     missing = [y for y in years if y not in present]
     if missing:
         raise PipelineError(f"no census zip for {missing} in {s.raw_dir} (run without --offline to download)")
-    if len(years) <= s.min_train_years:
-        raise PipelineError(f"walk-forward validation needs more than {s.min_train_years} census years; have {years}")
+    if not years:
+        raise PipelineError(f"no census zips (microdados_censo_escolar_YYYY.zip) in {s.raw_dir}")
     return years
 
 
-def _fingerprint(s: Settings, years: list[int], flag: str) -> str:
-    manifest = json.loads((s.cache / ingest.MANIFEST).read_text())
-    data = {str(y): manifest[str(y)]["sha256"] for y in years}
-    record = {"v": CHECKPOINT_VERSION, "flag": flag, "years": years, "data": data, "model": s.to_dict()["model"],
-              "min_train_years": s.min_train_years, "device": s.device, "shap_sample": s.shap_sample, "engine": s.engine}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
-
-
-def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
-    return [shap_dir / f"SHAP_{kind}_{flag}_{m}.png" for kind in ("summary", "bar") for m in (*LEARNERS, ENSEMBLE)]
-
-
-def _load_checkpoint(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
-    meta = folder / f"cv_{flag}.json"
-    if not meta.exists():
-        return None
-    info = json.loads(meta.read_text())
-    if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
-        return None
-    try:
-        cv = StageCV(flag, pl.read_parquet(folder / f"cv_{flag}_predictions.parquet"),
-                     pl.read_parquet(folder / f"cv_{flag}_folds.parquet"), info["seconds"])
-        return cv, pl.read_parquet(folder / f"cv_{flag}_shap.parquet")
-    except (OSError, pl.exceptions.PolarsError):
-        return None
-
-
-def _save_checkpoint(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
-    atomic.write_parquet(folder / f"cv_{cv.flag}_predictions.parquet", cv.predictions)
-    atomic.write_parquet(folder / f"cv_{cv.flag}_folds.parquet", cv.folds)
-    atomic.write_parquet(folder / f"cv_{cv.flag}_shap.parquet", importance)
-    # the JSON goes last: a checkpoint counts only once all its parts are in place
-    atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})
-
-
-def _ingest(s: Settings, years: list[int], engine=None) -> None:
-    if engine is not None:
-        engine.ingest(s.raw_dir, years).raise_for_failures()
-    else:
-        ingest.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
-
-
-@contextmanager
-def cluster(s: Settings) -> Iterator:
-    """A Dask client for --engine dask (a LocalCluster unless --scheduler); None for the local engine."""
-    if s.engine != "dask":
-        yield None
-        return
-    try:
-        from censo_forecast.distributed import dask as dask_engine
-    except ImportError as exc:
-        raise PipelineError(f"--engine dask needs Dask: pip install 'censo-forecast[dask]' ({exc})") from None
-    try:
-        with dask_engine.connect(s.scheduler, s.workers) as client:
-            log.info("dask: %s", client)
-            yield client
-    except RuntimeError as exc:
-        if "Dask scheduler" in str(exc):
-            raise PipelineError(str(exc)) from None
-        raise
+def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
+    engine.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
 
 
 def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: Path, seed: int) -> list[Path]:
     """Next year's school forecasts and their area totals, from a fitted forecaster."""
     schools = forecaster.predict(panel)
-    return forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, seed))
+    return forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, seed=seed))
 
 
 def predict(s: Settings, models_dir: Path) -> list[Path]:
@@ -145,19 +77,20 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
     out = Path(s.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runlog.setup_logging(out)
-    forecaster = modelstore.load(models_dir)
+    forecaster = EnrollmentForecaster.load(models_dir)
     years = ensure_raw(s)
-    _ingest(s, years)
+    with open_engine(s) as engine:
+        _ingest(s, engine, years)
     runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
     written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
     log.info("forecast for %d from saved models: %s", forecaster.forecast_year_, ", ".join(p.name for p in written))
     return written
 
 
-def run(s: Settings, stop_after_stage: str | None = None) -> dict:
-    """The whole job. `stop_after_stage` exists for crash-and-resume tests."""
-    with cluster(s) as client:
-        return _run(s, client, stop_after_stage)
+def run(s: Settings) -> dict:
+    """The whole job; returns the run record (also written to run_metadata.json)."""
+    with open_engine(s) as engine:
+        return Run(s, engine).execute()
 
 
 class _Clock:
@@ -179,132 +112,138 @@ class _Clock:
         return {p["phase"]: p["seconds"] for p in self.phases} | {"total": round(time.perf_counter() - self.started, 2)}
 
 
-def _validate_stage(s: Settings, forecaster: EnrollmentForecaster, panel: pl.DataFrame, flag: str, clock: _Clock,
-                    shap_dir: Path, shap_failures: dict) -> tuple[StageCV, pl.DataFrame | None, object] | None:
-    """Features, walk-forward and SHAP of one stage; None when it has too few years."""
-    with clock.phase(f"features {flag}"):
-        data = forecaster.stage_data(panel, flag)
-    try:
-        with clock.phase(f"validate {flag}"):
-            cv = forecaster.cross_validate_stage(panel, flag, data)
-    except ValueError as exc:
-        log.warning("%s skipped: %s", flag, exc)
-        return None
-    log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
-    importance = None
-    with clock.phase(f"shap {flag}"):
-        try:
-            importance = explain.explain_stage(flag, cv.last_fold, shap_dir, s.shap_sample, s.model.seed)
-        except Exception as exc:  # reported at the end and in the exit code, never swallowed
-            log.exception("%s: SHAP explanation failed", flag)
-            shap_failures[flag] = f"{type(exc).__name__}: {exc}"
-    return cv, importance, data
+class Run:
+    """One `run`, step by step; each step's name says what it does."""
 
+    def __init__(self, s: Settings, engine: Engine):
+        self.s, self.engine = s, engine
+        self.out = Path(s.out_dir)
+        self.clock = _Clock()
+        self.checkpoints = self.out / outputs.CHECKPOINTS
+        self.shap_dir = self.out / outputs.SHAP
+        self.importances: list[pl.DataFrame] = []
+        self.shap_failures: dict[str, str] = {}
 
-def _run(s: Settings, client, stop_after_stage: str | None) -> dict:
-    clock = _Clock()
-    out = Path(s.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    runlog.setup_logging(out)
-    checkpoints = out / "checkpoints"
-    if s.fresh and checkpoints.exists():
-        shutil.rmtree(checkpoints)
-        log.info("--fresh: removed earlier checkpoints")
-    checkpoints.mkdir(exist_ok=True)
+    def execute(self) -> dict:
+        self.prepare_output()
+        years = self.fetch_and_ingest()
+        forecaster = EnrollmentForecaster(self.s.stages, model=self.s.model, device=self.s.device,
+                                          min_train_years=self.s.min_train_years, n_jobs=self.s.jobs, engine=self.engine)
+        device = forecaster.resolve_device()
+        record = runlog.run_header("run", self.s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})",
+                                                             "engine": self.engine.describe()})
+        with self.clock.phase("panel"):
+            panel = forecaster.panel(ingest.load_cache(self.s.cache, years))
+        self.validate_and_fit_stages(forecaster, panel, years)
+        cv = self.write_validation(forecaster)
+        self.write_forecast(forecaster, panel)
+        self.write_explanations()
+        record = self.write_record(record, forecaster)
+        report.build_report(self.out)
+        log.info("report: %s", self.out / outputs.REPORT)
+        _log_table(cv.summary)
+        if self.shap_failures:
+            raise PipelineError("SHAP failed for " + "; ".join(f"{k}: {v}" for k, v in self.shap_failures.items()))
+        return record
 
-    with clock.phase("download"):
-        years = ensure_raw(s)
-    engine = None
-    if client is not None:
-        from censo_forecast.distributed.dask import DaskEngine
+    def prepare_output(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        runlog.setup_logging(self.out)
+        if self.s.fresh and self.checkpoints.exists():
+            shutil.rmtree(self.checkpoints)
+            log.info("--fresh: removed earlier checkpoints")
+        self.checkpoints.mkdir(exist_ok=True)
 
-        engine = DaskEngine(client, s.cache, years)
-    with clock.phase("ingest"):
-        _ingest(s, years, engine)
+    def fetch_and_ingest(self) -> list[int]:
+        with self.clock.phase("download"):
+            years = ensure_raw(self.s)
+        if len(years) <= self.s.min_train_years:
+            raise PipelineError(f"walk-forward validation needs more than {self.s.min_train_years} census years; "
+                                f"have {years} in {self.s.raw_dir}")
+        with self.clock.phase("ingest"):
+            _ingest(self.s, self.engine, years)
+        return years
 
-    forecaster = EnrollmentForecaster(s.stages, s.model, s.device, s.min_train_years, s.jobs, engine)
-    device = forecaster.resolve_device()
-    record = runlog.run_header("run", s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})",
-                                                    "engine": engine.describe() if engine else "local"})
-    with clock.phase("panel"):
-        panel = forecaster.panel(ingest.load_cache(s.cache, years))
-
-    results: list[StageCV] = []
-    importances: list[pl.DataFrame] = []
-    shap_failures: dict[str, str] = {}
-    shap_dir = out / "shap"
-    progress = _Progress(len(s.stages))
-    for flag in s.stages:
-        fingerprint = _fingerprint(s, years, flag)
-        resumed = _load_checkpoint(checkpoints, flag, fingerprint, shap_dir)
-        data = None
-        if resumed is not None:
-            cv, importance = resumed
-            log.info("%s: validation resumed from checkpoint", flag)
-        else:
-            validated = _validate_stage(s, forecaster, panel, flag, clock, shap_dir, shap_failures)
-            if validated is None:
+    def validate_and_fit_stages(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame, years: list[int]) -> None:
+        """Per stage: validation (or its checkpoint), SHAP, then the refit on the latest years."""
+        with runlog.Progress("stages", len(self.s.stages), unit="stage") as progress:
+            for flag in self.s.stages:
+                fingerprint = checkpoints.fingerprint(self.s, years, flag)
+                resumed = checkpoints.load(self.checkpoints, flag, fingerprint, self.shap_dir)
+                data = None
+                if resumed is not None:
+                    cv, importance = resumed
+                    forecaster.record_cv(cv)
+                    log.info("%s: validation resumed from checkpoint", flag)
+                else:
+                    with self.clock.phase(f"features {flag}"):
+                        data = forecaster.stage_data(panel, flag)
+                    cv = self.validate_stage(forecaster, panel, flag, data)
+                    if cv is None:
+                        progress.update()
+                        continue
+                    importance = self.explain_stage(cv)
+                    if importance is not None:
+                        checkpoints.save(self.checkpoints, cv, importance, fingerprint)
+                if importance is not None:
+                    self.importances.append(importance)
+                with self.clock.phase(f"refit {flag}"):
+                    forecaster.fit_stage(panel, flag, data=data)  # the stage's features are reused, then freed
+                del data
                 progress.update()
-                continue
-            cv, importance, data = validated
-            if importance is not None:
-                _save_checkpoint(checkpoints, cv, importance, fingerprint)
-        results.append(cv)
-        if importance is not None:
-            importances.append(importance)
-        with clock.phase(f"refit {flag}"):
-            forecaster.fit_stage(panel, flag, cv, data)  # the stage's features are reused, then freed
-        del data
-        progress.update()
-        if stop_after_stage == flag:
-            raise KeyboardInterrupt(f"stopped after {flag} (test hook)")
-    progress.close()
-    if not results:
-        raise PipelineError("no stage could be validated")
+        if not getattr(forecaster, "stage_cv_", None):
+            raise PipelineError("no stage could be validated")
 
-    cv = forecaster.combine(results)
-    summary = cv.summary
-    atomic.write_csv(out / RESULTS, summary)
-    atomic.write_parquet(out / CV_PREDICTIONS, cv.predictions)
-    atomic.write_csv(out / COVERAGE, cv.coverage)
+    def validate_stage(self, forecaster, panel, flag: str, data) -> StageCV | None:
+        try:
+            with self.clock.phase(f"validate {flag}"):
+                cv = forecaster.cross_validate_stage(panel, flag, data=data)
+        except ValueError as exc:
+            log.warning("%s skipped: %s", flag, exc)
+            return None
+        log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
+        return cv
 
-    with clock.phase("forecast"):
-        forecaster.cv_, forecaster.stages = cv, [r.flag for r in results]
-        written = _write_forecast(forecaster, panel, out, s.model.seed)
-        modelstore.save(forecaster, out / "models", years)
-    log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_, ", ".join(p.name for p in written), out / "models")
-    if importances:
-        atomic.write_csv(shap_dir / "shap_importance.csv", pl.concat(importances))
-    timings = clock.timings()
-    for step, seconds in timings.items():
-        log.info("timing %-28s %8.1fs", step, seconds)
-    record.update({"timings_s": timings, "phases": clock.phases, "stages": [r.flag for r in results],
-                   "forecast_year": forecaster.forecast_year_})
-    atomic.write_json(out / METADATA, record)
-    report.build_report(out)
-    log.info("report: %s", out / report.REPORT)
-    _log_table(summary)
-    if shap_failures:
-        raise PipelineError("SHAP failed for " + "; ".join(f"{k}: {v}" for k, v in shap_failures.items()))
-    return record
+    def explain_stage(self, cv: StageCV) -> pl.DataFrame | None:
+        with self.clock.phase(f"shap {cv.flag}"):
+            try:
+                return explain.explain_stage(cv.flag, cv.last_fold, self.shap_dir, self.s.shap_sample, self.s.model.seed)
+            except Exception as exc:  # reported at the end and in the exit code, never swallowed
+                log.exception("%s: SHAP explanation failed", cv.flag)
+                self.shap_failures[cv.flag] = f"{type(exc).__name__}: {exc}"
+                return None
+
+    def write_validation(self, forecaster: EnrollmentForecaster) -> CVResult:
+        cv = forecaster.cv_
+        atomic.write_csv(self.out / outputs.RESULTS, cv.summary)
+        atomic.write_parquet(self.out / outputs.CV_PREDICTIONS, cv.predictions)
+        atomic.write_csv(self.out / outputs.COVERAGE, cv.coverage)
+        atomic.write_csv(self.out / outputs.ERROR_BY_SIZE, cv.error_by_size)
+        atomic.write_csv(self.out / outputs.CV_TOTALS, cv.totals)
+        return cv
+
+    def write_forecast(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> None:
+        with self.clock.phase("forecast"):
+            written = _write_forecast(forecaster, panel, self.out, self.s.model.seed)
+            forecaster.save(self.out / outputs.MODELS)
+        log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_,
+                 ", ".join(p.name for p in written), self.out / outputs.MODELS)
+
+    def write_explanations(self) -> None:
+        if self.importances:
+            atomic.write_csv(self.shap_dir / outputs.SHAP_IMPORTANCE, pl.concat(self.importances))
+
+    def write_record(self, record: dict, forecaster: EnrollmentForecaster) -> dict:
+        timings = self.clock.timings()
+        for step, seconds in timings.items():
+            log.info("timing %-28s %8.1fs", step, seconds)
+        record.update({"timings_s": timings, "phases": self.clock.phases, "stages": list(forecaster.stage_cv_),
+                       "forecast_year": forecaster.forecast_year_})
+        atomic.write_json(self.out / outputs.METADATA, record)
+        return record
 
 
 def _log_table(summary: pl.DataFrame) -> None:
     for row in summary.filter(pl.col("Escolhido")).iter_rows(named=True):
         log.info("%-12s best %-12s MAE %8.2f  skill vs persistence %+6.1f%%", row["etapa"], row["modelo"],
                  row["MAE_Media_CV"], 100 * row["Skill_MAE_vs_Persistencia"])
-
-
-class _Progress:
-    """A bar over stages on a terminal; the log lines already tell the story elsewhere."""
-
-    def __init__(self, total: int):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc="stages", unit="stage", disable=not sys.stderr.isatty())
-
-    def update(self) -> None:
-        self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()

@@ -15,15 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from censo_forecast import atomic  # noqa: E402
+from censo_forecast import atomic, outputs  # noqa: E402
 from censo_forecast.inep import catalog  # noqa: E402
-from censo_forecast.models import ENSEMBLE, LEARNERS  # noqa: E402
+from censo_forecast.outputs import DRIFT, ENSEMBLE, FORECAST, LAST_ENROLLMENT, PERSISTENCE  # noqa: E402
 
-REPORT = "report.html"
-SIZE_BINS = [0, 20, 50, 100, 200, 500]
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 main{max-width:1240px;margin:0 auto;padding:24px}
@@ -67,13 +64,15 @@ def metrics_table(results: pl.DataFrame, table_id: str = "metrics", decimals: in
     return f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
-def totals_plot(preds: pl.DataFrame, flag: str, chosen: str) -> bytes:
-    models = ["Persistencia", chosen] if chosen != "Persistencia" else ["Persistencia"]
-    totals = preds.group_by("NU_ANO_CENSO").agg(pl.col("y_true").sum(), *(pl.col(m).sum() for m in models)).sort("NU_ANO_CENSO")
+def totals_plot(totals: pl.DataFrame, flag: str, chosen: str) -> bytes:
+    """Actual stage totals per test year against persistence's and the chosen model's."""
+    shown = [PERSISTENCE] if chosen == PERSISTENCE else [PERSISTENCE, chosen]
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ax.plot(totals["NU_ANO_CENSO"], totals["y_true"], "o-", color="#1d2330", label="actual")
-    for m, style in zip(models, ("s--", "^-")):
-        ax.plot(totals["NU_ANO_CENSO"], totals[m], style, label=m)
+    actual = totals.filter(pl.col("modelo") == PERSISTENCE).sort("NU_ANO_CENSO")
+    ax.plot(actual["NU_ANO_CENSO"], actual["real"], "o-", color="#1d2330", label="actual")
+    for m, style in zip(shown, ("s--", "^-")):
+        rows = totals.filter(pl.col("modelo") == m).sort("NU_ANO_CENSO")
+        ax.plot(rows["NU_ANO_CENSO"], rows["previsao"], style, label=m)
     ax.set_title(f"{flag}: total enrollment, actual vs forecast", fontsize=10)
     ax.set_xlabel("test year")
     ax.grid(alpha=0.3)
@@ -81,19 +80,17 @@ def totals_plot(preds: pl.DataFrame, flag: str, chosen: str) -> bytes:
     return _figure_png(fig)
 
 
-def error_by_size_plot(preds: pl.DataFrame, flag: str) -> bytes:
-    """MAE per size bin of last year's enrollment (= the persistence forecast)."""
-    labels = [f"{a}-{b}" for a, b in zip(SIZE_BINS, SIZE_BINS[1:])] + [f"{SIZE_BINS[-1]}+"]
-    index = np.searchsorted(np.asarray(SIZE_BINS[1:]), preds["Persistencia"].to_numpy(), side="right")
-    binned = preds.with_columns(pl.Series("size", np.asarray(labels)[index]))
-    models = [m for m in ("Persistencia", *LEARNERS, ENSEMBLE) if m in preds.columns]
-    table = binned.group_by("size").agg(*((pl.col(m) - pl.col("y_true")).abs().mean().alias(m) for m in models), pl.len())
-    table = table.sort(pl.col("size").replace_strict(labels, list(range(len(labels)))))
+def error_by_size_plot(errors: pl.DataFrame, flag: str) -> bytes:
+    """MAE per size bin of last year's enrollment, as the run wrote it (erro_por_tamanho_cv.csv)."""
+    shown = [m for m in errors["modelo"].unique(maintain_order=True) if m != DRIFT]
+    bins = errors.select("faixa", "faixa_tamanho", "n").unique("faixa").sort("faixa")
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    width = 0.8 / len(models)
-    for i, m in enumerate(models):
-        ax.bar([x + i * width for x in range(table.height)], table[m], width=width, label=m)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(table.height)], [f"{s}\n(n={n})" for s, n in zip(table["size"], table["len"])], fontsize=7)
+    width = 0.8 / max(len(shown), 1)
+    for i, m in enumerate(shown):
+        mae = bins.join(errors.filter(pl.col("modelo") == m), on="faixa", how="left")["MAE"]
+        ax.bar([x + i * width for x in range(bins.height)], mae, width=width, label=m)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(bins.height)],
+                  [f"{s}\n(n={n})" for s, n in zip(bins["faixa_tamanho"], bins["n"])], fontsize=7)
     ax.set_ylabel("MAE (students)")
     ax.set_title(f"{flag}: error by school size (last year's enrollment)", fontsize=10)
     ax.legend(fontsize=7)
@@ -115,17 +112,16 @@ def _metadata(meta: dict) -> str:
     return "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items()) + "</dl>"
 
 
-def _forecast_summary(out: Path) -> str:
-    files = sorted(out.glob("previsoes_*_brasil.csv"))
-    if not files:
+def _forecast_summary(out: Path, meta: dict) -> str:
+    year = meta.get("forecast_year")
+    if year is None or not (out / outputs.forecast_file(year, "brasil")).exists():
         return ""
-    year = files[-1].name.split("_")[1]
-    bounds = ["limite_inferior_95", "limite_inferior_80", "previsao", "limite_superior_80", "limite_superior_95"]
-    country = pl.read_csv(files[-1]).select("etapa", "matriculas_ultimo_ano", "previsao_escolas", "ajuste_agregacao",
-                                            "previsao_novas_ofertas", *bounds)
-    states = pl.read_csv(out / f"previsoes_{year}_ufs.csv").select("etapa", "SG_UF", "matriculas_ultimo_ano", *bounds)
+    bounds = ["limite_inferior_95", "limite_inferior_80", FORECAST, "limite_superior_80", "limite_superior_95"]
+    country = pl.read_csv(out / outputs.forecast_file(year, "brasil")).select(
+        "etapa", LAST_ENROLLMENT, "previsao_escolas", "ajuste_agregacao", "previsao_novas_ofertas", *bounds)
+    states = pl.read_csv(out / outputs.forecast_file(year, "ufs")).select("etapa", "SG_UF", LAST_ENROLLMENT, *bounds)
     return (
-        f"<section><h2>Forecast for {html.escape(year)}</h2>"
+        f"<section><h2>Forecast for {year}</h2>"
         "<p class='muted'>Students. A total is the sum of the school forecasts, plus the expected net effect of "
         "closures and stage drops on that sum (ajuste_agregacao), plus the enrollment expected in offerings that "
         "will open; bounds are 80% and 95% intervals from the same resampled residuals.</p>"
@@ -137,12 +133,13 @@ def _forecast_summary(out: Path) -> str:
 def build_report(out: Path) -> Path:
     """Write OUT/report.html from the outputs already in OUT."""
     out = Path(out)
-    results_path = out / "resultados_finais.csv"
-    if not results_path.exists():
-        raise FileNotFoundError(f"{results_path} not found: run `censo-forecast run --out {out}` first")
-    results = pl.read_csv(results_path)
-    preds = pl.read_parquet(out / "cv_predictions.parquet")
-    meta = json.loads((out / "run_metadata.json").read_text()) if (out / "run_metadata.json").exists() else {}
+    needed = [out / name for name in (outputs.RESULTS, outputs.CV_TOTALS, outputs.ERROR_BY_SIZE)]
+    for path in needed:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `censo-forecast run --out {out}` first")
+    results, totals, errors = (pl.read_csv(path) for path in needed)
+    meta_path = out / outputs.METADATA
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
@@ -152,23 +149,23 @@ def build_report(out: Path) -> Path:
         "forecast, closures included (truth 0). Skill = 1 - MAE / MAE(persistence); green beats persistence.</p>",
         f"<section><h2>Run</h2>{_metadata(meta)}</section>",
         f"<section><h2>Metrics (resultados_finais.csv)</h2>{metrics_table(results)}</section>",
-        _forecast_summary(out),
+        _forecast_summary(out, meta),
     ]
     chosen = dict(results.filter(pl.col("Escolhido")).select("etapa", "modelo").iter_rows()) if "Escolhido" in results.columns else {}
     for flag in results["etapa"].unique(maintain_order=True):
-        stage_preds = preds.filter(pl.col("etapa") == flag)
         label = catalog.stage(flag).label
         parts.append(f"<section id='stage-{flag}'><h2>{html.escape(flag)}: {html.escape(label)}</h2><div class='grid'>")
-        parts.append(_img(totals_plot(stage_preds, flag, chosen.get(flag, ENSEMBLE)), f"{flag} totals by test year"))
-        parts.append(_img(error_by_size_plot(stage_preds, flag), f"{flag} error by school size"))
+        parts.append(_img(totals_plot(totals.filter(pl.col("etapa") == flag), flag, chosen.get(flag, ENSEMBLE)),
+                          f"{flag} totals by test year"))
+        parts.append(_img(error_by_size_plot(errors.filter(pl.col("etapa") == flag), flag), f"{flag} error by school size"))
         parts.append("</div>")
-        shap_pngs = sorted((out / "shap").glob(f"SHAP_*_{flag}_*.png"))
+        shap_pngs = sorted((out / outputs.SHAP).glob(outputs.shap_png("*", flag, "*")))
         if shap_pngs:
             parts.append("<h3>What drives the forecast (SHAP, last test year)</h3><div class='grid'>")
             parts += [_img(p.read_bytes(), p.stem) for p in shap_pngs]
             parts.append("</div>")
         parts.append("</section>")
     parts.append("</main></body></html>")
-    target = out / REPORT
+    target = out / outputs.REPORT
     atomic.write_text(target, "\n".join(parts))
     return target

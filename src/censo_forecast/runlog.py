@@ -6,10 +6,12 @@ import importlib.metadata
 import logging
 import platform
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-LOG_NAME = "execution_log.txt"
+from censo_forecast import outputs
+
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _PACKAGES = ("censo-forecast", "polars", "pyarrow", "numpy", "scikit-learn", "lightgbm", "xgboost", "shap", "httpx")
 
@@ -30,7 +32,7 @@ def setup_logging(out_dir: Path | None = None, verbose: bool = False) -> Path | 
         return None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOG_NAME
+    path = out_dir / outputs.LOG
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(_FORMAT))
     file_handler._censo_forecast = True  # type: ignore[attr-defined]
@@ -67,3 +69,55 @@ def run_header(command: str, settings: dict, extra: dict | None = None) -> dict:
     for key, value in (extra or {}).items():
         log.info("%s: %s", key, value)
     return record
+
+
+class Progress:
+    """A tqdm bar on a terminal; elsewhere a log line at every tenth of the total.
+
+    `byte_units` shows sizes in MB; `position` stacks bars of parallel transfers.
+    """
+
+    def __init__(self, label: str, total: int | None, *, unit: str = "", byte_units: bool = False,
+                 position: int = 0, enabled: bool | None = None, leave: bool = True):
+        self.label, self.total, self.unit, self.byte_units = label, total, unit, byte_units
+        self.done = 0
+        self.started = time.monotonic()
+        self.next_log = 0.1
+        self.bar = None
+        if sys.stderr.isatty() if enabled is None else enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, position=position, leave=leave,
+                            **(dict(unit="B", unit_scale=True, unit_divisor=1024) if byte_units else dict(unit=unit)))
+
+    def reset(self, done: int) -> None:
+        self.done = done
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.total and self.done / self.total >= self.next_log:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            rate = self.done / elapsed
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            if self.byte_units:
+                amount = f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, {rate / 1e6:.1f} MB/s"
+            else:
+                amount = f"{self.done}/{self.total} {self.unit}"
+            logging.getLogger("censo_forecast.progress").info(
+                "%s: %3.0f%% %s, ETA %.0fs", self.label, 100 * self.done / self.total, amount, eta)
+            self.next_log = int(self.done / self.total * 10 + 1) / 10
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -10,6 +10,8 @@ object beside the target, then a move.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import shutil
 import tempfile
 import uuid
@@ -20,6 +22,9 @@ from typing import Iterator
 import polars as pl
 
 from censo_forecast import atomic
+
+log = logging.getLogger(__name__)
+
 
 def is_url(location) -> bool:
     return "://" in str(location)
@@ -150,6 +155,22 @@ def write_text(location, text: str) -> None:
 def read_text(location) -> str:
     with open_binary(location) as fh:
         return fh.read().decode("utf-8")
+
+
+def read_json_dict(location, what: str) -> dict:
+    """A JSON object file (a manifest); {} when absent, and {} with one warning when it is
+    damaged (not UTF-8, not JSON, not an object), so the caller rebuilds it."""
+    if not exists(location):
+        return {}
+    try:
+        value = json.loads(read_text(location))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("%s %s is damaged (%s); it will be rebuilt", what, location, exc)
+        return {}
+    if not isinstance(value, dict):
+        log.warning("%s %s holds a JSON %s, not an object; it will be rebuilt", what, location, type(value).__name__)
+        return {}
+    return value
 
 
 def read_parquet(location, columns: list[str] | None = None) -> pl.DataFrame:

@@ -45,14 +45,13 @@ def test_years(target_years: list[int], census_years: list[int], min_train_years
 
 def fit_learner(name: str, X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: models.Device, jobs: int):
     """One boosted model ("LightGBM" or "XGBoost") on the given device."""
-    library = name.lower()
-    return models.ChangeRegressor(library, ANCHOR_INDEX, settings, getattr(device, library), jobs).fit(X, y)
+    return models.ChangeRegressor(name, ANCHOR_INDEX, settings, device.of(name), jobs).fit(X, y)
 
 
 def fit_learners(X: np.ndarray, y: np.ndarray, settings: ModelSettings, device: models.Device, jobs: int) -> dict:
     """The two boosted models and their Voting mean, fitted on the same rows."""
-    lgbm, xgb = (fit_learner(name, X, y, settings, device, jobs) for name in models.LEARNERS)
-    return {"LightGBM": lgbm, "XGBoost": xgb, "Voting": models.Voting([lgbm, xgb])}
+    fitted = {name: fit_learner(name, X, y, settings, device, jobs) for name in models.LEARNERS}
+    return {**fitted, models.ENSEMBLE: models.Voting(list(fitted.values()))}
 
 
 def matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -101,15 +100,15 @@ class StageData:
 
 def fit_baseline(name: str, data: StageData, test_year: int | None = None):
     """Persistencia, or Deriva: the stage's aggregate change in the latest target year before test_year."""
-    if name == "Deriva":
+    if name == models.DRIFT:
         latest = max(y for y in data.target_years() if test_year is None or y < test_year)
         rows = data.rows(pl.col("target_year") == latest)
         return models.Drift(ANCHOR_INDEX).fit(matrix(rows), rows["y_true"].to_numpy())
     return models.Persistence(ANCHOR_INDEX).fit(np.empty((0, len(FEATURES)), dtype=np.float32))
 
 
-def fit_model(name: str, data: StageData, settings: ModelSettings, device: models.Device, jobs: int):
-    """Any model of the results table, fitted on every row of the stage."""
+def fit_model(name: str, data: StageData, *, settings: ModelSettings, device: models.Device, jobs: int):
+    """Any model of the results table, fitted on the stage's latest rows (the training window)."""
     if name in models.BASELINES:
         return fit_baseline(name, data)
     if name == models.ENSEMBLE:
@@ -135,9 +134,15 @@ class StageCV:
     last_fold: LastFold | None = None  # not checkpointed
 
 
-def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[int], settings: ModelSettings,
+def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[int], *, settings: ModelSettings,
                  device: models.Device, min_train_years: int = 3, jobs: int = 2) -> StageCV:
-    """Expanding-window walk-forward over calendar years for one stage."""
+    """Walk-forward over calendar years for one stage.
+
+    Parameters: `data` (the stage's rows with truth, or an engine's StageData), `flag`,
+    `census_years`; `settings` (hyper-parameters and training window), `device`,
+    `min_train_years` (census years before the first test year), `jobs` (threads).
+    Returns the stage's predictions and per-year metrics for every model of MODEL_NAMES.
+    """
     started = time.perf_counter()
     data = StageData(data) if isinstance(data, pl.DataFrame) else data
     preds, fold_rows = [], []
@@ -212,7 +217,7 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, cove
         pl.len().alias("n_folds"),
         pl.col("n").sum().alias("n_amostras"),
     )
-    persistence = table.filter(pl.col("modelo") == "Persistencia").select("etapa", pl.col("MAE_Media_CV").alias("_mae_p"))
+    persistence = table.filter(pl.col("modelo") == models.PERSISTENCE).select("etapa", pl.col("MAE_Media_CV").alias("_mae_p"))
     table = table.join(persistence, on="etapa", how="left").with_columns(
         (1 - pl.col("MAE_Media_CV") / pl.col("_mae_p")).alias("Skill_MAE_vs_Persistencia")
     )
@@ -226,6 +231,30 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, cove
         table = table.join(interval_and_totals_table(predictions, coverage), on=["etapa", "modelo"], how="left")
         columns += ["Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"]
     return table.select(*columns, "Escolhido")
+
+
+def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
+    """MAE per stage, model and school-size bin (intervals' bins of last year's enrollment)."""
+    binned = predictions.with_columns(pl.Series("faixa", intervals.cv_size_bins(predictions), dtype=pl.Int8))
+    frames = [
+        binned.group_by("etapa", "faixa").agg(pl.lit(model).alias("modelo"),
+                                              (pl.col(model) - pl.col("y_true")).abs().mean().alias("MAE"),
+                                              pl.len().cast(pl.Int64).alias("n"))
+        for model in models.MODEL_NAMES if model in predictions.columns
+    ]
+    table = pl.concat(frames).with_columns(pl.col("faixa").replace_strict(dict(enumerate(intervals.size_labels())),
+                                                                            return_dtype=pl.String).alias("faixa_tamanho"))
+    order = pl.col("modelo").replace_strict({m: i for i, m in enumerate(models.MODEL_NAMES)}, return_dtype=pl.Int8)
+    return table.sort("etapa", order, "faixa").select("etapa", "modelo", "faixa", "faixa_tamanho", "n", "MAE")
+
+
+def totals_by_year(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Actual and forecast stage totals per test year and model (sums of the school rows)."""
+    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    wide = predictions.group_by("etapa", "NU_ANO_CENSO").agg(pl.col("y_true", *names).sum())
+    return (wide.unpivot(index=["etapa", "NU_ANO_CENSO", "y_true"], on=names, variable_name="modelo", value_name="previsao")
+            .rename({"y_true": "real"}).sort("etapa", "NU_ANO_CENSO", maintain_order=True)
+            .select("etapa", "modelo", "NU_ANO_CENSO", "real", "previsao"))
 
 
 def chosen_models(summary: pl.DataFrame) -> dict[str, str]:

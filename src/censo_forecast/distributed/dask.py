@@ -7,8 +7,9 @@ What runs where:
   seen in) into partitions that stay in the workers' memory; each partition builds its
   panel from the cache and its feature rows; municipal and state sums are added up
   across partitions on the client, so they equal one machine's exactly;
-- training: `lightgbm.dask` and `xgboost.dask` on the partitions where they lie;
-  the fitted boosters come back to the client as ordinary models;
+- training: each learner's Dask twin (`boosters`: `lightgbm.dask`, `xgboost.dask`) on the
+  partitions where they lie; the fitted boosters come back to the client as native
+  boosters, like any other;
 - the client keeps what is small: one test year's rows at a time, predictions, SHAP,
   the forecast year's features, totals and the report.
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -31,29 +31,40 @@ import polars as pl
 
 from censo_forecast import features, models, storage
 from censo_forecast.config import ModelSettings
+from censo_forecast.engine import EngineError
 from censo_forecast.inep import ingest
 from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
 from censo_forecast.validation import ANCHOR_INDEX, StageData, matrix, training_rows
 
 log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = "30s"  # how long to try reaching a --scheduler
 
 
 @contextmanager
-def connect(scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1, timeout: str = "30s") -> Iterator:
-    """A client of the given scheduler, or of a LocalCluster started (and stopped) here."""
+def connect(settings) -> Iterator["DaskEngine"]:
+    """The engine on the settings' scheduler, or on a LocalCluster of `settings.workers`
+    one-thread workers started (and stopped) here."""
+    with _client(settings.scheduler, settings.workers) as client:
+        engine = DaskEngine(client, settings.cache)
+        log.info("%s", engine.describe())
+        yield engine
+
+
+@contextmanager
+def _client(scheduler: str | None, workers: int) -> Iterator:
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout=timeout)
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
-            raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+            raise EngineError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
         try:
             yield client
         finally:
             client.close()
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         yield client
 
@@ -86,15 +97,15 @@ def _xy(rows: pl.DataFrame, predicate: pl.Expr) -> tuple[np.ndarray, np.ndarray]
 class DaskEngine:
     """Partitions of schools on a Dask cluster, built from the Parquet cache."""
 
-    def __init__(self, client, cache_dir, years: list[int]):
+    def __init__(self, client, cache_dir):
         self.client = client
         self.cache_dir = storage.normalize(cache_dir)
-        self.years = sorted(years)
-        self.parts_: list | None = None
+        self._parts: dict[tuple[int, ...], list] = {}
 
-    def ingest(self, raw_dir, years: list[int], force: bool = False) -> ingest.IngestReport:
+    def ingest(self, raw_dir, cache_dir, years, *, jobs=2, force=False, progress=None) -> ingest.IngestReport:
         """One task per year on the workers; the client keeps the manifest."""
-        return ingest.ingest(raw_dir, self.cache_dir, years, force=force, executor=self.client.get_executor())
+        return ingest.ingest(raw_dir, cache_dir, years, force=force, progress=progress,
+                             executor=self.client.get_executor())
 
     def select_device(self, requested: str) -> models.Device:
         """The device as a worker sees it: that is where the boosters train."""
@@ -109,33 +120,32 @@ class DaskEngine:
         workers = self.client.scheduler_info().get("workers", {}).values()
         return max(1, min((w.get("nthreads", 1) for w in workers), default=1))
 
-    def partitions(self) -> list:
+    def partitions(self, years: list[int]) -> list:
         """One future per state: the panel of the schools first seen in that state."""
-        if self.parts_ is None:
-            paths = [ingest.cache_path(self.cache_dir, y) for y in self.years]
+        key = tuple(sorted(years))
+        if key not in self._parts:
+            paths = [ingest.cache_path(self.cache_dir, y) for y in key]
             ids = pl.concat([storage.read_parquet(p, columns=[SCHOOL, YEAR, "CO_UF"]) for p in paths])
             home = ids.sort(YEAR).group_by(SCHOOL, maintain_order=True).agg(pl.col("CO_UF").first())
             groups = home.group_by("CO_UF").agg(pl.col(SCHOOL)).sort("CO_UF")
-            self.parts_ = [
-                self.client.submit(_load_partition, self.cache_dir, self.years, np.asarray(schools))
+            self._parts[key] = [
+                self.client.submit(_load_partition, self.cache_dir, list(key), np.asarray(schools))
                 for uf, schools in groups.iter_rows()
             ]
-            log.info("dask: %d school partitions (one per state) on %d workers", len(self.parts_),
+            log.info("dask: %d school partitions (one per state) on %d workers", len(self._parts[key]),
                      len(self.client.scheduler_info().get("workers", {})))
-        return self.parts_
+        return self._parts[key]
 
     def stage_data(self, panel: pl.DataFrame, flag: str) -> "DaskStageData":
         """The stage's feature rows, per partition, where the partitions lie.
 
-        `panel` is the client's copy, used only to check that it covers the same years.
+        `panel` is the client's copy: the workers build the same years from the cache.
         """
-        census_years = sorted(panel[YEAR].unique().to_list())
-        if census_years != self.years:
-            raise ValueError(f"the client's panel has years {census_years}, the cluster's partitions {self.years}")
-        parts = self.partitions()
+        years = sorted(panel[YEAR].unique().to_list())
+        parts = self.partitions(years)
         sums = features.combine_area_sums(self.client.gather(self.client.map(_stage_sums, parts, flag=flag)))
         shared = self.client.scatter(sums, broadcast=True)
-        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=self.years[-1])
+        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=years[-1])
         return DaskStageData(self, rows)
 
 
@@ -180,40 +190,8 @@ class DaskStageData(StageData):
             raise ValueError("no training rows")
         X, y = da.concatenate(X_parts), da.concatenate(y_parts)
         threads = self.engine.threads_per_worker
-        fitted = {name: DaskChangeRegressor(name.lower(), ANCHOR_INDEX, settings, getattr(device, name.lower()), threads,
-                                            client=self.client).fit(X, y) for name in names}
+        fitted = {name: models.ChangeRegressor(name, ANCHOR_INDEX, settings, device.of(name), threads)
+                  .fit_dask(self.client, X, y) for name in names}
         if set(names) == set(models.LEARNERS):
             fitted[models.ENSEMBLE] = models.Voting([fitted[n] for n in models.LEARNERS])
         return fitted
-
-
-class DaskChangeRegressor(models.ChangeRegressor):
-    """ChangeRegressor trained with lightgbm.dask / xgboost.dask on dask arrays; it keeps
-    the booster as the ordinary local model, so prediction, SHAP and saving are unchanged."""
-
-    def __init__(self, library: str = "lightgbm", anchor: int = 0, settings: ModelSettings | None = None,
-                 device: str = "cpu", n_jobs: int = 1, client=None):
-        super().__init__(library, anchor, settings, device, n_jobs)
-        self.client = client
-
-    def fit(self, X, y):
-        change = self._change(X, y)
-        params = self.booster_params()
-        if self.library == "lightgbm":
-            import lightgbm as lgb
-
-            params.pop("n_jobs")  # lightgbm.dask uses each worker's threads (and says so, even when unset)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-                self.model_ = lgb.DaskLGBMRegressor(client=self.client, **params).fit(X, change).to_local()
-        else:
-            import xgboost as xgb
-            from xgboost import dask as dxgb
-
-            trained = dxgb.DaskXGBRegressor(**params)
-            trained.client = self.client
-            trained.fit(X, change)
-            self.model_ = xgb.XGBRegressor(**params)
-            self.model_.load_model(bytearray(trained.get_booster().save_raw("json")))
-        self.n_features_in_ = X.shape[1]
-        return self

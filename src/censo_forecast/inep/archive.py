@@ -1,10 +1,10 @@
-"""Safe access to INEP's yearly zips: member lookup, integrity checks, guarded extraction."""
+"""Safe access to INEP's yearly zips: member lookup, CRC-checked reads, integrity checks.
+
+Nothing is ever extracted to disk: members are read straight out of the zip."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import struct
 import zipfile
 import zlib
@@ -27,9 +27,9 @@ class UnsupportedCompression(ArchiveError):
     """A member compressed with a method Python cannot read (Deflate64, for one)."""
 
 
-# Guards for any extraction: INEP's largest CSV is ~220 MB inside a ~34 MB zip (ratio ~7).
+# Members larger than this are streamed rather than inflated into one buffer (INEP's largest
+# CSV is ~220 MB).
 MAX_TOTAL_UNCOMPRESSED = 4 * 1024**3
-MAX_COMPRESSION_RATIO = 200
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -168,70 +168,3 @@ def _expected_md5(zf: zipfile.ZipFile, year: int, data: zipfile.ZipInfo, path: P
         if len(parts) == 2 and parts[1].lstrip("*").strip().lower() == data_base:
             return parts[0].lower()
     raise ArchiveError(f"{path}: {member.filename} has no line for {data.filename}")
-
-
-def safe_extract(path: Path, dest: Path, members: list[str] | None = None) -> list[Path]:
-    """Extract refusing zip slip (absolute paths, '..', symlinks) and zip bombs."""
-    dest = dest.resolve()
-    written: list[Path] = []
-    with open_zip(path) as zf:
-        infos = [i for i in zf.infolist() if members is None or i.filename in members]
-        total = 0
-        for info in infos:
-            _check_member(path, info, dest)
-            total += info.file_size
-            if total > MAX_TOTAL_UNCOMPRESSED:
-                raise ArchiveError(f"{path}: uncompressed size exceeds {MAX_TOTAL_UNCOMPRESSED} bytes (zip bomb?)")
-        for info in infos:
-            target = dest / info.filename
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            _copy_bounded(zf, info, tmp, path)
-            os.replace(tmp, target)
-            written.append(target)
-    return written
-
-
-def _check_member(path: Path, info: zipfile.ZipInfo, dest: Path) -> None:
-    name = info.filename
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise ArchiveError(f"{path}: member {name!r} has an absolute path (zip slip)")
-    if ".." in pure.parts:
-        raise ArchiveError(f"{path}: member {name!r} climbs out with '..' (zip slip)")
-    mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
-        raise ArchiveError(f"{path}: member {name!r} is a symbolic link (zip slip)")
-    if not (dest / name).resolve().is_relative_to(dest):
-        raise ArchiveError(f"{path}: member {name!r} would land outside {dest}")
-    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-        raise ArchiveError(
-            f"{path}: member {name!r} expands {info.file_size / info.compress_size:.0f}x "
-            f"(limit {MAX_COMPRESSION_RATIO}x; zip bomb?)"
-        )
-
-
-def _copy_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, tmp: Path, path: Path) -> None:
-    """Copy a member, stopping if it yields more than its header declares (lying headers)."""
-    written = 0
-    try:
-        with zf.open(info) as src, open(tmp, "wb") as out:
-            while chunk := src.read(1 << 20):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise ArchiveError(f"{path}: member {info.filename!r} is larger than declared (zip bomb?)")
-                out.write(chunk)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

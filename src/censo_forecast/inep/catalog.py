@@ -66,9 +66,28 @@ def blanks_for_missing(year: int) -> bool:
     return year >= 2022
 
 
+DATE_FORMAT = "%d%b%Y:%H:%M:%S"  # DT_ANO_LETIVO_*: 05FEB2021:00:00:00
+DATE_FORMAT_TWO_DIGIT_YEAR = "%d%b%y:%H:%M:%S"  # 2023: 06MAR23:00:00:00
+
+
 def date_format(year: int) -> str:
-    """Format of DT_ANO_LETIVO_* (e.g. 05FEB2021:00:00:00); 2023 writes a two-digit year."""
-    return "%d%b%y:%H:%M:%S" if year == 2023 else "%d%b%Y:%H:%M:%S"
+    """How INEP writes DT_ANO_LETIVO_* in a year's files; 2023 writes a two-digit year."""
+    return DATE_FORMAT_TWO_DIGIT_YEAR if year == 2023 else DATE_FORMAT
+
+
+def date_format_of(text: str) -> str:
+    """The format of one written date, told by its length: a reader trusts the file, not
+    the year (chrono's %Y would read "23" as the year 23)."""
+    return DATE_FORMAT_TWO_DIGIT_YEAR if len(text.strip()) == 16 else DATE_FORMAT
+
+
+ZIP_NAME_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
+
+
+def zip_year(name: str) -> int | None:
+    """The census year of a raw zip's file name, None for any other file."""
+    m = ZIP_NAME_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 @lru_cache(maxsize=None)
@@ -192,8 +211,6 @@ CACHE_SCHEMA: dict[str, pl.DataType] = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
 CACHE_SCHEMA_VERSION = 1
 
 SITUATION_ACTIVE = 1
-DEPENDENCY = {1: "federal", 2: "state", 3: "municipal", 4: "private"}
-LOCATION = {1: "urban", 2: "rural"}
 
 # IBGE state codes, abbreviations, names and regions (CO_REGIAO 1 Norte ... 5 Centro-Oeste).
 UFS: tuple[tuple[int, str, str, int], ...] = (

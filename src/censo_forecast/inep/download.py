@@ -10,13 +10,11 @@ A manifest (size, ETag, Last-Modified, sha256) tells an unchanged file from a re
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import os
 import random
 import re
 import ssl
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,7 +27,7 @@ from urllib.parse import urljoin, urlparse
 import certifi
 import httpx
 
-from censo_forecast import atomic
+from censo_forecast import atomic, runlog, storage
 from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
@@ -237,15 +235,7 @@ class Downloader:
         self.raw_dir = Path(raw_dir)
         self.opts = opts
         self._lock = threading.Lock()
-        self.manifest = self._load_manifest()
-
-    def _load_manifest(self) -> dict:
-        path = self.raw_dir / MANIFEST
-        try:
-            return json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, json.JSONDecodeError):
-            log.warning("download manifest %s unreadable; files will be checked against the server", path)
-            return {}
+        self.manifest = storage.read_json_dict(self.raw_dir / MANIFEST, "download manifest")
 
     def _record(self, year: int, entry: dict) -> None:
         with self._lock:
@@ -298,7 +288,7 @@ class Downloader:
                 if verify_attempt == 2:
                     raise DownloadError(f"{url}: downloaded file is not a valid census zip ({exc}); not kept") from None
                 log.warning("year %d: %s; downloading again from scratch", year, exc)
-        sha256 = archive.file_sha256(part)
+        sha256 = storage.sha256(part)
         try:
             os.replace(part, dest)
         except OSError as exc:
@@ -330,7 +320,7 @@ class Downloader:
             part.unlink()  # a partial file of another version of the remote file
         failures = 0
         total_attempts = 0
-        bar = _Progress(year, remote.size, slot, opts.progress)
+        bar = runlog.Progress(f"year {year}", remote.size, byte_units=True, position=slot, enabled=opts.progress, leave=False)
         try:
             while True:
                 total_attempts += 1
@@ -405,43 +395,6 @@ class _Retryable(Exception):
 
 def _meta(part: Path) -> Path:
     return part.with_name(part.name + ".validator")
-
-
-class _Progress:
-    """A tqdm bar on a terminal; plain log lines (every 10%) otherwise."""
-
-    def __init__(self, year: int, total: int | None, slot: int, enabled: bool | None):
-        self.year, self.total = year, total
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.done = 0
-        self.started = time.monotonic()
-        self.next_log = 0.1
-        self.bar = None
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=str(year), position=slot, leave=False)
-
-    def reset(self, have: int) -> None:
-        self.done = have
-        if self.bar is not None:
-            self.bar.n = have
-            self.bar.refresh()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.total and self.done / self.total >= self.next_log:
-            elapsed = max(time.monotonic() - self.started, 1e-6)
-            rate = self.done / elapsed
-            eta = (self.total - self.done) / rate if rate else float("inf")
-            log.info("year %d: %3.0f%% %.1f/%.1f MB, %.1f MB/s, ETA %.0fs", self.year, 100 * self.done / self.total, self.done / 1e6, self.total / 1e6, rate / 1e6, eta)
-            self.next_log = int(self.done / self.total * 10 + 1) / 10
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def download(raw_dir: Path, years: list[int] | None, opts: DownloadOptions) -> DownloadReport:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import zipfile
 import zlib
@@ -32,7 +31,6 @@ from censo_forecast.inep import archive, catalog
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-_RAW_ZIP_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
 
 
 class IngestError(Exception):
@@ -64,9 +62,9 @@ def raw_zips(raw_dir) -> dict[int, Path]:
     """Census zips present in a folder (path or URL), by year (re-publications with a trailing '_' are skipped)."""
     found = {}
     for name, location in storage.listdir(raw_dir).items():
-        m = _RAW_ZIP_RE.match(name)
-        if m:
-            found[int(m.group(1))] = location
+        year = catalog.zip_year(name)
+        if year is not None:
+            found[year] = location
     return found
 
 
@@ -193,10 +191,8 @@ def _finish(name: str, frame: pl.DataFrame) -> pl.Expr:
     text = pl.col(name).str.strip_chars()
     if catalog.CACHE_SCHEMA[name] == pl.Categorical:
         return text.cast(pl.Categorical())
-    # 05FEB2021:00:00:00, or 06MAR23:00:00:00 in 2023 (chrono's %Y would read "23" as year 23)
     sample = frame[name].drop_nulls().head(1).to_list()
-    two_digit = bool(sample) and len(sample[0].strip()) == 16
-    return text.str.to_date("%d%b%y:%H:%M:%S" if two_digit else "%d%b%Y:%H:%M:%S", strict=False).alias(name)
+    return text.str.to_date(catalog.date_format_of(sample[0]) if sample else catalog.DATE_FORMAT, strict=False).alias(name)
 
 
 def _check_field_counts(data: bytes, width: int, where: str) -> None:
@@ -228,14 +224,16 @@ def _zip_fingerprint(location) -> dict:
 
 
 def _load_manifest(cache_dir) -> dict:
-    location = storage.join(cache_dir, MANIFEST)
-    if not storage.exists(location):
-        return {}
-    try:
-        return json.loads(storage.read_text(location))
-    except (OSError, json.JSONDecodeError):
-        log.warning("ingest manifest %s is unreadable; every year will be re-ingested", location)
-        return {}
+    return storage.read_json_dict(storage.join(cache_dir, MANIFEST), "ingest manifest")
+
+
+def year_hashes(cache_dir, years: list[int]) -> dict[int, str]:
+    """sha256 of the zip each cached year came from: what a checkpoint's fingerprint keys on."""
+    manifest = _load_manifest(cache_dir)
+    missing = [y for y in years if not isinstance(manifest.get(str(y)), dict) or "sha256" not in manifest[str(y)]]
+    if missing:
+        raise IngestError(f"years {missing} are not in the ingest manifest of {cache_dir}; run `censo-forecast ingest`")
+    return {y: manifest[str(y)]["sha256"] for y in years}
 
 
 def _is_current(entry: dict | None, zip_path, parquet) -> bool:
@@ -254,7 +252,7 @@ def ingest_year(zip_path, year: int, cache_dir) -> dict:
     started = time.perf_counter()
     with storage.local_copy(zip_path) as local:  # a remote zip is fetched once, for reading and hashing
         frame = _read_copy(local, year, zip_path)
-        sha256 = archive.file_sha256(local)
+        sha256 = storage.sha256(local)
     target = cache_path(cache_dir, year)
     storage.write_parquet(target, frame)
     entry = {

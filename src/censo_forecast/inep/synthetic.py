@@ -19,6 +19,7 @@ import logging
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,6 @@ _UF_WEIGHTS = {  # share of schools by state, roughly as in the real census
     24: 1.6, 25: 2.4, 26: 3.8, 27: 1.5, 28: 1.0, 29: 8.4, 31: 8.6, 32: 1.6, 33: 5.2, 35: 16.0,
     41: 5.0, 42: 3.2, 43: 5.2, 50: 1.0, 51: 1.3, 52: 2.4, 53: 0.7,
 }
-_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 _NAME_WORDS = (
     "JOÃO", "MARIA", "CONCEIÇÃO", "SÃO JOSÉ", "ANÍSIO TEIXEIRA", "PAULO FREIRE", "CECÍLIA MEIRELES",
     "MONTEIRO LOBATO", "TIRADENTES", "SANTA LUZIA", "NOSSA SENHORA APARECIDA", "DOM PEDRO II",
@@ -437,9 +437,8 @@ class _Renderer:
         return self._text(list(digits), active_only=self.blanks)
 
     def _date(self, month: int, day: np.ndarray) -> pl.Series:
-        year_text = str(self.year % 100).zfill(2) if self.year == 2023 else str(self.year)
-        mon = _MONTHS[month - 1]
-        return self._text([f"{d:02d}{mon}{year_text}:00:00:00" for d in day], active_only=True)
+        written = catalog.date_format(self.year)  # English month abbreviations: Python's C locale
+        return self._text([date(self.year, month, int(d)).strftime(written).upper() for d in day], active_only=True)
 
     def _stage_columns(self) -> dict[str, pl.Series]:
         c = self.counts

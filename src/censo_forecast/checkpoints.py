@@ -1,0 +1,64 @@
+"""Finished stages of a run, kept so that a rerun after a crash or Ctrl-C resumes.
+
+A stage's checkpoint is its walk-forward predictions, per-year metrics and SHAP
+importance, plus a JSON written last (a checkpoint counts only once all its parts are in
+place) holding a fingerprint of the data and the settings: any change redoes the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from censo_forecast import atomic, outputs
+from censo_forecast.inep import ingest
+from censo_forecast.models import ENSEMBLE, LEARNERS
+from censo_forecast.validation import StageCV
+
+log = logging.getLogger(__name__)
+VERSION = 1
+
+
+def fingerprint(settings, years: list[int], flag: str) -> str:
+    """What a stage's results depend on: the zips' hashes and the settings that matter."""
+    data = {str(y): h for y, h in ingest.year_hashes(settings.cache, years).items()}
+    record = {"v": VERSION, "flag": flag, "years": years, "data": data, "model": settings.to_dict()["model"],
+              "min_train_years": settings.min_train_years, "device": settings.device,
+              "shap_sample": settings.shap_sample, "engine": settings.engine}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
+    return [shap_dir / outputs.shap_png(kind, flag, m) for kind in ("summary", "bar") for m in (*LEARNERS, ENSEMBLE)]
+
+
+def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
+    """A stage's results and SHAP importance when its checkpoint matches; else None."""
+    meta = folder / f"cv_{flag}.json"
+    if not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning("checkpoint %s is damaged (%s); %s will be redone", meta, exc, flag)
+        return None
+    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint \
+            or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
+        return None
+    try:
+        cv = StageCV(flag, pl.read_parquet(folder / f"cv_{flag}_predictions.parquet"),
+                     pl.read_parquet(folder / f"cv_{flag}_folds.parquet"), info["seconds"])
+        return cv, pl.read_parquet(folder / f"cv_{flag}_shap.parquet")
+    except (OSError, KeyError, pl.exceptions.PolarsError):
+        return None
+
+
+def save(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
+    atomic.write_parquet(folder / f"cv_{cv.flag}_predictions.parquet", cv.predictions)
+    atomic.write_parquet(folder / f"cv_{cv.flag}_folds.parquet", cv.folds)
+    atomic.write_parquet(folder / f"cv_{cv.flag}_shap.parquet", importance)
+    atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})

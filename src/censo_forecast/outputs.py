@@ -1,0 +1,44 @@
+"""The names of what a run writes, in one place: the pipeline writes these files, the
+report reads them, and the README documents them.
+
+File and column names are Portuguese where planners read them (the seed's
+`resultados_finais.csv` and its columns); the rest of the code is English.
+"""
+
+from __future__ import annotations
+
+RESULTS = "resultados_finais.csv"
+CV_PREDICTIONS = "cv_predictions.parquet"
+COVERAGE = "cobertura_intervalos_cv.csv"
+ERROR_BY_SIZE = "erro_por_tamanho_cv.csv"
+CV_TOTALS = "totais_cv.csv"
+METADATA = "run_metadata.json"
+REPORT = "report.html"
+LOG = "execution_log.txt"
+MODELS = "models"
+CHECKPOINTS = "checkpoints"
+SHAP = "shap"
+SHAP_IMPORTANCE = "shap_importance.csv"
+AREA_LEVELS = ("municipios", "ufs", "brasil")
+
+# Values of the `modelo` column besides the boosters' names (boosters.LEARNERS).
+PERSISTENCE, DRIFT, ENSEMBLE = "Persistencia", "Deriva", "Voting"
+
+# Last census year's enrollment of a school's stage (the persistence forecast) in the
+# forecast files; the feature the models read it from is features.ANCHOR.
+LAST_ENROLLMENT = "matriculas_ultimo_ano"
+FORECAST = "previsao"
+SCHOOL_FORECAST_COLUMNS = (
+    "CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", LAST_ENROLLMENT, FORECAST,
+    "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95",
+)
+
+
+def forecast_file(year: int, level: str | None = None, suffix: str = ".csv") -> str:
+    """previsoes_{year}.csv|.parquet per school; previsoes_{year}_{level}.csv per area level."""
+    return f"previsoes_{year}{'_' + level if level else ''}{suffix}"
+
+
+def shap_png(kind: str, flag: str, model: str) -> str:
+    """kind: "summary" (beeswarm) or "bar"."""
+    return f"SHAP_{kind}_{flag}_{model}.png"
