@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 
 
-def national_census(schools: int = 200_000, years: str = "2011-2024", seed: int = 1, placebo: bool = False) -> Path:
+def national_census(schools: int = 200_000, years: str = "2011-2025", seed: int = 1, placebo: bool = False) -> Path:
     """Generate (once) a synthetic census of national size; reused across benchmark runs."""
     tag = f"n{schools}_y{years}_s{seed}{'_placebo' if placebo else ''}"
     raw = DATA / tag / "raw"

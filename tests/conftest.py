@@ -9,7 +9,7 @@ import pytest
 from censo_forecast.inep import synthetic
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL_YEARS = list(range(2011, 2025))
+SMALL_YEARS = list(range(2011, 2026))  # 2025 in the multi-table layout
 
 
 @pytest.fixture(scope="session")

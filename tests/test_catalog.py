@@ -78,3 +78,36 @@ def test_listing_links_and_urls():
     found = [(int(m.group(1)), m.group(2)) for m in catalog.LISTING_LINK_RE.finditer(html)]
     assert found == [(2023, ""), (2025, "_")]
     assert catalog.zip_url(2019, "http://127.0.0.1:9/m") == "http://127.0.0.1:9/m/microdados_censo_escolar_2019.zip"
+
+
+@pytest.mark.parametrize("name, table", [
+    ("microdados_censo_escolar_2025_v2/dados/Tabela_Escola_2025_V2.csv", "Escola"),
+    ("microdados_censo_escolar_2025/dados/Tabela_Matricula_2025.csv", "Matricula"),
+    ("X/DADOS/tabela_turma_2025_v2.CSV", "Turma"),
+    ("Tabela_Docente_2025.csv", "Docente"),
+])
+def test_table_members_found_by_base_name(name, table):
+    assert catalog.table_member_re(table, 2025).search(name)
+    assert not catalog.table_member_re(table, 2024).search(name)
+    assert [t for t in catalog.TABLES if catalog.table_member_re(t, 2025).search(name)] == [table]
+
+
+def test_zip_names_and_releases():
+    assert catalog.parse_zip_name("microdados_censo_escolar_2025_.zip") == (2025, True)
+    assert catalog.parse_zip_name("microdados_censo_escolar_2021.zip") == (2021, False)
+    assert catalog.parse_zip_name("microdados_censo_escolar_2021.zip.part") is None
+    assert catalog.zip_url(2025, "https://x/d/", republished=True) == "https://x/d/microdados_censo_escolar_2025_.zip"
+    assert catalog.REPUBLICATION.member("Gestor_Escolar", 2025) == "microdados_censo_escolar_2025_v2/dados/Tabela_Gestor_Escolar_2025_v2.csv"
+    assert catalog.FIRST_RELEASE.member("Escola", 2025) == "microdados_censo_escolar_2025/dados/Tabela_Escola_2025.csv"
+    assert len(catalog.REPUBLICATION.header("Escola")) == 290 and len(catalog.FIRST_RELEASE.header("Escola")) == 302
+
+
+def test_each_cache_column_lives_in_one_table_of_2025():
+    """Every column the cache reads is in the table `table_of` names (V2 headers), offer flags in none."""
+    headers = {t: set(catalog.REPUBLICATION.header(t)) for t in catalog.TABLES}
+    identification = set(catalog.REPUBLICATION.header("Escola")[:23])  # in all four tables
+    for column in catalog.CACHE_SCHEMA:
+        if column in catalog.OFFER_FLAGS or column in identification:
+            continue
+        assert [t for t, h in headers.items() if column in h] == [catalog.table_of(column)], column
+    assert not set(catalog.OFFER_FLAGS) & set().union(*headers.values())

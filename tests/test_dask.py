@@ -26,7 +26,7 @@ from conftest import FAST_RUN  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-YEARS = list(range(2011, 2025))
+YEARS = list(range(2011, 2026))
 # Distributed LightGBM/XGBoost build their histograms from per-worker data, so their
 # trees differ slightly from one machine's: learners' CV MAE must agree within 3%
 # (observed: under 1%); features and baselines must agree exactly.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
 import threading
+import zipfile
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -156,14 +159,73 @@ def test_listing_unreachable_falls_back_to_url_pattern(state, zips, tmp_path):
     assert any(e[0] == "HEAD" and e[1].endswith("2021.zip") for e in state.log)
 
 
-def test_listing_links_skip_other_layouts():
+def test_listing_links_prefer_a_years_republication():
     html = """<a href='https://download.inep.gov.br/dados_abertos/microdados_censo_escolar_2024.zip'>x</a>
-    <a href="/d/microdados_censo_escolar_2025_.zip">2025 (new layout)</a><a href="microdados_censo_escolar_2019.zip?x=1">"""
+    <a href="/d/microdados_censo_escolar_2025_.zip">2025 (re-published)</a><a href="/d/microdados_censo_escolar_2025.zip">2025</a>
+    <a href="microdados_censo_escolar_2019.zip?x=1"><a href="microdados_censo_escolar_2019.zip.md5">"""
     links = download.listing_links(html, "https://www.gov.br/inep/censo-escolar")
     assert links == {
         2024: "https://download.inep.gov.br/dados_abertos/microdados_censo_escolar_2024.zip",
+        2025: "https://www.gov.br/d/microdados_censo_escolar_2025_.zip",
         2019: "https://www.gov.br/inep/microdados_censo_escolar_2019.zip?x=1",
     }
+
+
+def test_a_republication_replaces_the_first_release_and_its_cache(tmp_path):
+    """2025 first as the first release, then INEP re-publishes it (trailing '_'): the next run
+    fetches the re-publication, removes the first release, records which file the year came
+    from, and ingest replaces the year's cache."""
+    from censo_forecast.inep import ingest, synthetic
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    synthetic.generate(first, synthetic.SynthSettings([2025], schools=60, seed=5, first_release=True))
+    synthetic.generate(second, synthetic.SynthSettings([2025], schools=60, seed=6))
+    state = MirrorState()
+    state.publish("/dados_abertos/microdados_censo_escolar_2025.zip", (first / "microdados_censo_escolar_2025.zip").read_bytes())
+    raw, cache = tmp_path / "raw", tmp_path / "cache"
+    with Mirror(state) as url:
+        assert download.download(raw, None, _opts(url)).downloaded == [2025]
+        assert json.loads((raw / download.MANIFEST).read_text())["2025"]["file"] == "microdados_censo_escolar_2025.zip"
+        ingest.ingest(raw, cache, [2025]).raise_for_failures()
+        before = pl.read_parquet(ingest.cache_path(cache, 2025))
+        state.publish("/dados_abertos/microdados_censo_escolar_2025_.zip", (second / "microdados_censo_escolar_2025_.zip").read_bytes())
+        assert download.download(raw, None, _opts(url)).downloaded == [2025]
+        assert download.download(raw, None, _opts(url)).unchanged == [2025]  # and it stays
+    assert sorted(p.name for p in raw.glob("*.zip")) == ["microdados_censo_escolar_2025_.zip"]
+    entry = json.loads((raw / download.MANIFEST).read_text())["2025"]
+    assert entry["file"] == "microdados_censo_escolar_2025_.zip" and entry["url"].endswith("/microdados_censo_escolar_2025_.zip")
+    assert ingest.ingest(raw, cache, [2025]).written == [2025]
+    after = pl.read_parquet(ingest.cache_path(cache, 2025))
+    assert not after.equals(before) and after.equals(ingest.read_census_zip(raw / "microdados_censo_escolar_2025_.zip", 2025))
+
+
+def test_a_republished_year_is_found_by_its_url_pattern_too(tmp_path):
+    from censo_forecast.inep import synthetic
+
+    synthetic.generate(tmp_path / "src", synthetic.SynthSettings([2025], schools=40, seed=2))
+    state = MirrorState()
+    state.listing_path = "/moved"
+    state.publish("/dados_abertos/microdados_censo_escolar_2025_.zip", (tmp_path / "src" / "microdados_censo_escolar_2025_.zip").read_bytes())
+    with Mirror(state) as url:
+        report = download.download(tmp_path / "raw", [2025], _opts(url))
+    assert report.downloaded == [2025] and (tmp_path / "raw" / "microdados_censo_escolar_2025_.zip").exists()
+
+
+def test_a_damaged_table_of_a_multi_table_zip_is_refused(tmp_path):
+    """Every table's CRC is checked, not only Escola's (here Docente's bytes are flipped)."""
+    from censo_forecast.inep import archive, synthetic
+
+    synthetic.generate(tmp_path, synthetic.SynthSettings([2025], schools=40, seed=2))
+    path = tmp_path / "microdados_censo_escolar_2025_.zip"
+    assert len(archive.verify_zip(path, 2025)) == 6  # the four tables, Gestor_Escolar and Curso_Tecnico
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if "Docente" in i.filename)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 20
+    data[start] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveError, match="Tabela_Docente_2025_V2.csv"):
+        archive.verify_zip(path, 2025)
 
 
 def test_missing_year_is_a_clear_error_after_the_others(state, zips, tmp_path):

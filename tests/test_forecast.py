@@ -63,9 +63,9 @@ def test_new_offerings_come_from_recent_openings():
 
 @pytest.mark.slow
 def test_forecast_files_columns_and_bounds(run_out):
-    schools = pl.read_parquet(run_out / "previsoes_2025.parquet")
+    schools = pl.read_parquet(run_out / "previsoes_2026.parquet")
     assert schools.columns == SCHOOL_FORECAST_COLUMNS
-    assert pl.read_csv(run_out / "previsoes_2025.csv").columns == SCHOOL_FORECAST_COLUMNS
+    assert pl.read_csv(run_out / "previsoes_2026.csv").columns == SCHOOL_FORECAST_COLUMNS
     assert set(schools["etapa"]) == {"IN_INF_CRE", "IN_MED"}
     ordered = (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")) & (pl.col("limite_inferior_80") <= pl.col("limite_superior_80")) \
         & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")) & (pl.col("limite_inferior_95") >= 0)
@@ -82,10 +82,10 @@ def test_forecast_files_columns_and_bounds(run_out):
 
 @pytest.mark.slow
 def test_aggregates_equal_the_sums_of_their_parts(run_out):
-    schools = pl.read_parquet(run_out / "previsoes_2025.parquet")
-    munis = pl.read_csv(run_out / "previsoes_2025_municipios.csv")
-    ufs = pl.read_csv(run_out / "previsoes_2025_ufs.csv")
-    country = pl.read_csv(run_out / "previsoes_2025_brasil.csv")
+    schools = pl.read_parquet(run_out / "previsoes_2026.parquet")
+    munis = pl.read_csv(run_out / "previsoes_2026_municipios.csv")
+    ufs = pl.read_csv(run_out / "previsoes_2026_ufs.csv")
+    country = pl.read_csv(run_out / "previsoes_2026_brasil.csv")
     by_muni = schools.group_by("etapa", "CO_MUNICIPIO").agg(pl.col("previsao").sum().alias("s"))
     joined = munis.join(by_muni, on=["etapa", "CO_MUNICIPIO"], how="left").with_columns(pl.col("s").fill_null(0))
     assert np.allclose(joined["previsao_escolas"], joined["s"])
@@ -113,13 +113,13 @@ def test_predict_reproduces_run_forecasts(run_out, small_census, tmp_path):
     result = CliRunner().invoke(app, ["predict", "--models", str(run_out / "models"), "--raw-dir", str(raw),
                                       "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "pred"), "--offline"])
     assert result.exit_code == 0, result.output
-    ran = pl.read_parquet(run_out / "previsoes_2025.parquet")
-    predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2025.parquet")
+    ran = pl.read_parquet(run_out / "previsoes_2026.parquet")
+    predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2026.parquet")
     assert predicted.columns == ran.columns and predicted.height == ran.height
     for col in ("previsao", "limite_inferior_80", "limite_superior_95"):
         np.testing.assert_allclose(predicted[col].to_numpy(), ran[col].to_numpy(), rtol=1e-6, atol=1e-6)
-    ran_uf = pl.read_csv(run_out / "previsoes_2025_ufs.csv")
-    assert pl.read_csv(tmp_path / "pred" / "previsoes_2025_ufs.csv").equals(ran_uf)
+    ran_uf = pl.read_csv(run_out / "previsoes_2026_ufs.csv")
+    assert pl.read_csv(tmp_path / "pred" / "previsoes_2026_ufs.csv").equals(ran_uf)
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_a_loaded_forecaster_saves_and_reloads_to_the_same_forecast(run_out, sma
     from censo_forecast.inep import ingest
 
     raw, _ = small_census
-    ingest.ingest(raw, tmp_path / "cache", list(range(2011, 2025)), jobs=1).raise_for_failures()
+    ingest.ingest(raw, tmp_path / "cache", list(range(2011, 2026)), jobs=1).raise_for_failures()
     census = load_census(tmp_path / "cache")
     loaded = EnrollmentForecaster.load(run_out / "models")
     assert loaded.save(tmp_path / "resaved") == tmp_path / "resaved"
@@ -137,7 +137,7 @@ def test_a_loaded_forecaster_saves_and_reloads_to_the_same_forecast(run_out, sma
     assert again.chosen_ == loaded.chosen_ and again.training_years_ == loaded.training_years_
     first, second = loaded.predict(census), again.predict(census)
     assert first.height > 0 and first.equals(second)
-    original = pl.read_parquet(run_out / "previsoes_2025.parquet").sort("etapa", "CO_ENTIDADE")
+    original = pl.read_parquet(run_out / "previsoes_2026.parquet").sort("etapa", "CO_ENTIDADE")
     np.testing.assert_allclose(first.sort("etapa", "CO_ENTIDADE")["previsao"].to_numpy(), original["previsao"].to_numpy())
 
 

@@ -133,17 +133,17 @@ def _perturb_year(census: pl.DataFrame, year: int, keep: list[str]) -> pl.DataFr
 
 def test_no_leakage_year_t_inputs_do_not_move_year_t_predictions(small_panel):
     """Perturb every year-T input but the truth: year-T predictions must not change."""
-    flag, year = "IN_FUND_AI", 2024
+    flag, year = "IN_FUND_AI", 2025  # the last year: a multi-table year, its offer flags derived
     census = small_panel.drop("active", "first_year")
     stage = catalog.stage(flag)
     perturbed = build_panel(_perturb_year(census, year, keep=["TP_SITUACAO_FUNCIONAMENTO", stage.flag, stage.enrollment]))
     assert not perturbed.filter(pl.col("NU_ANO_CENSO") == year).equals(small_panel.filter(pl.col("NU_ANO_CENSO") == year))
-    years = list(range(2011, 2025))
+    years = list(range(2011, 2026))
     device = models.select_device("cpu")
     results = []
     for panel in (small_panel, perturbed):
         data = features.training_frame(panel, flag)
-        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=12, jobs=1)
+        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=13, jobs=1)
         results.append(cv.predictions.filter(pl.col("NU_ANO_CENSO") == year).sort("CO_ENTIDADE"))
     original, changed = results
     assert original.height > 50
@@ -250,9 +250,9 @@ def test_forecaster_api_fit_predict(small_panel):
     assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES)
     assert fc.fit(small_panel) is fc and fc.chosen_["IN_INF_PRE"] in models.MODEL_NAMES
     forecast = fc.predict(small_panel)
-    offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2024) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
+    offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2025) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
     assert forecast.height == offering.height
-    assert fc.forecast_year_ == 2025 and (forecast["previsao"] >= 0).all()
+    assert fc.forecast_year_ == 2026 and (forecast["previsao"] >= 0).all()
     assert (forecast["limite_inferior_95"] <= forecast["limite_superior_95"]).all()
     assert forecast["NO_ENTIDADE"].null_count() == 0
 
@@ -273,7 +273,7 @@ def test_training_window_keeps_only_the_latest_target_years(small_panel):
     data = validation.StageData(frame)
     chosen = lambda test_year, window: sorted(data.rows(validation.training_rows(data.target_years(), test_year, window))["target_year"].unique())  # noqa: E731
     assert chosen(2020, 3) == [2017, 2018, 2019]
-    assert chosen(None, 3) == [2022, 2023, 2024]  # the refit: the last three years
+    assert chosen(None, 3) == [2023, 2024, 2025]  # the refit: the last three years
     assert chosen(2020, 0) == list(range(2012, 2020))  # 0: expanding
     # truth outside the window cannot move the models; inside it, it does
     device, test = models.select_device("cpu"), data.rows(pl.col("target_year") == 2020)

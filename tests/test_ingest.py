@@ -39,12 +39,31 @@ def test_cache_has_inep_names_and_small_types(small_census, tmp_path):
         frame = pl.read_parquet(ingest.cache_path(tmp_path / "cache", year))
         assert frame.schema == pl.Schema(catalog.CACHE_SCHEMA)
         assert frame["DT_ANO_LETIVO_INICIO"].drop_nulls().dt.year().unique().to_list() == [year]
+        # a school that is not active has unknown counts and flags in every year (INEP wrote 0
+        # up to 2021 and blanks since), so no year or layout differs there
         inactive = frame.filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") != 1)
-        if year >= 2022:  # blank in the file -> null in the cache
-            assert inactive["QT_MAT_FUND_AI"].null_count() == inactive.height
-        else:  # INEP wrote 0
-            assert inactive["QT_MAT_FUND_AI"].null_count() == 0
+        assert inactive.height > 0
+        for column in ("QT_MAT_FUND_AI", "IN_FUND_AI", "QT_DOC_MED", "QT_MAT_BAS", "QT_MAT_FUND_AI_1"):
+            assert inactive[column].null_count() == inactive.height, (year, column)
+        assert _active(frame)["QT_MAT_FUND_AI"].null_count() == 0
     assert frame["IN_INTERNET"].is_in([9]).any(), "INEP's 'not informed' (9) is kept, not mangled"
+
+
+def test_per_grade_counts_under_one_set_of_names(small_census, tmp_path):
+    """From 2023 grades add up to their stage (high school: the tracks' grades summed); before, null."""
+    raw, _ = small_census
+    ingest.ingest(raw, tmp_path / "cache", [2022, 2023, 2024])
+    for year in (2022, 2023, 2024):
+        frame = _active(pl.read_parquet(ingest.cache_path(tmp_path / "cache", year)))
+        grades = {"FUND_AI": range(1, 6), "FUND_AF": range(6, 10), "MED": [1, 2, 3, 4, "NS"]}
+        for stage, numbers in grades.items():
+            columns = [f"QT_MAT_{stage}_{g}" for g in numbers]
+            if year < 2023:
+                assert all(frame[c].null_count() == frame.height for c in columns), (year, stage)
+                continue
+            summed = frame.select(pl.sum_horizontal(columns)).to_series()
+            assert (summed == frame[f"QT_MAT_{stage}"]).all(), (year, stage)
+            assert frame[columns[0]].sum() > 0
 
 
 def test_real_niteroi_extract_with_spreadsheet_damage(make_year_zip, tmp_path):

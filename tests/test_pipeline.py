@@ -47,7 +47,7 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     preds = pl.read_parquet(out / "cv_predictions.parquet")
     assert preds.select(pl.struct("etapa", "CO_ENTIDADE", "NU_ANO_CENSO").is_unique().all()).item()
     assert {"y_true", *MODEL_NAMES} <= set(preds.columns)
-    assert set(preds["NU_ANO_CENSO"]) == {2022, 2023, 2024}
+    assert set(preds["NU_ANO_CENSO"]) == {2022, 2023, 2024, 2025}
     # the table's MAE is the mean over test years of the row-level errors
     pre = preds.filter(pl.col("etapa") == "IN_INF_PRE")
     mae = pre.group_by("NU_ANO_CENSO").agg((pl.col("Voting") - pl.col("y_true")).abs().mean())["Voting"].mean()
@@ -56,7 +56,8 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     assert "setting stages" in log_text and "versions:" in log_text and "device: cpu" in log_text
     assert "timing validate IN_FUND_AF" in log_text
     meta = json.loads((out / "run_metadata.json").read_text())
-    assert meta["years"] == list(range(2011, 2025)) and meta["versions"]["lightgbm"]
+    assert meta["years"] == list(range(2011, 2026)) and meta["versions"]["lightgbm"]
+    assert meta["forecast_year"] == 2026
     assert meta["engine"] == "local"
     phases = [p["phase"] for p in meta["phases"]]  # the phase clock the pipeline benchmark reads
     assert {f"{step} {flag}" for step in ("features", "validate", "shap", "refit") for flag in STAGES} | {"ingest", "panel", "forecast"} <= set(phases)
@@ -143,15 +144,15 @@ def test_run_downloads_missing_years_from_a_mirror(small_census, tmp_path, fast_
                                           "--listing-url", f"{url}/censo-escolar"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in raw.glob("*.zip")) == sorted(p.name for p in raw_src.glob("*.zip"))
-    assert (tmp_path / "out" / "previsoes_2025.csv").exists()
+    assert (tmp_path / "out" / "previsoes_2026.csv").exists()
 
 
 @pytest.mark.slow
 def test_per_year_interval_coverage_is_written(run_out):
     coverage = pl.read_csv(run_out / "cobertura_intervalos_cv.csv")
     assert coverage.columns == ["etapa", "modelo", "NU_ANO_CENSO", "Cobertura_80", "Cobertura_95", "n"]
-    # test years 2021-2024; the first has no earlier residuals to calibrate on
-    assert sorted(coverage["NU_ANO_CENSO"].unique().to_list()) == [2022, 2023, 2024]
+    # test years 2021-2025; the first has no earlier residuals to calibrate on
+    assert sorted(coverage["NU_ANO_CENSO"].unique().to_list()) == [2022, 2023, 2024, 2025]
     assert coverage["Cobertura_80"].is_between(0, 1).all() and (coverage["Cobertura_95"] >= coverage["Cobertura_80"]).all()
     table = pl.read_csv(run_out / "resultados_finais.csv")
     voting = coverage.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95"].mean()
@@ -226,7 +227,7 @@ def test_run_and_predict_with_the_cache_on_an_fsspec_filesystem(small_census, ru
     try:
         s = load_settings(None, raw_dir=raw, cache_dir="memory://fsspec-test/cache", out_dir=tmp_path / "out", **FAST_RUN)
         pipeline.run(s)
-        assert fs.exists("/fsspec-test/cache/censo_2024.parquet") and fs.exists("/fsspec-test/cache/manifest.json")
+        assert fs.exists("/fsspec-test/cache/censo_2025.parquet") and fs.exists("/fsspec-test/cache/manifest.json")
         assert pl.read_csv(tmp_path / "out" / "resultados_finais.csv").equals(pl.read_csv(run_out / "resultados_finais.csv"))
         pipeline.run(s)  # the checkpoints' fingerprint reads the remote manifest
         assert "IN_MED: validation resumed from checkpoint" in (tmp_path / "out" / "execution_log.txt").read_text()
@@ -234,9 +235,9 @@ def test_run_and_predict_with_the_cache_on_an_fsspec_filesystem(small_census, ru
                                           "--cache-dir", "memory://fsspec-test/cache2", "--out", str(tmp_path / "pred"),
                                           "--offline"])
         assert result.exit_code == 0, result.output
-        assert fs.exists("/fsspec-test/cache2/censo_2024.parquet")
-        ran = pl.read_parquet(run_out / "previsoes_2025.parquet")
-        predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2025.parquet")
+        assert fs.exists("/fsspec-test/cache2/censo_2025.parquet")
+        ran = pl.read_parquet(run_out / "previsoes_2026.parquet")
+        predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2026.parquet")
         assert predicted.select("etapa", "CO_ENTIDADE").equals(ran.select("etapa", "CO_ENTIDADE"))
         np.testing.assert_allclose(predicted["previsao"].to_numpy(), ran["previsao"].to_numpy(), rtol=1e-6)
     finally:

@@ -155,3 +155,79 @@ def test_full_scale_totals_track_national_figures():
                 assert counts[suffix]["MAT"].sum() / 1e6 == pytest.approx(millions, rel=0.06), (year, suffix)
             total = sum(counts[s]["MAT"].sum() for s in ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE"))
             assert 44e6 < total < 50e6
+
+
+def _tables(path, year=2025) -> dict[str, pl.DataFrame]:
+    with zipfile.ZipFile(path) as zf:
+        found = {}
+        for name in zf.namelist():
+            base = name.rsplit("/", 1)[-1]
+            if base.startswith("Tabela_"):
+                table = base.removeprefix("Tabela_").rsplit(f"_{year}", 1)[0]
+                found[table] = (name, pl.read_csv(zf.read(name), separator=";", infer_schema=False, quote_char=None,
+                                                   encoding="latin-1"))
+        return found
+
+
+def test_2025_is_written_as_inep_republished_it(small_census):
+    raw, _ = small_census
+    path = raw / "microdados_censo_escolar_2025_.zip"
+    assert path.exists() and not (raw / "microdados_censo_escolar_2025.zip").exists()
+    tables = _tables(path)
+    names = {t: n for t, (n, _) in tables.items()}
+    assert names["Escola"] == "microdados_censo_escolar_2025_v2/dados/Tabela_Escola_2025_V2.csv"
+    assert names["Gestor_Escolar"].endswith("Tabela_Gestor_Escolar_2025_v2.csv")  # INEP's lower-case v2
+    widths = {t: len(f.columns) for t, (_, f) in tables.items()}
+    assert (widths["Escola"], widths["Matricula"], widths["Turma"], widths["Docente"]) == (290, 263, 218, 184)
+    for table in ("Escola", "Matricula", "Turma", "Docente"):
+        frame = tables[table][1]
+        assert tuple(frame.columns) == catalog.REPUBLICATION.header(table)
+        assert frame.columns[:3] == ["NU_ANO_CENSO", "NO_REGIAO", "CO_REGIAO"] and "CO_ENTIDADE" in frame.columns[:23]
+        assert not set(frame.columns) & set(catalog.OFFER_FLAGS)  # INEP's 2025 files have no offer flags
+    escola = tables["Escola"][1]
+    active = escola.filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") == "1")
+    assert escola.height > active.height > 0
+    # count tables: schools with activity only, every count filled (zeros, not blanks)
+    matricula = tables["Matricula"][1]
+    assert set(matricula["CO_ENTIDADE"]) < set(active["CO_ENTIDADE"])
+    counts = [c for c in matricula.columns if c.startswith("QT_")]
+    assert matricula.select(counts).null_count().sum_horizontal().item() == 0
+    assert (matricula["QT_MAT_BAS"].cast(pl.Int64) > 0).all()
+    # Escola: not-applicable fields blank, dates as 03FEB2025:00:00:00
+    public = active.filter(pl.col("TP_DEPENDENCIA") != "4")
+    assert public["TP_CATEGORIA_ESCOLA_PRIVADA"].null_count() == public.height
+    assert escola["CO_ESCOLA_SEDE_VINCULADA"].null_count() == escola.height
+    assert active["DT_ANO_LETIVO_INICIO"].str.contains(r"^\d{2}FEB2025:00:00:00$").all()
+    inactive = escola.filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") != "1")
+    assert inactive["IN_AGUA_POTAVEL"].null_count() == inactive.height
+
+
+def test_grades_add_up_and_cohorts_move_up_a_grade(small_census):
+    raw, _ = small_census
+    matricula = _tables(raw / "microdados_censo_escolar_2025_.zip")["Matricula"][1].with_columns(
+        pl.col(c).cast(pl.Int64) for c in ("CO_ENTIDADE", *[f"QT_MAT_FUND_AI_{g}" for g in range(1, 6)], "QT_MAT_FUND_AI",
+                                          *[f"QT_MAT_MED_{g}" for g in (1, 2, 3, 4, "NS")], "QT_MAT_MED"))
+    assert matricula.select((pl.sum_horizontal(f"QT_MAT_FUND_AI_{g}" for g in range(1, 6)) == pl.col("QT_MAT_FUND_AI")).all()).item()
+    assert matricula.select((pl.sum_horizontal(f"QT_MAT_MED_{g}" for g in (1, 2, 3, 4, "NS")) == pl.col("QT_MAT_MED")).all()).item()
+    before = _frame(raw, 2024).filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") == "1").select(
+        pl.col("CO_ENTIDADE").cast(pl.Int64), *(pl.col(f"QT_MAT_FUND_AI_{g}").cast(pl.Int64).alias(f"g{g}") for g in range(1, 5)))
+    both = before.join(matricula, on="CO_ENTIDADE")
+    for g in range(1, 5):  # this year's grade g+1 is last year's grade g, less those who left or repeated
+        moved = both.filter(pl.col(f"g{g}") > 10)
+        ratio = (moved[f"QT_MAT_FUND_AI_{g + 1}"] / moved[f"g{g}"]).median()
+        assert 0.85 < ratio <= 1.0, (g, ratio)
+        assert (moved[f"QT_MAT_FUND_AI_{g + 1}"] <= moved[f"g{g}"]).all()
+
+
+def test_first_release_option(tmp_path):
+    synthetic.generate(tmp_path, synthetic.SynthSettings([2024, 2025], schools=80, seed=3, first_release=True))
+    assert sorted(p.name for p in tmp_path.glob("*.zip")) == ["microdados_censo_escolar_2024.zip", "microdados_censo_escolar_2025.zip"]
+    tables = _tables(tmp_path / "microdados_censo_escolar_2025.zip")
+    assert tables["Escola"][0] == "microdados_censo_escolar_2025/dados/Tabela_Escola_2025.csv"
+    assert len(tables["Escola"][1].columns) == 302 and "LATITUDE" in tables["Escola"][1].columns
+    assert "QT_MAT_MED_1" not in tables["Matricula"][1].columns and "QT_MAT_MED_PROP_1" in tables["Matricula"][1].columns
+    from censo_forecast.inep import ingest  # the first release ingests too: grades from its four tracks
+
+    frame = ingest.read_census_zip(tmp_path / "microdados_censo_escolar_2025.zip", 2025).filter(pl.col("TP_SITUACAO_FUNCIONAMENTO") == 1)
+    assert frame["QT_MAT_MED_1"].null_count() == 0 and frame["QT_MAT_MED_1"].sum() > 0
+    assert frame.select((pl.sum_horizontal(f"QT_MAT_MED_{g}" for g in (1, 2, 3, 4, "NS")) == pl.col("QT_MAT_MED")).all()).item()

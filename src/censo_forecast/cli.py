@@ -59,19 +59,25 @@ def _years(spec: Optional[str]) -> Optional[list[int]]:
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder for the synthetic INEP-layout zips."),
-    years: str = typer.Option("2011-2024", "--years", help="Consecutive years to generate."),
+    years: str = typer.Option(f"{catalog.DEFAULT_FIRST_YEAR}-{catalog.LATEST_KNOWN_YEAR}", "--years",
+                              help="Consecutive years to generate."),
     schools: int = typer.Option(2000, "--schools", help="Active schools in the first year (about 180000 nationally)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical zips."),
     placebo: bool = typer.Option(False, "--placebo", help="Independent year-over-year changes: no learnable signal."),
+    first_release: bool = typer.Option(False, "--first-release",
+                                       help="Multi-table years as INEP's first 2025 release, not the re-publication (_V2)."),
+    tables_from: int = typer.Option(catalog.SINGLE_TABLE_LAST_YEAR + 1, "--tables-from",
+                                    help="First year written in the multi-table layout (INEP's: 2025)."),
     jobs: int = typer.Option(2, "--jobs", help="Threads compressing zips."),
 ) -> None:
-    """Write a synthetic School Census in INEP's exact file layout."""
+    """Write a synthetic School Census in INEP's exact file layouts."""
     from censo_forecast.inep import synthetic
     from censo_forecast.runlog import setup_logging
 
     setup_logging()
     try:
-        settings = synthetic.SynthSettings(years=catalog.parse_years(years), schools=schools, seed=seed, placebo=placebo)
+        settings = synthetic.SynthSettings(years=catalog.parse_years(years), schools=schools, seed=seed, placebo=placebo,
+                                           tables_from=tables_from, first_release=first_release)
         synthetic.generate(out, settings, jobs=jobs)
     except ValueError as exc:
         _fail(str(exc), 2)

@@ -51,8 +51,38 @@ def find_member(zf: zipfile.ZipFile, pattern, path: Path, what: str) -> zipfile.
     return matches[0]
 
 
-def data_member(zf: zipfile.ZipFile, year: int, path: Path) -> zipfile.ZipInfo:
-    return find_member(zf, catalog.data_member_re(year), path, f"data CSV for {year}")
+SINGLE_TABLE = "microdados_ed_basica"  # the key of census_members for the one-table layout
+
+
+def census_members(zf: zipfile.ZipFile, year: int, path: Path) -> dict[str, zipfile.ZipInfo]:
+    """The zip's data tables, recognised by their base names, whatever the year:
+    {"microdados_ed_basica": ...} (one school table, INEP's layout up to 2024) or
+    {"Escola": ..., "Matricula": ..., "Turma": ..., "Docente": ...} (the layout from 2025)."""
+    names = [i for i in zf.infolist() if not i.is_dir()]
+    single = [i for i in names if catalog.data_member_re(year).search(i.filename)]
+    tables = {t: [i for i in names if catalog.table_member_re(t, year).search(i.filename)] for t in catalog.TABLES}
+    if any(tables.values()):
+        if single:
+            raise ArchiveError(f"{path}: holds both layouts for {year} ({single[0].filename} and Tabela_* files); "
+                               "which one to read is ambiguous")
+        missing = [f"Tabela_{t}_{year}" for t, found in tables.items() if not found]
+        if missing:
+            listed = ", ".join(i.filename for i in names if catalog.any_table_re(year).search(i.filename))
+            raise ArchiveError(f"{path}: multi-table layout without table(s) {', '.join(missing)} (tables present: {listed})")
+        several = {t: [i.filename for i in found] for t, found in tables.items() if len(found) > 1}
+        if several:
+            raise ArchiveError(f"{path}: several members for one table: {several}")
+        return {t: found[0] for t, found in tables.items()}
+    return {SINGLE_TABLE: find_member(zf, catalog.data_member_re(year), path, f"data CSV for {year} (or Tabela_Escola_{year})")}
+
+
+def integrity_members(zf: zipfile.ZipFile, year: int, path: Path) -> list[zipfile.ZipInfo]:
+    """Every data table of the year (in the multi-table layout, Gestor_Escolar and Curso_Tecnico too)."""
+    members = census_members(zf, year, path)
+    if SINGLE_TABLE in members:
+        return list(members.values())
+    pattern = catalog.any_table_re(year)
+    return [i for i in zf.infolist() if not i.is_dir() and pattern.search(i.filename)]
 
 
 def md5_member(zf: zipfile.ZipFile, year: int) -> zipfile.ZipInfo | None:
@@ -139,23 +169,25 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
     _check_crc(path, info, crc, size)
 
 
-def verify_zip(path: Path, year: int) -> str:
-    """Check the central directory, the data member's CRC and INEP's md5 file; return the data member name."""
+def verify_zip(path: Path, year: int) -> list[str]:
+    """Check the central directory, each data table's CRC and INEP's md5 file; return the tables' names."""
     with open_zip(path) as zf:
-        info = data_member(zf, year, path)
-        md5 = hashlib.md5()
-        try:
-            for chunk in iter_member(path, info, 8 << 20):  # CRC checked at the end
-                md5.update(chunk)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
-        expected = _expected_md5(zf, year, info, path)
-        if expected is not None and expected != md5.hexdigest():
-            raise ArchiveError(
-                f"{path}: md5 of {info.filename} is {md5.hexdigest()}, "
-                f"but the archive's md5 file says {expected}"
-            )
-        return info.filename
+        checked = []
+        for info in integrity_members(zf, year, path):
+            md5 = hashlib.md5()
+            try:
+                for chunk in iter_member(path, info, 8 << 20):  # CRC checked at the end
+                    md5.update(chunk)
+            except (OSError, EOFError, ValueError) as exc:
+                raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
+            expected = _expected_md5(zf, year, info, path)
+            if expected is not None and expected != md5.hexdigest():
+                raise ArchiveError(
+                    f"{path}: md5 of {info.filename} is {md5.hexdigest()}, "
+                    f"but the archive's md5 file says {expected}"
+                )
+            checked.append(info.filename)
+        return checked
 
 
 def _expected_md5(zf: zipfile.ZipFile, year: int, data: zipfile.ZipInfo, path: Path) -> str | None:

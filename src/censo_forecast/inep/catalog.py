@@ -15,7 +15,8 @@ import polars as pl
 
 FIRST_YEAR = 2007
 DEFAULT_FIRST_YEAR = 2011
-LATEST_KNOWN_YEAR = 2024
+LATEST_KNOWN_YEAR = 2025
+SINGLE_TABLE_LAST_YEAR = 2024  # INEP's own layout; from 2025 the census comes as several tables
 
 BASE_URL = "https://download.inep.gov.br/dados_abertos/"
 LISTING_URL = (
@@ -30,12 +31,13 @@ CSV_SEPARATOR = ";"
 CSV_ENCODING = "latin-1"
 
 
-def zip_name(year: int) -> str:
-    return f"microdados_censo_escolar_{year}.zip"
+def zip_name(year: int, republished: bool = False) -> str:
+    """microdados_censo_escolar_2025.zip; a re-publication ends in '_' (..._2025_.zip)."""
+    return f"microdados_censo_escolar_{year}{'_' if republished else ''}.zip"
 
 
-def zip_url(year: int, base_url: str = BASE_URL) -> str:
-    return base_url.rstrip("/") + "/" + zip_name(year)
+def zip_url(year: int, base_url: str = BASE_URL, republished: bool = False) -> str:
+    return base_url.rstrip("/") + "/" + zip_name(year, republished)
 
 
 def data_member_re(year: int) -> re.Pattern[str]:
@@ -44,7 +46,86 @@ def data_member_re(year: int) -> re.Pattern[str]:
 
 
 def md5_member_re(year: int) -> re.Pattern[str]:
-    return re.compile(rf"(?:^|/)md5_microdados_ed_basica_{year}\.txt$", re.IGNORECASE)
+    """INEP's md5 list (`<md5> *<file name>` lines) in `dados/`: md5_microdados_ed_basica_YYYY.txt,
+    or any md5*.txt there in the multi-table packages."""
+    return re.compile(r"(?:^|/)dados/md5[^/]*\.txt$|(?:^|/)md5_microdados_ed_basica_" + str(year) + r"\.txt$", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- the multi-table layout (2025)
+# Escola has one row per school, active or not; the count tables one row per school with
+# activity, keyed by CO_ENTIDADE. Each count family lives in exactly one table.
+SCHOOL_TABLE = "Escola"
+COUNT_TABLES = {"Matricula": "QT_MAT_", "Turma": "QT_TUR_", "Docente": "QT_DOC_"}
+TABLES = (SCHOOL_TABLE, *COUNT_TABLES)
+
+
+def table_member_re(table: str, year: int) -> re.Pattern[str]:
+    """A table's CSV by base name: Tabela_Escola_2025.csv, Tabela_Escola_2025_V2.csv, any case, any folder."""
+    return re.compile(rf"(?:^|/)tabela_{table}_{year}(?:_v\d+)?\.csv$", re.IGNORECASE)
+
+
+def any_table_re(year: int) -> re.Pattern[str]:
+    """Every table of a multi-table year (Gestor_Escolar and Curso_Tecnico too), for integrity checks."""
+    return re.compile(rf"(?:^|/)tabela_[a-z_]+_{year}(?:_v\d+)?\.csv$", re.IGNORECASE)
+
+
+def table_of(column: str) -> str:
+    """The table of the multi-table layout that holds a cache column."""
+    return next((table for table, prefix in COUNT_TABLES.items() if column.startswith(prefix)), SCHOOL_TABLE)
+
+
+def multi_table(year: int) -> bool:
+    """Whether INEP publishes the year as several tables (what synthetic writes; ingest reads any
+    year in either layout, recognised from its members)."""
+    return year > SINGLE_TABLE_LAST_YEAR
+
+
+@dataclass(frozen=True)
+class Release:
+    """One package of a multi-table year: its zip, folder and table file names."""
+
+    republished: bool
+
+    def zip_name(self, year: int) -> str:
+        return zip_name(year, self.republished)
+
+    def folder(self, year: int) -> str:
+        return f"microdados_censo_escolar_{year}{'_v2' if self.republished else ''}"
+
+    def member(self, table: str, year: int) -> str:
+        # the re-publication's Gestor_Escolar table has a lower-case 'v2', the others 'V2'
+        suffix = ("_v2" if table == "Gestor_Escolar" else "_V2") if self.republished else ""
+        return f"{self.folder(year)}/dados/Tabela_{table}_{year}{suffix}.csv"
+
+    def header(self, table: str) -> tuple[str, ...]:
+        """The table's header as INEP wrote it (see columns/2025/README for what is partial)."""
+        return _table_header(table, self.republished)
+
+
+FIRST_RELEASE, REPUBLICATION = Release(False), Release(True)
+
+
+@lru_cache(maxsize=None)
+def _table_header(table: str, republished: bool) -> tuple[str, ...]:
+    v2 = _read_columns(f"2025/Tabela_{table}_2025_V2.txt") if table in TABLES else ()
+    if republished:
+        return v2 or _read_columns(f"2025/Tabela_{table}_2025.txt")
+    first = _read_columns(f"2025/Tabela_{table}_2025.txt")
+    if table in COUNT_TABLES:
+        # the first release's count tables are known without their identification block
+        # (Turma's only in part): that block is V2's, then the known counts, then V2's others
+        ident = tuple(c for c in v2 if not c.startswith(COUNT_TABLES[table]))
+        counts = [c for c in first if c.startswith(COUNT_TABLES[table])]
+        counts += [c for c in v2 if c.startswith(COUNT_TABLES[table]) and c not in counts and table == "Turma"]
+        return ident + tuple(counts)
+    return first
+
+
+def _read_columns(name: str) -> tuple[str, ...]:
+    path = resources.files(__package__).joinpath("columns")
+    for part in name.split("/"):
+        path = path.joinpath(part)
+    return tuple(line.strip() for line in path.read_text("ascii").splitlines() if line.strip())
 
 
 def zip_folder(year: int) -> str:
@@ -81,26 +162,21 @@ def date_format_of(text: str) -> str:
     return DATE_FORMAT_TWO_DIGIT_YEAR if len(text.strip()) == 16 else DATE_FORMAT
 
 
-ZIP_NAME_RE = re.compile(r"^microdados_censo_escolar_(\d{4})\.zip$", re.IGNORECASE)
+ZIP_NAME_RE = re.compile(r"^microdados_censo_escolar_(\d{4})(_?)\.zip$", re.IGNORECASE)
 
 
-def zip_year(name: str) -> int | None:
-    """The census year of a raw zip's file name, None for any other file."""
+def parse_zip_name(name: str) -> tuple[int, bool] | None:
+    """(year, re-published) of a census zip's file name, None for any other file."""
     m = ZIP_NAME_RE.match(name)
-    return int(m.group(1)) if m else None
+    return (int(m.group(1)), bool(m.group(2))) if m else None
 
 
 @lru_cache(maxsize=None)
 def columns_for_year(year: int) -> tuple[str, ...]:
     """Exact header order of microdados_ed_basica_YYYY.csv (2008-2021 share one layout)."""
     if year <= 2021:
-        name = "2019-2021.txt"
-    elif year >= LATEST_KNOWN_YEAR:
-        name = f"{LATEST_KNOWN_YEAR}.txt"
-    else:
-        name = f"{year}.txt"
-    text = resources.files(__package__).joinpath("columns").joinpath(name).read_text("ascii")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+        return _read_columns("2019-2021.txt")
+    return _read_columns(f"{min(year, SINGLE_TABLE_LAST_YEAR)}.txt")
 
 
 @dataclass(frozen=True)
@@ -181,7 +257,13 @@ _COUNT = pl.Int32()
 _FLAG = pl.Int8()  # 0, 1 and INEP's 9 = "not informed"
 _CODE = pl.Int8()  # TP_* and CO_REGIAO: small categorical codes, kept as their INEP numbers
 
-# Columns the pipeline cannot do without: a year missing one is rejected.
+# The stage offer flags: published up to 2024, absent from the 2025 tables. On the real
+# files of 2008-2021, for active schools, IN_s = 1 exactly when QT_MAT_s > 0 (all nine stage
+# flags, about 45 thousand school-years, no exception): `offer_flag` derives them by that rule.
+OFFER_FLAGS: tuple[str, ...] = tuple(s.flag for s in STAGES)
+
+# Columns the pipeline cannot do without: a year missing one is rejected (offer flags are
+# derived when absent, so they are required in the cache, not in the files).
 REQUIRED_COLUMNS: dict[str, pl.DataType] = {
     "NU_ANO_CENSO": pl.Int16(),
     "CO_REGIAO": _CODE,
@@ -193,6 +275,39 @@ REQUIRED_COLUMNS: dict[str, pl.DataType] = {
     "TP_SITUACAO_FUNCIONAMENTO": _CODE,
     **{c: (_FLAG if c.startswith("IN_") else _COUNT) for s in STAGES for c in s.columns},
 }
+REQUIRED_IN_FILES = tuple(c for c in REQUIRED_COLUMNS if c not in OFFER_FLAGS)
+
+
+def offer_flag(stage: Stage) -> pl.Expr:
+    """The offer rule: 1 when an active school has students in the stage, 0 when it has none,
+    null for a school that is not active (unknown, as INEP leaves it blank)."""
+    active = pl.col("TP_SITUACAO_FUNCIONAMENTO") == SITUATION_ACTIVE
+    return pl.when(active).then((pl.col(stage.enrollment).fill_null(0) > 0).cast(pl.Int8)).otherwise(None).alias(stage.flag)
+
+
+# Enrollment per grade, from 2023: elementary grades keep INEP's names; high-school grade g is
+# one column in every year that has it, null before. Its sources, first match wins:
+# QT_MAT_MED_g (2025's re-publication); the sum of its tracks' grade g, proprietary,
+# integrated technical and professional qualification, normal (2025's first release:
+# PROP, IFTP_CT, IFTP_QP, NM); or proprietary, integrated technical, normal (2023-2024:
+# PROP, CT, NM). _NS is high school not organised in grades.
+_MED_TRACKS = (("PROP", "IFTP_CT", "IFTP_QP", "NM"), ("PROP", "CT", "NM"))
+GRADE_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
+    **{f"QT_MAT_FUND_AI_{g}": ((f"QT_MAT_FUND_AI_{g}",),) for g in range(1, 6)},
+    **{f"QT_MAT_FUND_AF_{g}": ((f"QT_MAT_FUND_AF_{g}",),) for g in range(6, 10)},
+    **{f"QT_MAT_MED_{g}": ((f"QT_MAT_MED_{g}",), *(tuple(f"QT_MAT_MED_{t}_{g}" for t in tracks) for tracks in _MED_TRACKS))
+       for g in range(1, 5)},
+    "QT_MAT_MED_NS": (("QT_MAT_MED_NS",), *(tuple(f"QT_MAT_MED_{t}_NS" for t in tracks if t != "NM") for tracks in _MED_TRACKS)),
+}
+GRADE_SOURCES: tuple[str, ...] = tuple(dict.fromkeys(c for alts in GRADE_COLUMNS.values() for alt in alts for c in alt))
+
+
+def grade_sources(header) -> dict[str, tuple[str, ...]]:
+    """Per harmonised grade column, the header's columns that add up to it (the first
+    alternative the header has in full); grades the header lacks are left out."""
+    present = set(header)
+    return {name: next(alt for alt in alts if set(alt) <= present)
+            for name, alts in GRADE_COLUMNS.items() if any(set(alt) <= present for alt in alts)}
 # Columns used when present; a year without one gets nulls, never a crash.
 OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
     "SG_UF": pl.Categorical(),
@@ -205,10 +320,13 @@ OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
     "QT_SALAS_UTILIZADAS": _COUNT,
     **{c: _COUNT for c in AGE_BANDS},
     **{c: _FLAG for c in INFRASTRUCTURE_FLAGS},
+    **{c: _COUNT for c in GRADE_COLUMNS},
 }
 CACHE_SCHEMA: dict[str, pl.DataType] = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
+# Columns whose values describe a year's activity: null for a school that is not active.
+ACTIVITY_COLUMNS = tuple(c for c in CACHE_SCHEMA if c.startswith(("QT_MAT_", "QT_DOC_", "QT_TUR_")) or c in OFFER_FLAGS)
 # Bump when CACHE_SCHEMA or parsing rules change, so cached years are re-ingested.
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2
 
 SITUATION_ACTIVE = 1
 

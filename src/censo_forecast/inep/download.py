@@ -126,12 +126,14 @@ def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | No
     for year in candidates:
         if year in found:
             continue
-        url = catalog.zip_url(year, opts.base_url)
-        try:
-            _request(client, "HEAD", url, opts)
-            found[year] = url
-        except _NotFound:
-            continue
+        for republished in (True, False):  # a re-publication supersedes the first release
+            url = catalog.zip_url(year, opts.base_url, republished)
+            try:
+                _request(client, "HEAD", url, opts)
+                found[year] = url
+                break
+            except _NotFound:
+                continue
     if wanted is None:
         return {y: u for y, u in found.items() if y >= catalog.DEFAULT_FIRST_YEAR}
     return {y: found[y] for y in wanted if y in found}
@@ -141,15 +143,18 @@ _HREF_RE = re.compile(r"""href\s*=\s*["']([^"'#]+)["']""", re.IGNORECASE)
 
 
 def listing_links(html: str, page_url: str) -> dict[int, str]:
-    """Census zips linked from INEP's listing page, by year, as absolute URLs."""
-    found: dict[int, str] = {}
+    """Census zips linked from INEP's listing page, by year, as absolute URLs; where a year
+    has a re-publication (microdados_censo_escolar_YYYY_.zip), that one."""
+    found: dict[int, tuple[bool, str]] = {}
     for href in _HREF_RE.findall(html):
         path = href.strip().split("?", 1)[0]
         m = catalog.LISTING_LINK_RE.search(path)
-        if not m or m.end() != len(path) or m.group(2):  # '_': 2025's multi-table re-publication
+        if not m or m.end() != len(path):
             continue
-        found.setdefault(int(m.group(1)), urljoin(page_url, href.strip()))
-    return found
+        year, republished = int(m.group(1)), bool(m.group(2))
+        if year not in found or (republished and not found[year][0]):
+            found[year] = (republished, urljoin(page_url, href.strip()))
+    return {year: url for year, (_, url) in found.items()}
 
 
 # ------------------------------------------------------------------ requests
@@ -269,10 +274,16 @@ class Downloader:
         return report
 
     def fetch(self, client: httpx.Client, year: int, url: str, slot: int = 0) -> bool:
-        """Bring one year up to date; True if bytes were transferred."""
-        dest = self.raw_dir / catalog.zip_name(year)
+        """Bring one year up to date; True if bytes were transferred. The zip keeps INEP's file
+        name; a re-publication, once verified, replaces the year's earlier file."""
+        name = urlparse(url).path.rsplit("/", 1)[-1]
+        if catalog.parse_zip_name(name) is None:
+            name = catalog.zip_name(year)  # a mirror serving other names: ours
+        dest = self.raw_dir / name
         remote = _remote(_request(client, "HEAD", url, self.opts), url)
         entry = self.manifest.get(str(year))
+        if not isinstance(entry, dict) or (entry.get("file") or str(entry.get("url", "")).rsplit("/", 1)[-1]) != dest.name:
+            entry = None  # recorded for another file of the year (the first release, say): not this one
         if dest.exists() and self._unchanged(entry, remote, dest):
             log.info("year %d: %s unchanged on the server; not fetched again", year, dest.name)
             return False
@@ -295,10 +306,15 @@ class Downloader:
             raise DownloadError(f"cannot move {part} to {dest}: {exc}") from None
         _meta(part).unlink(missing_ok=True)
         self._record(year, {
-            "url": url, "size": dest.stat().st_size, "etag": remote.etag, "last_modified": remote.last_modified,
-            "sha256": sha256, "downloaded_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "file": dest.name, "url": url, "size": dest.stat().st_size, "etag": remote.etag,
+            "last_modified": remote.last_modified, "sha256": sha256,
+            "downloaded_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
         log.info("year %d: %s verified and saved (%.1f MB)", year, dest.name, dest.stat().st_size / 1e6)
+        for other in (catalog.zip_name(year, republished) for republished in (False, True)):
+            if other != dest.name and (self.raw_dir / other).exists():
+                (self.raw_dir / other).unlink()
+                log.info("year %d: %s superseded by %s and removed", year, other, dest.name)
         return True
 
     def _unchanged(self, entry: dict | None, remote: _Remote, dest: Path) -> bool:

@@ -1,12 +1,9 @@
 """INEP yearly zips -> one typed Parquet file per year, reading only the columns we need.
 
-The data member is inflated straight from the zip (ISA-L when available, CRC-checked; never
-extracted to disk) and Arrow parses the latin-1 bytes as they are, projecting the needed
-columns straight to their cache types and keeping text as bytes, so only the distinct
-names are decoded (no transcoding of the whole file). Only a file that fails this fast
-path is transcoded and re-read as text, so that a bad value in a column we need is
-reported with its year, member, column, line and text, while damage in columns we skip
-(spreadsheet mangling, '.' placeholders) costs nothing.
+A zip is read in whichever layout INEP used (`layouts`: one school table, or the 2025
+tables joined by school), straight out of the archive (CRC-checked, never extracted) by
+`csvread`; the cache files of every year and layout have the same columns and types.
+Years whose zip is unchanged (size, mtime, sha256 in the manifest) are skipped.
 """
 
 from __future__ import annotations
@@ -14,27 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zipfile
-import zlib
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from censo_forecast import storage
-from censo_forecast.inep import archive, catalog
+from censo_forecast.inep import archive, catalog, layouts
+from censo_forecast.inep.csvread import IngestError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-class IngestError(Exception):
-    """A year that cannot be ingested; the message names zip, member, year and column or line."""
 
 
 @dataclass
@@ -59,12 +48,15 @@ def cache_path(cache_dir, year: int):
 
 
 def raw_zips(raw_dir) -> dict[int, Path]:
-    """Census zips present in a folder (path or URL), by year (re-publications with a trailing '_' are skipped)."""
-    found = {}
+    """Census zips present in a folder (path or URL), by year; when a year has both, the
+    re-publication (microdados_censo_escolar_YYYY_.zip) supersedes the first release."""
+    found, republished = {}, set()
     for name, location in storage.listdir(raw_dir).items():
-        year = catalog.zip_year(name)
-        if year is not None:
-            found[year] = location
+        parsed = catalog.parse_zip_name(name)
+        if parsed is not None and (parsed[1] or parsed[0] not in republished):
+            found[parsed[0]] = location
+            if parsed[1]:
+                republished.add(parsed[0])
     return found
 
 
@@ -77,145 +69,11 @@ def read_census_zip(zip_path, year: int) -> pl.DataFrame:
 def _read_copy(local: Path, year: int, zip_path) -> pl.DataFrame:
     """Read a local zip that stands for zip_path; errors name zip_path (the URL, not the copy)."""
     try:
-        return _read_local_zip(local, year)
+        return layouts.read_census(local, year)
     except IngestError as exc:
         if local == zip_path:
             raise
         raise IngestError(str(exc).replace(str(local), str(zip_path))) from None
-
-
-def _read_local_zip(zip_path: Path, year: int) -> pl.DataFrame:
-    try:
-        with archive.open_zip(zip_path) as zf:
-            member = archive.data_member(zf, year, zip_path)
-    except archive.ArchiveError as exc:
-        raise IngestError(f"year {year}: {exc}") from None
-    where = f"{zip_path}, member {member.filename}, year {year}"
-    try:
-        raw = archive.read_member(zip_path, member)
-    except archive.UnsupportedCompression as exc:
-        raise IngestError(f"year {year}: {exc}") from None
-    except (archive.ArchiveError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        raise IngestError(f"{where}: the member is damaged or truncated ({exc})") from None
-    return _parse(raw, year, where)
-
-
-def _parse(raw: bytes, year: int, where: str) -> pl.DataFrame:
-    header_end = raw.find(b"\n")
-    header = (raw if header_end < 0 else raw[:header_end]).decode(catalog.CSV_ENCODING).strip().split(catalog.CSV_SEPARATOR)
-    if header == [""]:
-        raise IngestError(f"{where}: the file is empty (no header line)")
-    missing = [c for c in catalog.REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise IngestError(f"{where}: required column(s) missing from the header: {', '.join(missing)}")
-    names = [c for c in header if c in catalog.CACHE_SCHEMA]
-    try:
-        # one contiguous buffer: streaming the pieces to Arrow saved memory (~0.8 GB peak instead of
-        # ~1.3 GB for 14 national years) but cost ~10 % in time, Arrow reading through Python
-        frame = _fast_read(pa.py_buffer(raw), names)
-    except pa.ArrowInvalid as exc:
-        _explain_failure(raw, header, names, where, str(exc))  # always raises
-    if frame.height == 0:
-        raise IngestError(f"{where}: the file has a header but no rows")
-    frame = frame.with_columns(_finish(n, frame) for n in names if catalog.CACHE_SCHEMA[n] in (pl.Date, pl.Categorical))
-    frame = frame.with_columns(
-        pl.lit(None, dtype=dtype).alias(name) for name, dtype in catalog.OPTIONAL_COLUMNS.items() if name not in names
-    )
-    wrong_year = frame.filter(pl.col("NU_ANO_CENSO") != year)
-    if wrong_year.height:
-        raise IngestError(
-            f"{where}: NU_ANO_CENSO is {wrong_year['NU_ANO_CENSO'][0]} on {wrong_year.height} row(s), expected {year}"
-        )
-    return frame.select(list(catalog.CACHE_SCHEMA))
-
-
-_ARROW_INTS = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
-
-
-def _fast_read(buffer: pa.Buffer, names: list[str]) -> pl.DataFrame:
-    """Arrow parses the latin-1 bytes as they are: numbers straight to the cache types, text
-    as binary (no UTF-8 check, so no transcoding of the whole file); only the text columns'
-    distinct values are then decoded. Arrow also rejects rows with the wrong field count."""
-    types = {n: _ARROW_INTS.get(catalog.CACHE_SCHEMA[n], pa.binary()) for n in names}
-    table = pacsv.read_csv(
-        buffer,
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),  # years run in parallel instead
-        parse_options=pacsv.ParseOptions(delimiter=catalog.CSV_SEPARATOR, quote_char=False),
-        convert_options=pacsv.ConvertOptions(include_columns=names, column_types=types, check_utf8=False,
-                                             null_values=["", "."], strings_can_be_null=True),
-    )
-    columns = {}
-    for name in names:
-        column = table.column(name)
-        columns[name] = _latin1_text(column) if types[name] == pa.binary() else pl.from_arrow(column)
-    return pl.DataFrame(columns)
-
-
-def _latin1_text(column: pa.ChunkedArray) -> pl.Series:
-    encoded = column.combine_chunks().dictionary_encode()
-    text = pa.array([None if v is None else v.decode(catalog.CSV_ENCODING) for v in encoded.dictionary.to_pylist()], pa.string())
-    return pl.from_arrow(pc.take(text, encoded.indices)).cast(pl.String)
-
-
-def _explain_failure(raw: bytes, header: list[str], names: list[str], where: str, arrow_message: str) -> None:
-    """Slow path, only for a file that fails: read it as text to name the line and value at fault."""
-    data = raw.decode(catalog.CSV_ENCODING).encode("utf-8").replace(b"\r\n", b"\n")
-    _check_field_counts(data, len(header), where)
-    _strict_cast(_read_csv(data, {n: pl.String() for n in names}, where), names, where, arrow_message)
-
-
-def _read_csv(data: bytes, dtypes: dict, where: str) -> pl.DataFrame:
-    """A text read with file line numbers, for the slow path."""
-    try:
-        return pl.read_csv(
-            data,
-            separator=catalog.CSV_SEPARATOR,
-            columns=list(dtypes),
-            schema_overrides=dtypes,
-            infer_schema=False,
-            quote_char=None,
-            null_values=["."],
-            row_index_name="_line",
-            row_index_offset=2,  # the header is line 1
-        )
-    except pl.exceptions.PolarsError as exc:
-        raise IngestError(f"{where}: the rows do not parse as ';'-separated fields ({exc})") from None
-
-
-def _parse_type(name: str) -> pl.DataType:
-    dtype = catalog.CACHE_SCHEMA[name]
-    return pl.String() if dtype in (pl.Date, pl.Categorical, pl.String) else dtype
-
-
-def _finish(name: str, frame: pl.DataFrame) -> pl.Expr:
-    text = pl.col(name).str.strip_chars()
-    if catalog.CACHE_SCHEMA[name] == pl.Categorical:
-        return text.cast(pl.Categorical())
-    sample = frame[name].drop_nulls().head(1).to_list()
-    return text.str.to_date(catalog.date_format_of(sample[0]) if sample else catalog.DATE_FORMAT, strict=False).alias(name)
-
-
-def _check_field_counts(data: bytes, width: int, where: str) -> None:
-    for offset, row in enumerate(data.split(b"\n")):
-        fields = row.count(catalog.CSV_SEPARATOR.encode()) + 1
-        if row.strip() and fields != width:
-            raise IngestError(f"{where}: line {offset + 1} has {fields} fields, the header has {width}")
-
-
-def _strict_cast(raw: pl.DataFrame, names: list[str], where: str, arrow_message: str = "") -> None:
-    """Cast text columns one by one and raise on the first value that does not fit."""
-    for name in names:
-        text = raw[name].str.strip_chars()
-        typed = text.cast(_parse_type(name), strict=False)
-        bad = raw["_line"].filter(typed.is_null() & text.is_not_null() & (text != ""))
-        if len(bad):
-            value = raw[name][int(bad[0]) - 2]
-            kind = "required" if name in catalog.REQUIRED_COLUMNS else "optional"
-            raise IngestError(
-                f"{where}: {kind} column {name}, line {int(bad[0])}: cannot read {value!r} as "
-                f"{catalog.CACHE_SCHEMA[name]} ({len(bad)} bad value(s) in this column)"
-            )
-    raise IngestError(f"{where}: the file does not parse, but no single value is at fault ({arrow_message})")
 
 
 # ---------------------------------------------------------------- cache + manifest

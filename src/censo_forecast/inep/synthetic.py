@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -72,6 +73,7 @@ SIMULATED = (
     _StageModel("EJA_MED", 2, 0.60, 27, 2.2, (0.05, 0.25, 0.01, 0.02), "EJA_FUND", 0.30),
     _StageModel("ESP_CE", 4, 0.85, 8, 1.5, (0.00, 0.02, 0.01, 0.03)),
 )
+_BASIC = ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE")  # adding up to QT_*_BAS
 _DEPENDENCY_MIX = (0.004, 0.16, 0.60, 0.236)
 _UF_WEIGHTS = {  # share of schools by state, roughly as in the real census
     11: 1.1, 12: 0.9, 13: 3.0, 14: 0.5, 15: 5.5, 16: 0.4, 17: 0.8, 21: 6.0, 22: 2.6, 23: 3.9,
@@ -96,6 +98,10 @@ class SynthSettings:
     schools: int = 2000
     seed: int = 0
     placebo: bool = False
+    # years from this one on are written in the multi-table layout (INEP's from 2025; an
+    # earlier year stands for an older year re-published that way)
+    tables_from: int = catalog.SINGLE_TABLE_LAST_YEAR + 1
+    first_release: bool = False  # multi-table years as INEP's first 2025 release, not its re-publication
 
 
 class CensusSimulator:
@@ -343,15 +349,33 @@ class CensusSimulator:
         }
         for st in SIMULATED:  # a stage with no pupils is not on offer this year
             getattr(self, f"offers_{st.suffix}")[idx] &= out[st.suffix]["MAT"] > 0
+        out["BAS"] = {kind: sum(out[s][kind] for s in _BASIC) for kind in ("MAT", "DOC", "TUR")}
         return out
 
     def render(self, year: int) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
-        """This year's rows in INEP's column order, plus the true totals per stage."""
+        """This year's rows as one table in INEP's column order, plus the true totals per stage."""
+        renderer, truth = self._renderer(year)
+        return renderer.frame(catalog.columns_for_year(year)), truth
+
+    def render_tables(self, year: int, release: catalog.Release) -> tuple[dict[str, pl.DataFrame], dict[str, dict[str, int]]]:
+        """This year's tables in the multi-table layout (Escola: every school; the count tables:
+        schools with activity, counts filled with zeros), plus the true totals per stage."""
+        renderer, truth = self._renderer(year)
+        c = renderer.counts
+        activity = renderer.active & ((c["BAS"]["MAT"] > 0) | (c["BAS"]["TUR"] > 0) | (c["BAS"]["DOC"] > 0))
+        tables = {catalog.SCHOOL_TABLE: renderer.frame(release.header(catalog.SCHOOL_TABLE))}
+        for table in catalog.COUNT_TABLES:
+            tables[table] = renderer.frame(release.header(table), activity)
+        tables["Gestor_Escolar"] = renderer.frame(release.header("Gestor_Escolar"), renderer.active)
+        tables["Curso_Tecnico"] = renderer.frame(release.header("Curso_Tecnico"), c["PROF_TEC"]["MAT"] > 0)
+        return tables, truth
+
+    def _renderer(self, year: int) -> tuple["_Renderer", dict[str, dict[str, int]]]:
         rows = np.flatnonzero(np.isin(self.status[: self.n], (_ACTIVE, _PARALYSED, _EXTINCT_NOW, _EXTINCT_BEFORE)))
         rows = rows[np.argsort(self.code[rows], kind="stable")]
         counts = self.stage_counts(rows)
         active = self.status[rows] == _ACTIVE
-        frame = _Renderer(self, year, rows, counts, active).frame()
+        renderer = _Renderer(self, year, rows, counts, active)
         truth = {
             f"IN_{suffix}": {
                 "enrollment": int(c["MAT"][active].sum()),
@@ -359,9 +383,9 @@ class CensusSimulator:
                 "classes": int(c["TUR"][active].sum()),
                 "schools": int(c["IN"][active].sum()),
             }
-            for suffix, c in counts.items()
+            for suffix, c in counts.items() if suffix != "BAS"
         }
-        return frame, truth
+        return renderer, truth
 
 
 class _Renderer:
@@ -390,7 +414,16 @@ class _Renderer:
     def _bits(self, shift: int, modulo: int) -> np.ndarray:
         return ((self.keys >> np.uint64(shift % 60)) % np.uint64(modulo)).astype(np.int64)
 
-    def frame(self) -> pl.DataFrame:
+    def frame(self, header: tuple[str, ...], keep: np.ndarray | None = None) -> pl.DataFrame:
+        """The named columns for every school (or those where `keep`); a column keeps its
+        values whatever table or position it is written in."""
+        if not hasattr(self, "_known"):
+            self._known = self._columns()
+        columns = [self._known[name].alias(name) if name in self._known else self._filler(name) for name in header]
+        frame = pl.DataFrame(columns)
+        return frame if keep is None else frame.filter(pl.Series(keep))
+
+    def _columns(self) -> dict[str, pl.Series]:
         sim, rows, year = self.sim, self.rows, self.year
         muni = sim.muni[rows]
         uf = sim.muni_uf[muni]
@@ -426,9 +459,7 @@ class _Renderer:
             pl.Series(~(private & self.active)), None if self.blanks else 0
         )
         known.update(self._stage_columns())
-        header = catalog.columns_for_year(year)
-        columns = [known[name].alias(name) if name in known else self._filler(name, pos) for pos, name in enumerate(header)]
-        return pl.DataFrame(columns)
+        return known
 
     def _telephone(self) -> pl.Series:
         digits = (30_000_000 + self._bits(31, 69_999_999)).astype(str).astype(object)
@@ -443,7 +474,7 @@ class _Renderer:
     def _stage_columns(self) -> dict[str, pl.Series]:
         c = self.counts
         out: dict[str, pl.Series] = {}
-        for st in catalog.STAGES:
+        for st in catalog.STAGES:  # a year's header keeps the offer flags only where INEP publishes them
             data = c[st.suffix]
             out[st.flag] = self._numeric(data["IN"])
             out[st.enrollment] = self._numeric(data["MAT"])
@@ -453,20 +484,27 @@ class _Renderer:
             grades = c[suffix]["grades"]
             for g in range(grades.shape[1]):
                 out[f"QT_MAT_{suffix}_{first_grade + g}"] = self._numeric(grades[:, g])
+        # high school per grade: all in the proprietary track (PROP); the other tracks and the
+        # non-graded (NS) columns are 0, so that every breakdown adds up to QT_MAT_MED
         med = c["MED"]["grades"]
-        for g in range(3):
-            out[f"QT_MAT_MED_PROP_{g + 1}"] = self._numeric(med[:, g])
-        out["QT_MAT_MED_PROP"] = self._numeric(c["MED"]["MAT"])
+        zero = np.zeros(self.n, dtype=np.int64)
+        for g in (1, 2, 3, 4, "NS"):
+            grade = med[:, g - 1] if isinstance(g, int) and g <= med.shape[1] else zero
+            out[f"QT_MAT_MED_{g}"] = self._numeric(grade)
+            for track in ("PROP", "CT", "NM", "IFTP_CT", "IFTP_QP"):
+                out[f"QT_MAT_MED_{track}_{g}"] = self._numeric(grade if track == "PROP" else zero)
+        for track in ("PROP", "CT", "NM", "IFTP_CT", "IFTP_QP", "IFA"):
+            out[f"QT_MAT_MED_{track}"] = self._numeric(c["MED"]["MAT"] if track == "PROP" else zero)
         mat = {k: v["MAT"] for k, v in c.items()}
         out["QT_MAT_INF"] = self._numeric(mat["INF_CRE"] + mat["INF_PRE"])
         out["IN_INF"] = self._numeric(np.maximum(c["INF_CRE"]["IN"], c["INF_PRE"]["IN"]))
         out["IN_EJA"] = self._numeric(np.maximum(c["EJA_FUND"]["IN"], c["EJA_MED"]["IN"]))
         out["QT_MAT_EJA"] = self._numeric(mat["EJA_FUND"] + mat["EJA_MED"])
-        total = sum(mat[s] for s in ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE"))
+        total = c["BAS"]["MAT"]
         out["QT_MAT_BAS"] = self._numeric(total)
         out["IN_BAS"] = self._numeric((total > 0).astype(np.int64))
-        out["QT_DOC_BAS"] = self._numeric(sum(c[s]["DOC"] for s in ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE")))
-        out["QT_TUR_BAS"] = self._numeric(sum(c[s]["TUR"] for s in ("INF_CRE", "INF_PRE", "FUND", "MED", "PROF_TEC", "EJA_FUND", "EJA_MED", "ESP_CE")))
+        out["QT_DOC_BAS"] = self._numeric(c["BAS"]["DOC"])
+        out["QT_TUR_BAS"] = self._numeric(c["BAS"]["TUR"])
         bands = {
             "QT_MAT_BAS_0_3": mat["INF_CRE"],
             "QT_MAT_BAS_4_5": mat["INF_PRE"],
@@ -479,8 +517,9 @@ class _Renderer:
         out["QT_SALAS_UTILIZADAS"] = self._numeric(np.maximum(1, np.rint(c["FUND"]["TUR"] * 0.6 + c["INF_CRE"]["TUR"] + 2)))
         return out
 
-    def _filler(self, name: str, pos: int) -> pl.Series:
-        """Stable per-school values for columns the pipeline does not read."""
+    def _filler(self, name: str) -> pl.Series:
+        """Stable per-school values for columns the pipeline does not read (the same in any layout)."""
+        pos = zlib.crc32(name.encode()) % 60
         if name.startswith(("NO_", "SG_", "DS_", "DT_")) or name in ("NU_ENDERECO",):
             text = "SN" if name == "NU_ENDERECO" else None
             return pl.Series(name, [text] * self.n, dtype=pl.String).set(pl.Series(~self.active), None)
@@ -541,6 +580,23 @@ def write_year_zip(path: Path, year: int, csv_bytes: bytes) -> None:
     atomic.write_bytes(path, buffer.getvalue())
 
 
+def write_tables_zip(path: Path, year: int, tables: dict[str, bytes], release: catalog.Release) -> None:
+    """A multi-table year as INEP packs it: `<folder>/dados/Tabela_<X>_<year>[_V2].csv`, an md5
+    list beside them, and the leia-me and Anexos folders."""
+    folder = release.folder(year)
+    lines = []
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr(_member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year), b"PK\x05\x06" + b"\0" * 18)
+        for table, data in tables.items():
+            name = release.member(table, year)
+            zf.writestr(_member(name, year), data, compresslevel=6)
+            lines.append(f"{hashlib.md5(data).hexdigest()} *{name.rsplit('/', 1)[-1]}\n")
+        zf.writestr(_member(f"{folder}/dados/md5_microdados_censo_escolar_{year}.txt", year), "".join(lines).encode())
+        zf.writestr(_member(f"{folder}/leia-me/Leia-me Censo Escolar {year}.pdf", year), b"%PDF-1.4\n%%EOF\n")
+    atomic.write_bytes(path, buffer.getvalue())
+
+
 def generate(out_dir: Path, settings: SynthSettings, jobs: int = 2) -> dict[int, dict[str, dict[str, int]]]:
     """Write one INEP-layout zip per year and `synthetic_totals.csv`; return the true totals."""
     out_dir = Path(out_dir)
@@ -552,17 +608,28 @@ def generate(out_dir: Path, settings: SynthSettings, jobs: int = 2) -> dict[int,
     sim.initialise(years[0])
     truths: dict[int, dict[str, dict[str, int]]] = {}
 
+    release = catalog.FIRST_RELEASE if settings.first_release else catalog.REPUBLICATION
+
     def write(year: int, frame: pl.DataFrame) -> None:
         write_year_zip(out_dir / catalog.zip_name(year), year, frame_to_csv_bytes(frame))
         log.info("synthetic census %d: %d rows", year, frame.height)
+
+    def write_tables(year: int, tables: dict[str, pl.DataFrame]) -> None:
+        write_tables_zip(out_dir / release.zip_name(year), year, {t: frame_to_csv_bytes(f) for t, f in tables.items()}, release)
+        log.info("synthetic census %d: %d schools in %d tables (%s)", year, tables[catalog.SCHOOL_TABLE].height,
+                 len(tables), release.zip_name(year))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = []
         for year in years:
             if year != years[0]:
                 sim.step(year)
-            frame, truths[year] = sim.render(year)
-            futures.append(pool.submit(write, year, frame))
+            if year >= settings.tables_from:
+                tables, truths[year] = sim.render_tables(year, release)
+                futures.append(pool.submit(write_tables, year, tables))
+            else:
+                frame, truths[year] = sim.render(year)
+                futures.append(pool.submit(write, year, frame))
         for f in futures:
             f.result()
     rows = [
