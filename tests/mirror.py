@@ -28,6 +28,7 @@ class MirrorState:
     files: dict[str, bytes] = field(default_factory=dict)  # URL path -> content
     listing_path: str = "/censo-escolar"
     listing_extra: str = ""
+    redirects: dict = field(default_factory=dict)  # path -> Location of a 302
     faults: Faults = field(default_factory=Faults)
     log: list[tuple[str, str, str | None, int]] = field(default_factory=list)  # method, path, Range, status
     failures_sent: dict[str, int] = field(default_factory=dict)
@@ -73,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
             links = "".join(f'<li><a href="{p}">{p.rsplit("/", 1)[-1]}</a></li>' for p in sorted(st.files))
             html = f"<html><body><h1>Censo Escolar</h1><ul>{links}{st.listing_extra}</ul></body></html>".encode()
             return self._status(200, html, {"Content-Type": "text/html; charset=utf-8"}, head)
+        if path in st.redirects:
+            return self._status(302, b"", {"Location": st.redirects[path]}, head)
         if path not in st.files:
             return self._status(404, b"not found", head=head)
         sent = st.failures_sent.get(path, 0)

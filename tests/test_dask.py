@@ -20,7 +20,7 @@ from censo_forecast.config import load_settings  # noqa: E402
 from censo_forecast.engine import EngineError  # noqa: E402
 from censo_forecast.distributed import dask as dask_engine  # noqa: E402
 from censo_forecast.inep import ingest  # noqa: E402
-from censo_forecast.models import BASELINES, LEARNERS  # noqa: E402
+from censo_forecast.models import BASELINES, LEARNERS, MODEL_NAMES  # noqa: E402
 from censo_forecast.panel import build_panel  # noqa: E402
 from conftest import FAST_RUN  # noqa: E402
 
@@ -112,7 +112,7 @@ def test_run_with_dask_engine_matches_local_engine(small_census, run_out, tmp_pa
     ours = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
     theirs = pl.read_csv(run_out / "resultados_finais.csv")
     both = ours.join(theirs, on=["etapa", "modelo"], suffix="_local")
-    assert both.height == theirs.height == 10
+    assert both.height == theirs.height == 2 * len(MODEL_NAMES)
     for row in both.iter_rows(named=True):
         if row["modelo"] in BASELINES:
             assert row["MAE_Media_CV"] == pytest.approx(row["MAE_Media_CV_local"], rel=1e-12), row

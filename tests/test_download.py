@@ -330,3 +330,32 @@ def test_unreachable_host_fails_fast_with_a_hint(tmp_path, caplog):
         download.download(tmp_path, [2021], _opts(url, retries=8))
     attempts = [r for r in caplog.records if "ConnectError" in r.getMessage() and "retry" in r.getMessage()]
     assert len(attempts) == 2 * (download.CONNECT_ATTEMPTS - 1)  # listing, then the HEAD fallback
+
+
+def test_an_https_redirect_to_plain_http_is_refused(state, https_mirror, tmp_path):
+    """INEP's https URL answering 302 to http:// elsewhere is refused (both URLs named), and the
+    manifest records nothing; an http base URL the user chose is still allowed."""
+    url, ca = https_mirror
+    with Mirror(state) as plain:
+        state.redirects["/dados_abertos/microdados_censo_escolar_2021.zip"] = f"{plain}/elsewhere/microdados_censo_escolar_2021.zip"
+        state.publish("/elsewhere/microdados_censo_escolar_2021.zip", state.files["/dados_abertos/microdados_censo_escolar_2021.zip"])
+        report = download.download(tmp_path / "a", [2021], _opts(url, ca_bundle=ca, retries=1))
+        assert 2021 in report.failed and not (tmp_path / "a" / catalog.zip_name(2021)).exists()
+        message = report.failed[2021]
+        assert f"{url}/dados_abertos/microdados_censo_escolar_2021.zip redirects to {plain}/elsewhere/" in message
+        assert "refused" in message and not (tmp_path / "a" / download.MANIFEST).exists()
+        # the user's own http mirror: allowed, redirect included
+        assert download.download(tmp_path / "b", [2021], _opts(plain)).downloaded == [2021]
+
+
+def test_an_https_listing_linking_to_plain_http_is_refused(state, https_mirror, tmp_path):
+    url, ca = https_mirror
+    other = MirrorState()  # a plain-http host of its own
+    other.publish("/d/microdados_censo_escolar_2019.zip", state.files["/dados_abertos/microdados_censo_escolar_2021.zip"])
+    with Mirror(other) as plain:
+        state.listing_extra = f'<a href="{plain}/d/microdados_censo_escolar_2019.zip">2019</a>'
+        opts = _opts(url, ca_bundle=ca, retries=1)
+        report = download.download(tmp_path, [2019], opts)
+    assert f"links {plain}/d/microdados_censo_escolar_2019.zip, a plain-http URL: refused" in report.failed[2019]
+    assert not other.log  # nothing was even asked of the plain-http host
+    assert not (tmp_path / catalog.zip_name(2019)).exists()

@@ -146,13 +146,18 @@ def test_predict_refuses_mismatched_models(run_out, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(run_out / "models", models)
     meta = json.loads((models / "metadata.json").read_text())
+
+    def seal(meta):  # as another installation would have written it
+        meta[modelstore.SELF_HASH] = modelstore._content_hash(meta)
+        (models / "metadata.json").write_text(json.dumps(meta))
+
     meta["versions"]["lightgbm"] = "1.0.0"
-    (models / "metadata.json").write_text(json.dumps(meta))
+    seal(meta)
     with pytest.raises(modelstore.ModelStoreError, match=r"models saved with lightgbm 1\.0\.0.*install lightgbm==1\.0\.0 or refit"):
         modelstore.load(models)
     meta["versions"]["lightgbm"] = json.loads((run_out / "models" / "metadata.json").read_text())["versions"]["lightgbm"]
     meta["features"] = meta["features"][:-1] + ["QT_SOMETHING_NEW"]
-    (models / "metadata.json").write_text(json.dumps(meta))
+    seal(meta)
     with pytest.raises(modelstore.ModelStoreError, match="trained on other feature columns"):
         modelstore.load(models)
     result = CliRunner().invoke(app, ["predict", "--models", str(tmp_path / "nowhere"), "--raw-dir", str(tmp_path), "--offline"])

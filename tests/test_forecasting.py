@@ -306,3 +306,48 @@ def test_error_by_size_and_totals_by_year_from_hand_computed_rows():
     totals = validation.totals_by_year(preds)
     row = totals.filter((pl.col("modelo") == "Voting") & (pl.col("NU_ANO_CENSO") == 2024)).row(0, named=True)
     assert row["real"] == 287.0 and row["previsao"] == 296.0
+
+
+def test_cohort_progression_by_hand():
+    """Coorte for final elementary at origin 2025 (census grades 2023-2025): two schools A and C
+    offer it, school B (early elementary only) feeds the municipality with its grade 5."""
+    af = {"A": {2023: (30, 28, 26, 25), 2024: (32, 29, 27, 24), 2025: (31, 30, 28, 26)},
+          "C": {2023: (10, 10, 10, 10), 2024: (8, 9, 9, 9), 2025: (9, 8, 9, 9)}}
+    grade5 = {2023: 40, 2024: 35, 2025: 38}
+    codes = {"A": 33000001, "B": 33000002, "C": 33000003}
+    rows = []
+    for year in (2023, 2024, 2025):
+        for name in ("A", "C"):
+            g = af[name][year]
+            rows.append({"CO_ENTIDADE": codes[name], "NU_ANO_CENSO": year, "IN_FUND_AF": 1, "QT_MAT_FUND_AF": sum(g),
+                         **{f"QT_MAT_FUND_AF_{6 + i}": v for i, v in enumerate(g)}, **{f"QT_MAT_FUND_AI_{i}": 0 for i in range(1, 6)}})
+        rows.append({"CO_ENTIDADE": codes["B"], "NU_ANO_CENSO": year, "IN_FUND_AI": 1, "QT_MAT_FUND_AI": 80 + grade5[year],
+                     **{f"QT_MAT_FUND_AI_{i}": 20 for i in range(1, 5)}, "QT_MAT_FUND_AI_5": grade5[year],
+                     **{f"QT_MAT_FUND_AF_{i}": 0 for i in range(6, 10)}})
+    frame = features.origin_features(build_panel(census_rows(rows)), "IN_FUND_AF").filter(pl.col("origin_year") == 2025)
+    got = dict(zip(frame["CO_ENTIDADE"].to_list(), frame["cohort_forecast"].to_list()))
+    # progression: pupils past grade 6 in t over pupils below grade 9 in t - 1, pooled 2024-2025
+    a_in, a_base = (112 - 32) + (115 - 31), (109 - 25) + (112 - 24)
+    c_in, c_base = (35 - 8) + (35 - 9), (40 - 10) + (35 - 9)
+    area = (a_in + c_in) / (a_base + c_base)  # the municipality's = the state's (one municipality)
+    ratio = {n: (i + 30 * area) / (b + 30) for n, i, b in (("A", a_in, a_base), ("C", c_in, c_base))}
+    # intake: grade 6 of 2025 and 2024 over grade 5 of the year before (2023 has no 2022 to pair)
+    share = {"A": (31 + 32) / (35 + 40), "C": (9 + 8) / (35 + 40)}
+    continuing = {"A": 115 - 26, "C": 35 - 9}
+    for name in ("A", "C"):
+        expected = ratio[name] * continuing[name] + share[name] * grade5[2025]
+        assert got[codes[name]] == pytest.approx(expected, rel=1e-5), name
+    row = frame.filter(pl.col("CO_ENTIDADE") == codes["A"]).row(0, named=True)
+    assert row["cohort_ratio"] == pytest.approx(ratio["A"], rel=1e-6) and row["intake_share"] == pytest.approx(share["A"])
+    assert row["entry_grade_lag1"] == 31 and row["last_grade_lag1"] == 26 and row["muni_feeder_leaving_lag1"] == 38
+    assert row["grade_progression_lag1"] == pytest.approx((115 - 31) / (112 - 24))
+
+
+def test_cohort_features_before_the_census_had_grades(small_panel):
+    rows = features.training_frame(small_panel, "IN_FUND_AI")
+    early, late = rows.filter(pl.col("origin_year") < 2023), rows.filter(pl.col("origin_year") >= 2024)
+    for name in ("entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1"):
+        assert early[name].null_count() == early.height, name  # the census's own grades only
+        assert late[name].null_count() < late.height / 2, name
+    assert rows["cohort_forecast"].null_count() == 0 and (rows["cohort_forecast"] >= 0).all()
+    assert rows.filter(pl.col("origin_year") == 2012)["intake_share"].null_count() < rows.filter(pl.col("origin_year") == 2012).height

@@ -258,3 +258,72 @@ def test_ingest_and_synth_commands(tmp_path):
     assert "1 year(s) failed" in result.output and "2021:" in result.output and "not a readable zip" in result.output
     result = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--years", "2011,2013"])
     assert result.exit_code == 2 and "synthetic years must be consecutive" in result.output
+
+
+def _bomb(path, data: bytes, declare: int | None = None):
+    """A one-table year whose data member holds `data`; `declare`: the size its headers claim."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("microdados_ed_basica_2021/dados/microdados_ed_basica_2021.csv", data)
+    if declare is not None:  # rewrite the uncompressed size in the local header and the central directory
+        raw = bytearray(path.read_bytes())
+        local = raw.index(b"PK\x03\x04")
+        raw[local + 22:local + 26] = declare.to_bytes(4, "little")
+        central = raw.index(b"PK\x01\x02")
+        raw[central + 24:central + 28] = declare.to_bytes(4, "little")
+        path.write_bytes(bytes(raw))
+    return path
+
+
+def test_zip_bombs_are_refused_before_or_while_inflating(tmp_path):
+    from censo_forecast.inep import archive
+
+    honest = _bomb(tmp_path / "microdados_censo_escolar_2021.zip", b"0;" * 2_000_000)  # 4 MB of one pattern
+    with pytest.raises(ingest.IngestError, match=r"expands \d+ times \(census tables: about 7, limit 50\); refused"):
+        ingest.read_census_zip(honest, 2021)
+    with pytest.raises(archive.ArchiveError, match="refused"):
+        archive.verify_zip(honest, 2021)  # the downloader's check refuses it too
+    header = b"NU_ANO_CENSO;CO_ENTIDADE\n"
+    (tmp_path / "liar").mkdir()
+    liar = _bomb(tmp_path / "liar" / "microdados_censo_escolar_2021.zip",
+                 header + b"2021;1\n" * 300_000, declare=len(header) + 7 * 40)
+    with zipfile.ZipFile(liar) as zf:
+        info = zf.infolist()[0]
+        assert info.file_size == len(header) + 280 and info.file_size / info.compress_size < 50  # passes the ratio check
+    with pytest.raises(ingest.IngestError, match="inflates to more than the 305 bytes it declares"):
+        ingest.read_census_zip(liar, 2021)
+    with pytest.raises(archive.ArchiveError, match="inflates to more than the 305 bytes it declares"):
+        archive.verify_zip(liar, 2021)
+
+
+def test_a_member_declaring_more_than_any_census_table_is_refused(tmp_path, monkeypatch):
+    from censo_forecast.inep import archive
+
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1000)  # the real limit is 4 GiB; the check is the same
+    path = _bomb(tmp_path / "microdados_censo_escolar_2021.zip", bytes(range(256)) * 8)
+    with pytest.raises(ingest.IngestError, match="declares 2,048 bytes, beyond the 1,000 of any census table"):
+        ingest.read_census_zip(path, 2021)
+
+
+def test_an_ingest_error_is_printed_once(tmp_path):
+    from typer.testing import CliRunner
+
+    from censo_forecast.cli import app
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / catalog.zip_name(2021)).write_bytes(b"not a zip")
+    result = CliRunner().invoke(app, ["ingest", "--raw-dir", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and result.output.count("not a readable zip") == 1, result.output
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"[1, 2, 3]", b'{"2020": [1], "2021": "x", "abc": {"sha256": 5}}'])
+def test_a_damaged_manifest_is_reported_once_and_rebuilt(small_census, tmp_path, caplog, content):
+    raw, _ = small_census
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ingest.MANIFEST).write_bytes(content)
+    report = ingest.ingest(raw, cache, [2020, 2021])
+    assert report.written == [2020, 2021] and not report.failed
+    assert caplog.text.count("ingest manifest") <= 1
+    assert ingest.ingest(raw, cache, [2020, 2021], force=True).written == [2020, 2021]  # --force copes too
+    assert ingest.ingest(raw, cache, [2020, 2021]).skipped == [2020, 2021]  # rebuilt
+    assert ingest.cached_years(cache) == [2020, 2021]

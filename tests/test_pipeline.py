@@ -243,3 +243,44 @@ def test_run_and_predict_with_the_cache_on_an_fsspec_filesystem(small_census, ru
     finally:
         if fs.exists("/fsspec-test"):
             fs.rm("/fsspec-test", recursive=True)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("years = 2019", "setting years: expected a list of years, got 2019 (int)"),
+    ('jobs = "two"', "setting jobs: expected a whole number, got 'two' (str)"),
+    ('min_train_years = "3"', "setting min_train_years: expected a whole number, got '3' (str)"),
+    ("model = 5", "setting model: expected a [model] table, got 5 (int)"),
+    ('[model]\nn_estimators = "many"', "setting model.n_estimators: expected a whole number, got 'many' (str)"),
+    ('timeout_s = "fast"', "setting timeout_s: expected a number, got 'fast' (str)"),
+    ('stages = ["IN_MED", 3]', "setting stages: expected a list of texts"),
+    ("offline = 1", "setting offline: expected true or false, got 1 (int)"),
+])
+def test_settings_of_the_wrong_type_are_one_line_before_any_work(tmp_path, toml, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--raw-dir", str(tmp_path / "raw"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_a_stage_spec_as_text_is_read_like_the_command_line():
+    assert load_settings(None, stages="IN_FUND_AI, in_med").stages == ["IN_FUND_AI", "IN_MED"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--years", "abc"], "cannot read the years 'abc' ('abc' is not a year or a range)"),
+    (["--stages", ""], "no stage in ''"),
+    (["--stages", ","], "no stage in ','"),
+])
+def test_bad_arguments_are_one_line_messages(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_an_output_folder_that_is_a_file_is_a_clear_message(small_census, tmp_path):
+    raw, _ = small_census
+    (tmp_path / "taken").write_text("a file")
+    result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(raw), "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 1 and f"--out {tmp_path / 'taken'} is a file, not a folder" in result.output
+    assert "Traceback" not in result.output

@@ -2,7 +2,8 @@
 
 A stage's checkpoint is its walk-forward predictions, per-year metrics and SHAP
 importance, plus a JSON written last (a checkpoint counts only once all its parts are in
-place) holding a fingerprint of the data and the settings: any change redoes the stage.
+place) holding a fingerprint of the data and the settings (any change redoes the stage)
+and the sha256 of each part: a damaged part is never read, the stage is redone.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, outputs
+from censo_forecast import atomic, outputs, storage
 from censo_forecast.inep import ingest
 from censo_forecast.models import ENSEMBLE, LEARNERS
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2
+PARTS = ("predictions", "folds", "shap")
 
 
 def fingerprint(settings, years: list[int], flag: str) -> str:
@@ -49,16 +51,31 @@ def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[Sta
     if not isinstance(info, dict) or info.get("fingerprint") != fingerprint \
             or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
         return None
-    try:
-        cv = StageCV(flag, pl.read_parquet(folder / f"cv_{flag}_predictions.parquet"),
-                     pl.read_parquet(folder / f"cv_{flag}_folds.parquet"), info["seconds"])
-        return cv, pl.read_parquet(folder / f"cv_{flag}_shap.parquet")
-    except (OSError, KeyError, pl.exceptions.PolarsError):
+    hashes = info.get("sha256") if isinstance(info.get("sha256"), dict) else {}
+    parts = {}
+    for part in PARTS:
+        path = _part(folder, flag, part)
+        try:
+            intact = path.exists() and storage.sha256(path) == hashes.get(part)
+        except OSError:
+            intact = False
+        if not intact:
+            log.warning("checkpoint %s is missing or damaged (not the file written); %s will be redone", path, flag)
+            return None
+        parts[part] = pl.read_parquet(path)
+    seconds = info.get("seconds")
+    if not isinstance(seconds, (int, float)):
         return None
+    return StageCV(flag, parts["predictions"], parts["folds"], float(seconds)), parts["shap"]
+
+
+def _part(folder: Path, flag: str, part: str) -> Path:
+    return folder / f"cv_{flag}_{part}.parquet"
 
 
 def save(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
-    atomic.write_parquet(folder / f"cv_{cv.flag}_predictions.parquet", cv.predictions)
-    atomic.write_parquet(folder / f"cv_{cv.flag}_folds.parquet", cv.folds)
-    atomic.write_parquet(folder / f"cv_{cv.flag}_shap.parquet", importance)
-    atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds})
+    frames = {"predictions": cv.predictions, "folds": cv.folds, "shap": importance}
+    for part, frame in frames.items():
+        atomic.write_parquet(_part(folder, cv.flag, part), frame)
+    hashes = {part: storage.sha256(_part(folder, cv.flag, part)) for part in PARTS}
+    atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds, "sha256": hashes})

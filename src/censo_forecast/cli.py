@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -32,9 +35,18 @@ WorkersOpt = typer.Option(None, "--workers", help="LocalCluster workers when no 
 ListingUrlOpt = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery.")
 
 
+DEBUG_ENV = "CENSO_FORECAST_DEBUG"  # set to 1 to see the traceback behind an error message
+
+
 def _fail(message: str, code: int = 1) -> None:
-    log.error(message)
+    """Say what went wrong once on the console, and keep it in the run's log file when one is open."""
+    if os.environ.get(DEBUG_ENV) and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     typer.echo(f"error: {message}", err=True)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_censo_forecast", False) and isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     raise typer.Exit(code)
 
 
@@ -178,7 +190,7 @@ def run(
     from censo_forecast.inep import ingest as ingest_mod
 
     try:
-        stage_list = catalog.parse_stages(stages) if stages else None
+        stage_list = catalog.parse_stages(stages) if stages is not None else None
     except ValueError as exc:
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
@@ -204,6 +216,8 @@ def report(
         path = report_mod.build_report(out)
     except FileNotFoundError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {out / 'report.html'} ({exc.strerror or exc}); choose a folder you can write to")
     typer.echo(f"wrote {path}")
 
 

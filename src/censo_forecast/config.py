@@ -18,6 +18,35 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 LOCAL_ENGINE = "local"
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+
+
+def _typed(key: str, value, hint: str):
+    """`value` as the annotation `hint` wants it, or a ValueError naming the key, the expected
+    type and the value (TOML and Python callers get the same message)."""
+    options = [h.strip() for h in hint.split("|")]
+    if value is None and "None" in options:
+        return None
+    kind = options[0]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "Path": isinstance(value, (str, Path)),
+        "list[int]": isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+        "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }.get(kind, True)
+    if not ok:
+        wanted = {"list[int]": "a list of years", "list[str]": "a list of texts"}.get(kind) or _KINDS.get(
+            {"int": int, "float": float, "bool": bool, "str": str, "Path": Path}.get(kind), kind)
+        raise ValueError(f"setting {key}: expected {wanted}, got {value!r} ({type(value).__name__})")
+    return float(value) if kind == "float" else value
+
+
+def _check_fields(obj, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        setattr(obj, f.name, _typed(prefix + f.name, getattr(obj, f.name), str(f.type)))
 
 
 def engine_exists(name: str) -> bool:
@@ -53,6 +82,7 @@ class ModelSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_fields(self, "model.")
         if self.train_window_years < 0:
             raise ValueError("train_window_years must be 0 (every earlier year) or a positive number of years")
 
@@ -85,6 +115,13 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
 
     def __post_init__(self) -> None:
+        if isinstance(self.years, str):  # '2011-2021', as on the command line
+            self.years = catalog.parse_years(self.years)
+        if isinstance(self.stages, str):  # 'IN_MED,IN_FUND_AI'
+            self.stages = catalog.parse_stages(self.stages)
+        _check_fields(self)
+        if not self.stages:
+            raise ValueError("setting stages: no stage given; name one or more offer flags (IN_MED,IN_FUND_AI) or leave it out for all ten")
         self.raw_dir = storage.normalize(self.raw_dir)  # a path, or an fsspec URL for cluster storage
         self.out_dir = Path(self.out_dir)
         if self.cache_dir is not None:
@@ -92,7 +129,12 @@ class Settings:
         if self.ca_bundle is not None:
             self.ca_bundle = Path(self.ca_bundle)
         if isinstance(self.model, dict):
+            unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelSettings)})
+            if unknown:
+                raise ValueError(f"unknown [model] setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(ModelSettings))}")
             self.model = ModelSettings(**self.model)
+        if not isinstance(self.model, ModelSettings):
+            raise ValueError(f"setting model: expected a [model] table, got {self.model!r} ({type(self.model).__name__})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         for flag in self.stages:
@@ -132,12 +174,8 @@ def load_settings(path: Path | None = None, **overrides) -> Settings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"configuration file {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
-        if "years" in values and isinstance(values["years"], str):
-            values["years"] = catalog.parse_years(values["years"])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(values.get("model"), dict):
-        model_known = {f.name for f in dataclasses.fields(ModelSettings)}
-        bad = sorted(set(values["model"]) - model_known)
-        if bad:
-            raise ValueError(f"unknown [model] setting(s) {bad}; known: {sorted(model_known)}")
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        raise ValueError(f"configuration file {path}: {exc}" if path is not None else str(exc)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from censo_forecast import cohort
 from censo_forecast.inep import catalog
 from censo_forecast.panel import SCHOOL, YEAR, stage_view
 
@@ -17,6 +18,7 @@ COUNTS = ("enrollment", "teachers", "classes")
 AGE_FEATURES = {band: "age_" + band.removeprefix("QT_MAT_BAS_").lower() + "_lag1" for band in catalog.AGE_BANDS}
 INFRA_FEATURES = {flag: "has_" + flag.removeprefix("IN_").lower() + "_lag1" for flag in catalog.INFRASTRUCTURE_FLAGS}
 
+COHORT_FEATURE = "cohort_forecast"  # the Coorte baseline's forecast (cohort.py)
 FEATURES: tuple[str, ...] = (
     *(f"{c}_lag{k}" for c in COUNTS for k in LAGS),
     "enrollment_mean2", "enrollment_mean3", "enrollment_diff1", "enrollment_diff2", "enrollment_growth1",
@@ -26,6 +28,10 @@ FEATURES: tuple[str, ...] = (
     "muni_stage_total_lag1", "muni_stage_growth", "muni_stage_schools_lag1", "school_share_of_muni",
     "state_stage_total_lag1", "state_stage_growth",
     "dependency", "rural", "state_code", *INFRA_FEATURES.values(), "years_since_first_seen",
+    # cohort progression (cohort.py): the census's own grades where it has them (null before 2023),
+    # the cohort carried into the stage, and the Coorte forecast itself
+    "entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1", "feeder_leaving_lag1",
+    "muni_feeder_leaving_lag1", "cohort_ratio", "intake_share", COHORT_FEATURE,
 )
 ANCHOR = "enrollment_lag1"  # last observed enrollment: persistence, and the base the models add a change to
 READABLE = {  # labels for plots and reports
@@ -44,6 +50,10 @@ READABLE = {  # labels for plots and reports
     "school_share_of_muni": "school share of municipality", "state_stage_total_lag1": "state stage total last year",
     "state_stage_growth": "state stage growth", "dependency": "dependency (1 fed..4 private)", "rural": "rural location",
     "state_code": "state (UF code)", "years_since_first_seen": "years since first in the census",
+    "entry_grade_lag1": "first grade last year", "last_grade_lag1": "last grade last year",
+    "grade_progression_lag1": "grade progression ratio (census grades)", "feeder_leaving_lag1": "cohort leaving the feeding stage",
+    "muni_feeder_leaving_lag1": "municipal cohort leaving the feeding stage", "cohort_ratio": "cohort progression ratio",
+    "intake_share": "share of the municipal intake", COHORT_FEATURE: "cohort-progression forecast (Coorte)",
     **{v: k.removeprefix("QT_MAT_BAS_").replace("_MAIS", "+").replace("_", "-") + " year-olds in school" for k, v in AGE_FEATURES.items()},
     **{v: v.removeprefix("has_").removesuffix("_lag1").replace("_", " ") for v in INFRA_FEATURES.values()},
 }
@@ -62,6 +72,8 @@ def _back(column: str | pl.Expr, years: int) -> pl.Expr:
     match, so a year missing from the census is a gap (null), never the row before it.
     """
     value = pl.col(column) if isinstance(column, str) else column
+    if years == 0:
+        return value
     step = 1 if years > 0 else -1
     candidates = [
         pl.when((pl.col(SCHOOL).shift(i) == pl.col(SCHOOL)) & (pl.col(YEAR).shift(i) == pl.col(YEAR) - years))
@@ -91,15 +103,17 @@ def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """
     # rows that add nothing (not offering, no enrollment) are left out before grouping: the
     # sums are the same, and an area-year without any is never looked up by an offering row
-    adding = view.lazy().filter(pl.col("active") & (pl.col("offers") | (pl.col("enrollment") != 0)))
+    rows = _sorted(view).lazy().with_columns(cohort.flows(_back))
+    adding = rows.filter(pl.col("active") & (pl.col("offers") | (pl.col("enrollment") != 0)))
     queries = [adding.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"), pl.col("offers").sum().alias("schools"))
-               for key in AREAS]
-    return dict(zip(AREAS, pl.collect_all(queries, engine=ENGINE)))
+               for key in AREAS] + [cohort.area_sums(rows, key) for key in AREAS]
+    frames = pl.collect_all(queries, engine=ENGINE)
+    return {key: frames[i].join(frames[i + len(AREAS)], on=[key, YEAR], how="full", coalesce=True).fill_null(0)
+            for i, key in enumerate(AREAS)}
 
 
 def combine_area_sums(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
-    return {key: pl.concat([p[key] for p in parts]).group_by(key, YEAR).agg(pl.col("total").sum(), pl.col("schools").sum())
-            for key in AREAS}
+    return {key: pl.concat([p[key] for p in parts]).group_by(key, YEAR).agg(pl.all().sum()) for key in AREAS}
 
 
 def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -112,7 +126,7 @@ def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
         pl.col("total").alias(f"{prefix}_stage_total_lag1"),
         (_ratio(pl.col("total"), pl.col("total_prev")) - 1).alias(f"{prefix}_stage_growth"),
         pl.col("schools").alias(f"{prefix}_stage_schools_lag1"),
-    )
+    ).join(cohort.area_features(totals, key, prefix), on=[key, YEAR], how="left")
 
 
 def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth: bool) -> pl.LazyFrame:
@@ -120,12 +134,13 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     view = _sorted(stage_view(panel, flag))
     sums = sums if sums is not None else area_sums(view)
     lagged = [_back(c, k - 1).alias(f"{c}_lag{k}") for c in (*COUNTS, "offers") for k in LAGS[1:]]
-    lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2")]
+    lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2"), *cohort.school_windows(_back)]
     if truth:  # the school's stage enrollment in o + 1: 0 when it closed, dropped the stage or left
         enrolled = pl.when(pl.col("offers")).then(pl.col("enrollment")).otherwise(0)
         lagged.append(_back(enrolled, -1).fill_null(0).cast(pl.Float64).alias("y_true"))
     rows = (
         view.lazy()
+        .with_columns(cohort.flows(_back))
         .with_columns(*lagged)
         .filter(pl.col("offers"))
         .rename({**{c: f"{c}_lag1" for c in COUNTS}, "offers": "offers_lag1", "feeder_enrollment": "feeder_enrollment_lag1"})
@@ -134,6 +149,8 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     state = _area_features(sums["CO_UF"], "CO_UF").drop("state_stage_schools_lag1").lazy()
     rows = (rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left", maintain_order="left")
             .join(state, on=["CO_UF", YEAR], how="left", maintain_order="left"))
+    for step in cohort.forecast(catalog.stage(flag).feeder is not None):
+        rows = rows.with_columns(step)
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)
     f1, f2 = pl.col("feeder_enrollment_lag1"), pl.col("feeder_enrollment_lag2")
     infra = {flag_: pl.when(pl.col(flag_).is_in([0, 1])).then(pl.col(flag_)).otherwise(None) for flag_ in catalog.INFRASTRUCTURE_FLAGS}
@@ -156,6 +173,10 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
         pl.col("CO_UF").alias("state_code"),
         *(expr.alias(INFRA_FEATURES[f]) for f, expr in infra.items()),
         (pl.col(YEAR) - pl.col("first_year")).alias("years_since_first_seen"),
+        pl.when(pl.col("graded")).then(pl.col("entry")).alias("entry_grade_lag1"),
+        pl.when(pl.col("graded")).then(pl.col("leaving")).alias("last_grade_lag1"),
+        pl.col("feeder_leaving").alias("feeder_leaving_lag1"),
+        pl.col("muni_supply_0").alias("muni_feeder_leaving_lag1"),
     )
     return out.select(
         SCHOOL,

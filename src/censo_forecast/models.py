@@ -17,11 +17,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from censo_forecast import boosters
 from censo_forecast.config import ModelSettings
-from censo_forecast.outputs import DRIFT, ENSEMBLE, PERSISTENCE
+from censo_forecast.outputs import COHORT, DRIFT, ENSEMBLE, PERSISTENCE
 
 log = logging.getLogger(__name__)
 
-BASELINES = (PERSISTENCE, DRIFT)
+BASELINES = (PERSISTENCE, DRIFT, COHORT)
 LEARNERS = boosters.LEARNERS  # ("LightGBM", "XGBoost")
 MODEL_NAMES = (*BASELINES, *LEARNERS, ENSEMBLE)
 
@@ -143,6 +143,21 @@ class Persistence(RegressorMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.anchor])
+
+
+class CohortProgression(RegressorMixin, BaseEstimator):
+    """The planners' cohort-progression forecast (`Coorte`), computed with the features
+    (`cohort.py`). Parameter: `column`, the index of the cohort_forecast feature."""
+
+    def __init__(self, column: int = 0):
+        self.column = column
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return np.maximum(np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.column]), 0.0)
 
 
 class Drift(RegressorMixin, BaseEstimator):

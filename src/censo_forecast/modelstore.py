@@ -5,20 +5,23 @@ and refuses when what it would feed the models does not match what they learned 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, boosters, models
+from censo_forecast import atomic, boosters, models, storage
 from censo_forecast.features import FEATURES
-from censo_forecast.validation import ANCHOR_INDEX
+from censo_forecast.validation import ANCHOR_INDEX, COHORT_INDEX
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sha256 of every file, checked before a native loader reads it
 METADATA = "metadata.json"
+SELF_HASH = "sha256_of_this_file"  # of the metadata without this key: a changed value is caught too
 
 
 class ModelStoreError(Exception):
@@ -36,6 +39,11 @@ class SavedModels:
     training_years: list[int]
 
 
+def _content_hash(meta: dict) -> str:
+    content = {k: v for k, v in meta.items() if k != SELF_HASH}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _version(name: str) -> str:
     return importlib.metadata.version(name)
 
@@ -49,7 +57,7 @@ def save(folder: Path, saved: SavedModels) -> Path:
     is complete once it exists)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stages = {}
+    stages, hashes = {}, {}
     for flag, model in saved.models.items():
         entry: dict = {"modelo": saved.chosen[flag], "files": {}}
         members = model.estimators if isinstance(model, models.Voting) else [model]
@@ -59,12 +67,14 @@ def save(folder: Path, saved: SavedModels) -> Path:
                 with atomic.atomic_path(path) as tmp:
                     member.adapter.save(member.booster_, tmp)
                 entry["files"][member.learner] = path.name
+                hashes[path.name] = storage.sha256(path)
         if isinstance(model, models.Drift):
             entry["drift_ratio"] = model.ratio_
         calibration = saved.calibration.get(flag)
         if calibration is not None:
             atomic.write_parquet(folder / f"calibration_{flag}.parquet", calibration)
             entry["calibration"] = f"calibration_{flag}.parquet"
+            hashes[entry["calibration"]] = storage.sha256(folder / entry["calibration"])
         stages[flag] = entry
     meta = {
         "format_version": FORMAT_VERSION,
@@ -73,7 +83,9 @@ def save(folder: Path, saved: SavedModels) -> Path:
         "versions": {name: _version(name) for name in ("censo-forecast", *_packages(), "polars")},
         "training_years": saved.training_years,
         "stages": stages,
+        "sha256": hashes,
     }
+    meta[SELF_HASH] = _content_hash(meta)
     atomic.write_json(folder / METADATA, meta)
     return folder
 
@@ -88,9 +100,22 @@ def load(folder: Path) -> SavedModels:
     path = folder / METADATA
     if not path.exists():
         raise ModelStoreError(f"{path} not found: not a saved-models folder (run `censo-forecast run` first)")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelStoreError(f"{path} is damaged ({exc}); rerun `censo-forecast run` to save the models again") from None
+    if not isinstance(meta, dict):
+        raise ModelStoreError(f"{path} is damaged (not a JSON object); rerun `censo-forecast run` to save the models again")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelStoreError(f"{folder}: model format {meta.get('format_version')} is not {FORMAT_VERSION}; refit with this version")
+    if meta.get(SELF_HASH) != _content_hash(meta):
+        raise ModelStoreError(f"{path} is damaged (its content does not match the hash recorded when it was saved); "
+                              "rerun `censo-forecast run` to save the models again")
+    shapes = {"features": list, "versions": dict, "training_years": list, "stages": dict, "sha256": dict}
+    wrong = [k for k, kind in shapes.items() if not isinstance(meta.get(k), kind)]
+    if wrong or not all(isinstance(e, dict) and isinstance(e.get("files", {}), dict) for e in meta["stages"].values()):
+        raise ModelStoreError(f"{path} is damaged (entries {wrong or ['stages']} are not what run writes); "
+                              "rerun `censo-forecast run` to save the models again")
     if meta["features"] != list(FEATURES):
         missing = sorted(set(meta["features"]) - set(FEATURES))
         extra = sorted(set(FEATURES) - set(meta["features"]))
@@ -102,19 +127,42 @@ def load(folder: Path) -> SavedModels:
                                   f"install {package}=={saved} or refit")
     out = SavedModels({}, {}, {}, meta["training_years"])
     for flag, entry in meta["stages"].items():
-        out.models[flag] = _restore(folder, entry)
-        out.chosen[flag] = entry["modelo"]
+        out.models[flag] = _restore(folder, entry, meta["sha256"])
+        out.chosen[flag] = entry.get("modelo")
         if "calibration" in entry:
-            out.calibration[flag] = pl.read_parquet(folder / entry["calibration"])
+            out.calibration[flag] = pl.read_parquet(_verified(folder, entry["calibration"], meta["sha256"]))
     return out
 
 
-def _restore(folder: Path, entry: dict):
+def _verified(folder: Path, name, hashes: dict) -> Path:
+    """A file the metadata names: a plain name inside the folder, and the very file that was
+    saved (its sha256), before any reader, native ones included, sees it."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ModelStoreError(f"{folder / METADATA} names {name!r}: not a file of the models folder; refused")
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ModelStoreError(f"{folder / METADATA} names {name!r}, which lies outside {folder}; refused")
+    if not path.is_file():
+        raise ModelStoreError(f"{path} is missing; rerun `censo-forecast run` to save the models again")
+    if storage.sha256(path) != hashes.get(name):
+        raise ModelStoreError(f"{path} is damaged (its sha256 is not the one recorded when it was saved); "
+                              "rerun `censo-forecast run` to save the models again")
+    return path
+
+
+def _restore(folder: Path, entry: dict, hashes: dict):
     learners = {}
     for name, file in entry["files"].items():
+        if name not in models.LEARNERS:
+            raise ModelStoreError(f"{folder / METADATA}: unknown learner {name!r}")
         est = models.ChangeRegressor(name, ANCHOR_INDEX)
-        learners[name] = est.set_booster(est.adapter.load(folder / file), len(FEATURES))
-    name = entry["modelo"]
+        learners[name] = est.set_booster(est.adapter.load(_verified(folder, file, hashes)), len(FEATURES))
+    name = entry.get("modelo")
+    needed = set(models.LEARNERS) if name == models.ENSEMBLE else {name} & set(models.LEARNERS)
+    if name not in models.MODEL_NAMES or not needed <= set(learners) or (
+            name == models.DRIFT and not isinstance(entry.get("drift_ratio"), (int, float))):
+        raise ModelStoreError(f"{folder / METADATA}: a stage's entry is damaged ({str(entry)[:120]}); "
+                              "rerun `censo-forecast run` to save the models again")
     if name == models.ENSEMBLE:
         return models.Voting([learners[n] for n in models.LEARNERS])
     if name in learners:
@@ -123,4 +171,6 @@ def _restore(folder: Path, entry: dict):
         drift = models.Drift(ANCHOR_INDEX)
         drift.ratio_ = entry["drift_ratio"]
         return drift
+    if name == models.COHORT:
+        return models.CohortProgression(COHORT_INDEX).fit(np.empty((0, len(FEATURES))))
     return models.Persistence(ANCHOR_INDEX)

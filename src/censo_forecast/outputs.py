@@ -22,7 +22,7 @@ SHAP_IMPORTANCE = "shap_importance.csv"
 AREA_LEVELS = ("municipios", "ufs", "brasil")
 
 # Values of the `modelo` column besides the boosters' names (boosters.LEARNERS).
-PERSISTENCE, DRIFT, ENSEMBLE = "Persistencia", "Deriva", "Voting"
+PERSISTENCE, DRIFT, COHORT, ENSEMBLE = "Persistencia", "Deriva", "Coorte", "Voting"
 
 # Last census year's enrollment of a school's stage (the persistence forecast) in the
 # forecast files; the feature the models read it from is features.ANCHOR.

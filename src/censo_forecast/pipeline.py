@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,20 @@ def ensure_raw(s: Settings) -> list[int]:
     return years
 
 
+def writable_folder(out: Path) -> Path:
+    """The output folder, created if needed, after checking it can be written to: a folder that
+    is a file or read-only is a one-line message, before any work."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except FileExistsError:
+        raise PipelineError(f"--out {out} is a file, not a folder; choose a folder for the outputs") from None
+    except OSError as exc:
+        raise PipelineError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a folder you can write to") from None
+    return out
+
+
 def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
     engine.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
 
@@ -74,8 +89,7 @@ def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: 
 
 def predict(s: Settings, models_dir: Path) -> list[Path]:
     """Forecast from a (newer) census with saved models, without retraining."""
-    out = Path(s.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(s.out_dir)
     runlog.setup_logging(out)
     forecaster = EnrollmentForecaster.load(models_dir)
     years = ensure_raw(s)
@@ -147,7 +161,7 @@ class Run:
         return record
 
     def prepare_output(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.out)
         runlog.setup_logging(self.out)
         if self.s.fresh and self.checkpoints.exists():
             shutil.rmtree(self.checkpoints)

@@ -56,7 +56,7 @@ def metrics_table(results: pl.DataFrame, table_id: str = "metrics", decimals: in
         cells = []
         for col, value in r.items():
             cls = ""
-            if col == "Skill_MAE_vs_Persistencia" and value is not None:
+            if col.startswith("Skill_MAE_vs_") and value is not None:
                 cls = ' class="pos"' if value > 0.0005 else (' class="neg"' if value < -0.0005 else "")
             text = f"{value:,.{decimals}f}" if isinstance(value, float) else html.escape(str(value))
             cells.append(f"<td{cls}>{text}</td>")
@@ -146,7 +146,7 @@ def build_report(out: Path) -> Path:
         f"<title>censo-forecast report</title><style>{_CSS}</style></head><body><main>",
         "<h1>School enrollment forecast: validation report</h1>",
         "<p class='muted'>Walk-forward by calendar year; every school that offered the stage the year before is "
-        "forecast, closures included (truth 0). Skill = 1 - MAE / MAE(persistence); green beats persistence.</p>",
+        "forecast, closures included (truth 0). Skill = 1 - MAE / MAE(baseline) against persistence and against cohort progression (Coorte); green beats the baseline.</p>",
         f"<section><h2>Run</h2>{_metadata(meta)}</section>",
         f"<section><h2>Metrics (resultados_finais.csv)</h2>{metrics_table(results)}</section>",
         _forecast_summary(out, meta),

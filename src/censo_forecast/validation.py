@@ -15,10 +15,11 @@ import polars as pl
 
 from censo_forecast import intervals, models
 from censo_forecast.config import ModelSettings
-from censo_forecast.features import ANCHOR, FEATURES
+from censo_forecast.features import ANCHOR, COHORT_FEATURE, FEATURES
 
 log = logging.getLogger(__name__)
 ANCHOR_INDEX = FEATURES.index(ANCHOR)
+COHORT_INDEX = FEATURES.index(COHORT_FEATURE)
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -99,7 +100,10 @@ class StageData:
 
 
 def fit_baseline(name: str, data: StageData, test_year: int | None = None):
-    """Persistencia, or Deriva: the stage's aggregate change in the latest target year before test_year."""
+    """Persistencia; Coorte (cohort progression, computed with the features); or Deriva: the
+    stage's aggregate change in the latest target year before test_year."""
+    if name == models.COHORT:
+        return models.CohortProgression(COHORT_INDEX).fit(np.empty((0, len(FEATURES)), dtype=np.float32))
     if name == models.DRIFT:
         latest = max(y for y in data.target_years() if test_year is None or y < test_year)
         rows = data.rows(pl.col("target_year") == latest)
@@ -162,8 +166,9 @@ def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[i
             fold_rows.append({"etapa": flag, "modelo": name, "NU_ANO_CENSO": year, **metrics(y_test, pred), "n": len(y_test)})
         preds.append(out)
         last_fold = LastFold(year, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, X_test)
-        log.info("%s %d: test %d rows, MAE persistence %.2f / voting %.2f", flag, year, test.height,
-                 fold_rows[-5]["MAE"], fold_rows[-1]["MAE"])
+        mae = {row["modelo"]: row["MAE"] for row in fold_rows[-len(fitted):]}
+        log.info("%s %d: test %d rows, MAE persistence %.2f / cohort %.2f / voting %.2f", flag, year, test.height,
+                 mae[models.PERSISTENCE], mae[models.COHORT], mae[models.ENSEMBLE])
     if not preds:
         raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")
@@ -217,14 +222,14 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, cove
         pl.len().alias("n_folds"),
         pl.col("n").sum().alias("n_amostras"),
     )
-    persistence = table.filter(pl.col("modelo") == models.PERSISTENCE).select("etapa", pl.col("MAE_Media_CV").alias("_mae_p"))
-    table = table.join(persistence, on="etapa", how="left").with_columns(
-        (1 - pl.col("MAE_Media_CV") / pl.col("_mae_p")).alias("Skill_MAE_vs_Persistencia")
-    )
+    for baseline, column in ((models.PERSISTENCE, "Skill_MAE_vs_Persistencia"), (models.COHORT, "Skill_MAE_vs_Coorte")):
+        reference = table.filter(pl.col("modelo") == baseline).select("etapa", pl.col("MAE_Media_CV").alias("_mae_b"))
+        table = table.join(reference, on="etapa", how="left").with_columns(
+            (1 - pl.col("MAE_Media_CV") / pl.col("_mae_b")).alias(column)).drop("_mae_b")
     best = table.group_by("etapa").agg(pl.col("modelo").sort_by("MAE_Media_CV").first().alias("_best"))
     table = table.join(best, on="etapa").with_columns((pl.col("modelo") == pl.col("_best")).alias("Escolhido"))
     columns = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV",
-               "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras"]
+               "Skill_MAE_vs_Persistencia", "Skill_MAE_vs_Coorte", "n_folds", "n_amostras"]
     if predictions is not None:
         if coverage is None:
             coverage = coverage_table(predictions)

@@ -70,9 +70,8 @@ def _client(scheduler: str | None, workers: int) -> Iterator:
 
 
 # ------------------------------------------------------------------ worker tasks
-def _load_partition(cache_dir, years: list[int], schools: np.ndarray) -> pl.DataFrame:
-    frames = [storage.read_parquet(ingest.cache_path(cache_dir, y)).filter(pl.col(SCHOOL).is_in(schools))
-              for y in years]
+def _load_partition(cache_dir, hashes: dict[int, str], schools: np.ndarray) -> pl.DataFrame:
+    frames = [ingest.read_cached_year(cache_dir, y, h).filter(pl.col(SCHOOL).is_in(schools)) for y, h in sorted(hashes.items())]
     return build_panel(pl.concat(frames, how="vertical"))
 
 
@@ -124,12 +123,12 @@ class DaskEngine:
         """One future per state: the panel of the schools first seen in that state."""
         key = tuple(sorted(years))
         if key not in self._parts:
-            paths = [ingest.cache_path(self.cache_dir, y) for y in key]
-            ids = pl.concat([storage.read_parquet(p, columns=[SCHOOL, YEAR, "CO_UF"]) for p in paths])
+            hashes = ingest.parquet_hashes(self.cache_dir, list(key))  # each worker verifies what it reads
+            ids = pl.concat([ingest.read_cached_year(self.cache_dir, y, h, [SCHOOL, YEAR, "CO_UF"]) for y, h in hashes.items()])
             home = ids.sort(YEAR).group_by(SCHOOL, maintain_order=True).agg(pl.col("CO_UF").first())
             groups = home.group_by("CO_UF").agg(pl.col(SCHOOL)).sort("CO_UF")
             self._parts[key] = [
-                self.client.submit(_load_partition, self.cache_dir, list(key), np.asarray(schools))
+                self.client.submit(_load_partition, self.cache_dir, hashes, np.asarray(schools))
                 for uf, schools in groups.iter_rows()
             ]
             log.info("dask: %d school partitions (one per state) on %d workers", len(self._parts[key]),

@@ -27,9 +27,13 @@ class UnsupportedCompression(ArchiveError):
     """A member compressed with a method Python cannot read (Deflate64, for one)."""
 
 
-# Members larger than this are streamed rather than inflated into one buffer (INEP's largest
-# CSV is ~220 MB).
-MAX_TOTAL_UNCOMPRESSED = 4 * 1024**3
+# Guards against zip bombs, from the real files: INEP's tables are 190-220 MB at most and
+# compress about 6-7 times (the one-table CSVs in 26-34 MB zips; 2025's tables likewise). A
+# member declaring more than MAX_MEMBER_BYTES (about 18 times the largest real table) or
+# compressed more than MAX_COMPRESSION_RATIO times (7 times the real ratio) is refused before
+# anything is inflated, and no member is ever inflated past the size it declares.
+MAX_MEMBER_BYTES = 4 * 1024**3
+MAX_COMPRESSION_RATIO = 50
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -110,10 +114,27 @@ def _check_crc(path: Path, info: zipfile.ZipInfo, crc: int, size: int) -> None:
         raise ArchiveError(f"{path}: member {info.filename} is damaged (CRC or size mismatch: {size} of {info.file_size} bytes)")
 
 
+def check_declared(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse, before inflating, a member whose declared size or compression ratio is far
+    beyond any real census table's (see MAX_MEMBER_BYTES, MAX_COMPRESSION_RATIO)."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ArchiveError(f"{path}: member {info.filename} declares {info.file_size:,} bytes, beyond the "
+                           f"{MAX_MEMBER_BYTES:,} of any census table; refused (zip bomb?)")
+    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+        raise ArchiveError(f"{path}: member {info.filename} expands {info.file_size / info.compress_size:.0f} times "
+                           f"(census tables: about 7, limit {MAX_COMPRESSION_RATIO}); refused (zip bomb?)")
+
+
+def _larger_than_declared(path: Path, info: zipfile.ZipInfo) -> ArchiveError:
+    return ArchiveError(f"{path}: member {info.filename} inflates to more than the {info.file_size:,} bytes it declares; "
+                        "refused (a lying header: zip bomb?)")
+
+
 def read_member(path: Path, info: zipfile.ZipInfo) -> bytes:
-    """A member's bytes as one buffer, CRC-checked: one read and one inflate into a buffer of
-    the member's size (no pieces to join: a third less time in the kernel for a census CSV)."""
-    if not _plain(info) or info.file_size > MAX_TOTAL_UNCOMPRESSED:
+    """A member's bytes as one buffer, CRC-checked: one read and one inflate, stopped at the
+    size the member declares (no pieces to join: a third less time in the kernel for a census CSV)."""
+    check_declared(path, info)
+    if not _plain(info):
         return b"".join(iter_member(path, info, 8 << 20))
     with open(path, "rb") as fh:
         _seek_data(fh, path, info)
@@ -121,16 +142,21 @@ def read_member(path: Path, info: zipfile.ZipInfo) -> bytes:
     if len(data) < info.compress_size:
         raise ArchiveError(f"{path}: member {info.filename} is truncated")
     if info.compress_type == zipfile.ZIP_DEFLATED:
+        inflater = _inflate_lib.decompressobj(-15)
         try:
-            data = _inflate_lib.decompress(data, -15, max(1, info.file_size))
+            data = inflater.decompress(data, max(1, info.file_size))
         except Exception as exc:  # zlib.error or isal's equivalent
             raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
+        if inflater.unconsumed_tail:
+            raise _larger_than_declared(path, info)
     _check_crc(path, info, _inflate_lib.crc32(data), len(data))
     return data
 
 
 def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator[bytes]:
-    """A member's bytes, inflated from compressed reads of block_bytes, CRC-checked at the end."""
+    """A member's bytes, inflated from compressed reads of block_bytes, CRC-checked at the end;
+    it stops as soon as the member yields more than it declares."""
+    check_declared(path, info)
     if not _plain(info):
         with zipfile.ZipFile(path) as zf:  # other methods: the standard reader
             try:
@@ -140,7 +166,11 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
                     f"unsupported zip compression in {path}, member {info.filename} ({exc}); re-zip it with ordinary deflate"
                 ) from None
             with fh:
+                produced = 0
                 while chunk := fh.read(block_bytes):
+                    produced += len(chunk)
+                    if produced > info.file_size:
+                        raise _larger_than_declared(path, info)
                     yield chunk
         return
     inflater = _inflate_lib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
@@ -157,13 +187,17 @@ def iter_member(path: Path, info: zipfile.ZipInfo, block_bytes: int) -> Iterator
                 if inflater is None:
                     out = raw
                 elif raw:
-                    out = inflater.decompress(raw)
+                    out = inflater.decompress(raw, info.file_size - size + 1)  # one byte past: a lie shows
+                    if inflater.unconsumed_tail:
+                        raise _larger_than_declared(path, info)
                 else:
                     out, inflater = inflater.flush(), None
             except Exception as exc:  # zlib.error or isal's equivalent
                 raise ArchiveError(f"{path}: member {info.filename} is damaged ({exc})") from None
             crc = _inflate_lib.crc32(out, crc)
             size += len(out)
+            if size > info.file_size:
+                raise _larger_than_declared(path, info)
             if out:
                 yield out
     _check_crc(path, info, crc, size)

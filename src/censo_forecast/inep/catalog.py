@@ -187,6 +187,7 @@ class Stage:
     label: str  # English description for reports
     label_pt: str
     feeder: str | None = None  # the stage whose pupils enter this one next year
+    grades: int = 1  # years a pupil spends in the stage (its grades, where it has grades)
 
     @property
     def suffix(self) -> str:
@@ -208,18 +209,27 @@ class Stage:
     def columns(self) -> tuple[str, str, str, str]:
         return (self.flag, self.enrollment, self.teachers, self.classes)
 
+    @property
+    def grade_columns(self) -> tuple[str, ...]:
+        """The cache's per-grade enrollment of the stage, in grade order (empty: no grades)."""
+        prefixes = ("QT_MAT_FUND_AI_", "QT_MAT_FUND_AF_") if self.suffix == "FUND" else (f"{self.enrollment}_",)
+        return tuple(c for p in prefixes for c in GRADE_COLUMNS if c.startswith(p) and c[len(p):].isdigit())
 
+
+# grades: creche covers ages 0-3 (4 years), pre-school 4-5, early elementary grades 1-5,
+# final 6-9, high school 1-3 (a 4th in integrated technical courses), technical courses about
+# 3 years, adult education stages about 2, special classes taken as 4.
 STAGES: tuple[Stage, ...] = (
-    Stage("IN_INF_CRE", "nursery (creche)", "Creche"),
-    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE"),
-    Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE"),
-    Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE"),
-    Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI"),
-    Stage("IN_MED", "high school", "Ensino médio", feeder="IN_FUND_AF"),
-    Stage("IN_PROF_TEC", "technical vocational", "Educação profissional técnica", feeder="IN_FUND_AF"),
-    Stage("IN_EJA_FUND", "adult education, elementary", "EJA fundamental"),
-    Stage("IN_EJA_MED", "adult education, high school", "EJA médio", feeder="IN_EJA_FUND"),
-    Stage("IN_ESP_CE", "special education, exclusive classes", "Educação especial, classes exclusivas"),
+    Stage("IN_INF_CRE", "nursery (creche)", "Creche", grades=4),
+    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE", grades=2),
+    Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE", grades=9),
+    Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE", grades=5),
+    Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI", grades=4),
+    Stage("IN_MED", "high school", "Ensino médio", feeder="IN_FUND_AF", grades=3),
+    Stage("IN_PROF_TEC", "technical vocational", "Educação profissional técnica", feeder="IN_FUND_AF", grades=3),
+    Stage("IN_EJA_FUND", "adult education, elementary", "EJA fundamental", grades=2),
+    Stage("IN_EJA_MED", "adult education, high school", "EJA médio", feeder="IN_EJA_FUND", grades=2),
+    Stage("IN_ESP_CE", "special education, exclusive classes", "Educação especial, classes exclusivas", grades=4),
 )
 STAGE_BY_FLAG = {s.flag: s for s in STAGES}
 
@@ -357,6 +367,9 @@ def parse_years(spec: str | None, available: list[int] | None = None) -> list[in
         part = part.strip()
         if not part:
             continue
+        if not re.fullmatch(r"\d{4}(\s*-\s*\d{4})?", part):
+            raise ValueError(f"cannot read the years {spec!r} ({part!r} is not a year or a range): "
+                             "use '2011-2021', '2015,2017' or 'all'")
         if "-" in part:
             lo, hi = (int(x) for x in part.split("-", 1))
             if lo > hi:
@@ -376,6 +389,8 @@ def parse_stages(spec: str | None) -> list[str]:
     if spec is None or spec.strip().lower() == "all":
         return [s.flag for s in STAGES]
     flags = [f.strip().upper() for f in spec.split(",") if f.strip()]
+    if not flags:
+        raise ValueError(f"no stage in {spec!r}: name one or more offer flags (IN_MED,IN_FUND_AI) or 'all'")
     for f in flags:
         stage(f)
     return flags

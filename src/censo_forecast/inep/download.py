@@ -90,15 +90,32 @@ def ssl_context(extra_ca: Path | None = None, add_inep_intermediate: bool = Fals
     return ctx
 
 
+def plain_http_allowed(opts: DownloadOptions) -> bool:
+    """Plain http only where the user asked for it: an http:// base URL (a mirror they chose)."""
+    return urlparse(opts.base_url).scheme == "http"
+
+
+def _refuse_downgrade(opts: DownloadOptions):
+    """A response hook: an https response that redirects to http is refused, never followed."""
+    def check(response: httpx.Response) -> None:
+        if response.is_redirect and not plain_http_allowed(opts):
+            target = response.url.join(response.headers.get("location", ""))
+            if response.url.scheme == "https" and target.scheme == "http":
+                raise DownloadError(f"{response.url} redirects to {target}: refused, a download never goes from https "
+                                    "to plain http (pass an http:// --base-url yourself to allow a plain-http mirror)")
+    return check
+
+
 def make_client(opts: DownloadOptions) -> httpx.Client:
     timeout = httpx.Timeout(opts.timeout_s, connect=min(opts.timeout_s, 20.0))
     headers = {"User-Agent": "censo-forecast (+https://pypi.org/project/censo-forecast/)"}
+    hooks = {"response": [_refuse_downgrade(opts)]}
     if opts.insecure:
         log.warning("!" * 72)
         log.warning("--insecure: TLS certificate verification is OFF. Anyone on the network path")
         log.warning("can substitute the census files. Use --ca-bundle instead if you can.")
         log.warning("!" * 72)
-        return httpx.Client(verify=False, timeout=timeout, headers=headers, follow_redirects=True)
+        return httpx.Client(verify=False, timeout=timeout, headers=headers, follow_redirects=True, event_hooks=hooks)
     inep = httpx.HTTPTransport(verify=ssl_context(opts.ca_bundle, add_inep_intermediate=True))
     return httpx.Client(
         verify=ssl_context(opts.ca_bundle),
@@ -106,6 +123,7 @@ def make_client(opts: DownloadOptions) -> httpx.Client:
         timeout=timeout,
         headers=headers,
         follow_redirects=True,
+        event_hooks=hooks,
     )
 
 
@@ -276,6 +294,9 @@ class Downloader:
     def fetch(self, client: httpx.Client, year: int, url: str, slot: int = 0) -> bool:
         """Bring one year up to date; True if bytes were transferred. The zip keeps INEP's file
         name; a re-publication, once verified, replaces the year's earlier file."""
+        if urlparse(url).scheme == "http" and not plain_http_allowed(self.opts):
+            raise DownloadError(f"{self.opts.listing_url} links {url}, a plain-http URL: refused, a download never goes "
+                                "from https to plain http (pass an http:// --base-url yourself to allow a plain-http mirror)")
         name = urlparse(url).path.rsplit("/", 1)[-1]
         if catalog.parse_zip_name(name) is None:
             name = catalog.zip_name(year)  # a mirror serving other names: ours

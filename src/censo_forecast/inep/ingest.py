@@ -94,8 +94,13 @@ def year_hashes(cache_dir, years: list[int]) -> dict[int, str]:
     return {y: manifest[str(y)]["sha256"] for y in years}
 
 
-def _is_current(entry: dict | None, zip_path, parquet) -> bool:
-    if not entry or not storage.exists(parquet) or entry.get("schema_version") != catalog.CACHE_SCHEMA_VERSION:
+def _is_current(entry, zip_path, parquet) -> bool:
+    """The year's cache file is there, intact (its sha256 as written) and made from this zip."""
+    if not isinstance(entry, dict) or not storage.exists(parquet) or entry.get("schema_version") != catalog.CACHE_SCHEMA_VERSION:
+        return False
+    if entry.get("parquet_sha256") != storage.sha256(parquet):
+        log.warning("cache file %s does not match the hash recorded when it was written (damaged); it will be "
+                    "ingested again", parquet)
         return False
     now = _zip_fingerprint(zip_path)
     if entry.get("size") != now["size"] or entry.get("zip") != now["zip"]:
@@ -118,6 +123,7 @@ def ingest_year(zip_path, year: int, cache_dir) -> dict:
         "sha256": sha256,
         "rows": frame.height,
         "parquet": cache_path_name(year),
+        "parquet_sha256": storage.sha256(target),
         "schema_version": catalog.CACHE_SCHEMA_VERSION,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -157,8 +163,8 @@ def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 2, fo
             try:
                 entry = future.result()
             except (IngestError, archive.ArchiveError, OSError) as exc:
-                report.failed[year] = str(exc)
-                log.error("ingest %d failed: %s", year, exc)
+                report.failed[year] = str(exc)  # said once, by whoever reads the report
+                log.debug("ingest %d failed: %s", year, exc)
             else:
                 manifest[str(year)] = entry
                 storage.write_text(storage.join(cache_dir, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -172,20 +178,38 @@ def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 2, fo
     return report
 
 
+def parquet_hashes(cache_dir, years: list[int]) -> dict[int, str]:
+    """sha256 of each year's cache file as it was written (from the manifest)."""
+    manifest = _load_manifest(cache_dir)
+    hashes = {y: manifest[str(y)].get("parquet_sha256") for y in years if isinstance(manifest.get(str(y)), dict)}
+    missing = [y for y in years if not hashes.get(y)]
+    if missing:
+        raise IngestError(f"years {missing}: no cache file recorded in {storage.join(cache_dir, MANIFEST)}; "
+                          "run `censo-forecast ingest` first")
+    return hashes
+
+
+def read_cached_year(cache_dir, year: int, expected_sha256: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """One year's cache file, after checking it is the file ingest wrote: a damaged file is
+    never read (a flipped byte can garble values silently, or crash the Parquet reader)."""
+    location = cache_path(cache_dir, year)
+    if not storage.exists(location):
+        raise IngestError(f"year {year}: no cache file {location}; run `censo-forecast ingest` first")
+    if storage.sha256(location) != expected_sha256:
+        raise IngestError(f"year {year}: cache file {location} is damaged (its sha256 is not the one recorded when it "
+                          "was written); run `censo-forecast ingest` again to re-create it")
+    return storage.read_parquet(location, columns=columns)
+
+
 def load_cache(cache_dir, years: list[int]) -> pl.DataFrame:
-    """All cached years as one frame (the panel's input)."""
-    frames = []
-    for year in years:
-        location = cache_path(cache_dir, year)
-        if not storage.exists(location):
-            raise IngestError(f"year {year}: no cache file {location}; run `censo-forecast ingest` first")
-        frames.append(storage.read_parquet(location))
-    return pl.concat(frames, how="vertical")
+    """All cached years as one frame (the panel's input), each verified first."""
+    hashes = parquet_hashes(cache_dir, years)
+    return pl.concat([read_cached_year(cache_dir, y, hashes[y]) for y in years], how="vertical")
 
 
 def cached_years(cache_dir) -> list[int]:
     manifest = _load_manifest(cache_dir)
-    return sorted(int(y) for y in manifest if storage.exists(cache_path(cache_dir, int(y))))
+    return sorted(int(y) for y in manifest if y.isdigit() and storage.exists(cache_path(cache_dir, int(y))))
 
 
 __all__ = ["IngestError", "IngestReport", "ingest", "ingest_year", "read_census_zip", "load_cache", "raw_zips", "cache_path", "cache_path_name", "cached_years"]

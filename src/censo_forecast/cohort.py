@@ -1,0 +1,110 @@
+"""The cohort-progression method planners use, as features and as the `Coorte` forecast.
+
+Next year's enrollment of a stage in a school = the pupils who stay in the stage (all but
+its last grade) moved up one grade with a progression ratio, plus the intake into its first
+grade (see `../shared/methods/cohort-progression.md`):
+
+    Coorte(o + 1) = r × continuing(o) + intake(o + 1)
+
+- r, the progression ratio: pupils past the entry grade in year t over the pupils who could
+  move up in t - 1, pooled over the WINDOW transitions up to the origin o. Smoothing: the
+  state's ratio; a municipality's shrunk toward its state's with the weight of MUNI_PRIOR
+  students, a school's toward its municipality's with SCHOOL_PRIOR students, so a school
+  with little history gets its municipality's ratio and a large one its own.
+- intake into a stage with a feeding stage: the school's share of its municipality's
+  feeding cohort (the feeder's last grade, summed over every school: grade 5 -> 6 and
+  9 -> high school often change schools), pooled over the window, times that cohort at o.
+  Creche, adult elementary and special classes have no feeder: the school's mean intake.
+- Grades are the census's where the year has them (2023 on), else the stage total spread
+  evenly over its grades (`panel.cohort_columns`).
+
+Everything at origin o reads census years <= o. Area sums are additive, so an engine that
+holds schools in partitions adds the partitions' sums and gets the same values.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from censo_forecast.panel import YEAR
+
+WINDOW = 3  # transitions pooled for ratios and intake shares
+SCHOOL_PRIOR = 30.0  # students: weight of the municipal ratio in a school's
+MUNI_PRIOR = 200.0  # students: weight of the state ratio in a municipality's
+SUMS = ("flow_in", "flow_base", "supply")  # what area_sums adds up per area and year
+
+
+def flows(back) -> list[pl.Expr]:
+    """Per (school, year t), offering rows: pupils past the entry grade in t (flow_in) and the
+    pupils who could move up in t - 1 (flow_base); `back(column, k)` reads year t - k."""
+    base = back("continuing", 1)
+    moved = pl.col("offers") & base.is_not_null()
+    return [
+        pl.when(moved).then(pl.col("enrollment") - pl.col("entry")).alias("flow_in"),
+        pl.when(moved).then(base).alias("flow_base"),
+    ]
+
+
+def area_sums(frame: pl.LazyFrame, key: str) -> pl.LazyFrame:
+    """An area's flows and feeding cohort (over every active school, offering or not) per year."""
+    return frame.filter(pl.col("active")).group_by(key, YEAR).agg(
+        pl.col("flow_in").sum(), pl.col("flow_base").sum(), pl.col("feeder_leaving").fill_null(0).sum().alias("supply"))
+
+
+def area_features(totals: pl.DataFrame, key: str, prefix: str) -> pl.DataFrame:
+    """Per area and origin year o: flows pooled over the window, and the feeding cohort at
+    o - k for k = 0 .. WINDOW (supply_k; null where the area has no row that year)."""
+    shifted = totals.select(key, YEAR, *SUMS)
+    frame = shifted
+    for k in range(WINDOW + 1):
+        lagged = shifted.select(key, (pl.col(YEAR) + k).alias(YEAR), *(pl.col(c).alias(f"{c}_{k}") for c in SUMS))
+        frame = frame.join(lagged, on=[key, YEAR], how="left")
+    return frame.select(
+        key, YEAR,
+        pl.sum_horizontal(f"flow_in_{k}" for k in range(WINDOW)).alias(f"{prefix}_flow_in"),
+        pl.sum_horizontal(f"flow_base_{k}" for k in range(WINDOW)).alias(f"{prefix}_flow_base"),
+        *(pl.col(f"supply_{k}").alias(f"{prefix}_supply_{k}") for k in range(WINDOW + 1)),
+    )
+
+
+def _shrunk(flow_in: pl.Expr, flow_base: pl.Expr, prior: pl.Expr, weight: float) -> pl.Expr:
+    return (flow_in.fill_null(0) + weight * prior) / (flow_base.fill_null(0) + weight)
+
+
+def school_windows(back) -> list[pl.Expr]:
+    """Per (school, origin o), on the whole calendar-sorted view (before rows are filtered):
+    the school's flows and intake over the window, and its census-graded progression ratio."""
+    window = range(WINDOW)
+    both_graded = pl.col("graded") & back("graded", 1).fill_null(False)
+    base = back("continuing", 1)
+    return [
+        pl.sum_horizontal(back("flow_in", k) for k in window).alias("_own_in"),
+        pl.sum_horizontal(back("flow_base", k) for k in window).alias("_own_base"),
+        *(back("entry", k).alias(f"_entry_{k}") for k in window),
+        pl.when(both_graded & (base > 0)).then((pl.col("enrollment") - pl.col("entry")) / base).alias("grade_progression_lag1"),
+    ]
+
+
+def forecast(has_feeder: bool) -> list[list[pl.Expr]]:
+    """Expressions, in dependency order, for origin rows that carry `school_windows` and the
+    municipal and state columns of `area_features`: ratios, intake, the Coorte forecast."""
+    entries = [pl.col(f"_entry_{k}") for k in range(WINDOW)]
+    mean_intake = pl.mean_horizontal(entries)
+    if has_feeder:
+        # the intake of year o - k over the municipal cohort of o - k - 1, pooled over the pairs
+        # where both are known (a new school, or the census's first years, has fewer)
+        supplies = [pl.col(f"muni_supply_{k + 1}") for k in range(WINDOW)]
+        taken = pl.sum_horizontal(pl.when(s.is_not_null()).then(e) for e, s in zip(entries, supplies))
+        offered = pl.sum_horizontal(pl.when(e.is_not_null()).then(s) for e, s in zip(entries, supplies))
+        share = pl.when(offered > 0).then(taken / offered)
+        intake = pl.coalesce(pl.col("intake_share") * pl.col("muni_supply_0"), mean_intake)
+    else:
+        share, intake = pl.lit(None, dtype=pl.Float64), mean_intake
+    state = pl.when(pl.col("state_flow_base") > 0).then(pl.col("state_flow_in") / pl.col("state_flow_base")).otherwise(1.0)
+    return [
+        [_shrunk(pl.col("muni_flow_in"), pl.col("muni_flow_base"), state, MUNI_PRIOR).alias("_muni_ratio"),
+         share.alias("intake_share")],
+        [_shrunk(pl.col("_own_in"), pl.col("_own_base"), pl.col("_muni_ratio"), SCHOOL_PRIOR).alias("cohort_ratio"),
+         intake.fill_null(0).alias("_intake")],
+        [(pl.col("cohort_ratio") * pl.col("continuing") + pl.col("_intake")).alias("cohort_forecast")],
+    ]
