@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/busy.py
 	$(BIN)/python benchmarks/pipeline.py
 
 clean:

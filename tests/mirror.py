@@ -21,6 +21,8 @@ class Faults:
     chunk_delay_s: float = 0.0  # sleep between 8 KiB chunks (slow server)
     lie_length_by: int = 0  # announce this many more bytes than sent, then close
     ignore_range: bool = False
+    hang_paths: tuple = ()  # paths the server never answers (it sleeps hang_s, then closes)
+    hang_s: float = 30.0
 
 
 @dataclass
@@ -74,6 +76,10 @@ class _Handler(BaseHTTPRequestHandler):
             links = "".join(f'<li><a href="{p}">{p.rsplit("/", 1)[-1]}</a></li>' for p in sorted(st.files))
             html = f"<html><body><h1>Censo Escolar</h1><ul>{links}{st.listing_extra}</ul></body></html>".encode()
             return self._status(200, html, {"Content-Type": "text/html; charset=utf-8"}, head)
+        if path in faults.hang_paths:
+            time.sleep(faults.hang_s)
+            self.close_connection = True
+            return
         if path in st.redirects:
             return self._status(302, b"", {"Location": st.redirects[path]}, head)
         if path not in st.files:

@@ -114,3 +114,24 @@ def test_a_damaged_checkpoint_redoes_its_stage(small_census, tmp_path, caplog):
     pipeline.run(s)
     assert "IN_MED: validated" in caplog.text and "is damaged" in caplog.text
     assert pl.read_csv(tmp_path / "out" / "resultados_finais.csv").equals(first)
+
+
+def test_concurrent_readers_of_a_remote_file_all_read_it_whole():
+    """fsspec's memory filesystem hands every opener the same file object: hashing a cache
+    file from several workers at once must still see the whole file (it once did not)."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fsspec
+
+    from censo_forecast import storage
+
+    fs = fsspec.filesystem("memory")
+    data = bytes(range(256)) * 40_000  # 10 MB, read in many chunks by a file-object reader
+    fs.pipe("/concurrency/censo_2020.parquet", data)
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            hashes = list(pool.map(lambda _: storage.sha256("memory://concurrency/censo_2020.parquet"), range(32)))
+        assert set(hashes) == {hashlib.sha256(data).hexdigest()}
+    finally:
+        fs.rm("/concurrency", recursive=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import ssl
 import subprocess
 import threading
+import time
 import zipfile
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -294,8 +296,8 @@ def https_mirror(state, tmp_path):
 
 def test_tls_is_verified_and_ca_bundle_extends_trust(https_mirror, zips, tmp_path):
     url, ca = https_mirror
-    with pytest.raises(download.DownloadError, match=r"https://127\.0\.0\.1:\d+/.*CERTIFICATE_VERIFY_FAILED"):
-        download.download(tmp_path / "a", [2021], _opts(url, retries=1))  # unknown CA: verification is on
+    refused = download.download(tmp_path / "a", [2021], _opts(url, retries=1))  # unknown CA: verification is on
+    assert re.search(r"https://127\.0\.0\.1:\d+/.*CERTIFICATE_VERIFY_FAILED", refused.failed[2021])
     assert not (tmp_path / "a" / catalog.zip_name(2021)).exists()
     trusted = download.download(tmp_path / "b", [2021], _opts(url, ca_bundle=ca))
     assert trusted.downloaded == [2021]
@@ -326,8 +328,9 @@ def test_unreachable_host_fails_fast_with_a_hint(tmp_path, caplog):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    with pytest.raises(download.DownloadError, match=r"ConnectError.*is the host reachable from this machine\? use --offline"):
-        download.download(tmp_path, [2021], _opts(url, retries=8))
+    report = download.download(tmp_path, [2021, 2022, 2023], _opts(url, retries=8))
+    assert sorted(report.failed) == [2021, 2022, 2023]  # every year told, after one probe of the host
+    assert re.search(r"ConnectError.*is the host reachable from this machine\? use --offline", report.failed[2023])
     attempts = [r for r in caplog.records if "ConnectError" in r.getMessage() and "retry" in r.getMessage()]
     assert len(attempts) == 2 * (download.CONNECT_ATTEMPTS - 1)  # listing, then the HEAD fallback
 
@@ -359,3 +362,21 @@ def test_an_https_listing_linking_to_plain_http_is_refused(state, https_mirror, 
     assert f"links {plain}/d/microdados_censo_escolar_2019.zip, a plain-http URL: refused" in report.failed[2019]
     assert not other.log  # nothing was even asked of the plain-http host
     assert not (tmp_path / catalog.zip_name(2019)).exists()
+
+
+def test_a_hanging_server_costs_bounded_time_and_the_other_years_arrive(state, zips, tmp_path):
+    """HEAD of 2022 never answers: with --timeout 1 the command gives that year up after a few
+    seconds, not 8 x 60, while 2021 and 2023 are fetched; the failure is reported at the end."""
+    state.faults.hang_paths = ("/dados_abertos/microdados_censo_escolar_2022.zip",)
+    state.faults.hang_s = 20.0
+    state.listing_path = "/moved"  # probe by HEAD, one year after the other
+    started = time.monotonic()
+    with Mirror(state) as url:
+        result = CliRunner().invoke(app, ["download", "--years", "2021-2023", "--raw-dir", str(tmp_path), "--timeout", "1",
+                                          "--base-url", f"{url}/dados_abertos/", "--listing-url", f"{url}/moved"])
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert "2022" in result.output and "gave up" in result.output and "--timeout" in result.output
+    _assert_identical(tmp_path, zips, [2021, 2023])
+    assert not (tmp_path / catalog.zip_name(2022)).exists()
+    assert elapsed < 15, elapsed  # 3 waits of 1 s (and back-off), nowhere near 8 x 60 s

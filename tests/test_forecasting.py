@@ -351,3 +351,33 @@ def test_cohort_features_before_the_census_had_grades(small_panel):
         assert late[name].null_count() < late.height / 2, name
     assert rows["cohort_forecast"].null_count() == 0 and (rows["cohort_forecast"] >= 0).all()
     assert rows.filter(pl.col("origin_year") == 2012)["intake_share"].null_count() < rows.filter(pl.col("origin_year") == 2012).height
+
+
+def test_threads_follow_the_cpus_available_and_the_size_of_the_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(models.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert models.available_cpus(tmp_path) == 8  # no quota file
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container allowed 1.5 CPUs
+    assert models.available_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert models.available_cpus(tmp_path) == 8
+    monkeypatch.setattr(models.os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3
+    assert models.available_cpus(tmp_path) == 1
+    monkeypatch.setattr(models, "available_cpus", lambda: 4)
+    assert models.threads_for(models.SMALL_TRAINING_ROWS - 1, 8) == 1  # a small fit: one thread
+    assert models.threads_for(10**6, 8) == 4 and models.threads_for(10**6, 2) == 2
+    seen = {}
+    monkeypatch.setattr(models.boosters.LightGBMAdapter, "fit", lambda self, X, y, params: seen.update(params) or "booster")
+    models.ChangeRegressor("LightGBM", n_jobs=8).fit(np.zeros((500, 3), dtype=np.float32), np.zeros(500))
+    assert seen["n_jobs"] == 1
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    code = "import censo_forecast.boosters, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True)
+    assert mine.stdout.strip() == "ACTIVE"

@@ -284,3 +284,24 @@ def test_an_output_folder_that_is_a_file_is_a_clear_message(small_census, tmp_pa
     result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(raw), "--out", str(tmp_path / "taken")])
     assert result.exit_code == 1 and f"--out {tmp_path / 'taken'} is a file, not a folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_one_run_at_a_time_per_output_folder_and_a_crash_frees_it(tmp_path):
+    """A second run on a folder in use stops with the holder's pid; once the holder dies
+    (kill -9: no clean-up), the folder is free again."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom censo_forecast.atomic import folder_lock\n"
+        f"with folder_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(tmp_path / "raw"), "--out", str(out)])
+        assert result.exit_code == 1
+        assert f"{out} is in use by another censo-forecast run (process {holder.pid})" in result.output
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(tmp_path / "raw"), "--out", str(out)])
+    assert result.exit_code == 1 and "no census zips" in result.output  # past the lock, to the next check

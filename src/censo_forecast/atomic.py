@@ -56,3 +56,36 @@ def write_parquet(target: Path, frame) -> None:
 def write_csv(target: Path, frame) -> None:
     with atomic_path(target) as tmp:
         frame.write_csv(tmp)
+
+
+class FolderBusy(Exception):
+    """Another process holds the folder's lock; the message names it."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str = "censo-forecast run") -> Iterator[None]:
+    """Hold `folder/.lock` for the block, so two runs never mix their files in one folder.
+
+    The lock is the kernel's (flock): it is released when the block ends or the process dies,
+    even by kill -9, so a crash never leaves a stale lock. The file holds the holder's pid,
+    for the message the second process gets.
+    """
+    import fcntl
+
+    path = Path(folder) / ".lock"
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise FolderBusy(f"{folder} is in use by another {what} (process {holder}); wait for it to finish, "
+                             "or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -10,7 +10,13 @@ from a file, so saving, explaining and predicting never depend on where it came 
 
 from __future__ import annotations
 
+import os
 import warnings
+
+# OpenMP threads of LightGBM and XGBoost spin while they wait, which on a shared machine
+# steals the cores other processes need (benchmarks/README.md, "busy machine"); passive
+# waiting, unless the user set a policy. Read once, when the libraries load their OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Protocol
 

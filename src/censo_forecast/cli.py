@@ -33,6 +33,7 @@ EngineOpt = typer.Option(None, "--engine", help="local (default) | dask: ingest,
 SchedulerOpt = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster.")
 WorkersOpt = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given (default 2).")
 ListingUrlOpt = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery.")
+TimeoutOpt = typer.Option(None, "--timeout", help="Seconds to wait for a server per request (default 60); a file gives up after 3 such waits without a byte.")
 
 
 DEBUG_ENV = "CENSO_FORECAST_DEBUG"  # set to 1 to see the traceback behind an error message
@@ -136,6 +137,7 @@ def download(
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Where the zips live (a mirror; http:// is fine on this machine)."),
     listing_url: Optional[str] = ListingUrlOpt,
     jobs: Optional[int] = JobsOpt,
+    timeout: Optional[float] = TimeoutOpt,
     ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="Extra CA certificates (PEM) to trust."),
     insecure: bool = typer.Option(False, "--insecure", help="Turn TLS verification OFF (never the default; warns every time)."),
     config: Optional[Path] = ConfigOpt,
@@ -144,7 +146,8 @@ def download(
     from censo_forecast.runlog import setup_logging
 
     setup_logging()
-    s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle, insecure=insecure or None)
+    s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle,
+                  insecure=insecure or None, timeout_s=timeout)
     report = _download(s, _years(years) if years and years.lower() != "all" else None)
     typer.echo(f"downloaded {report.downloaded or 'none'}; unchanged {report.unchanged or 'none'}; folder {s.raw_dir}")
     if not report.ok:
@@ -178,6 +181,7 @@ def run(
     jobs: Optional[int] = JobsOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
     listing_url: Optional[str] = ListingUrlOpt,
+    timeout: Optional[float] = TimeoutOpt,
     engine: Optional[str] = EngineOpt,
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
@@ -195,7 +199,7 @@ def run(
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
                   device=device, offline=offline or None, fresh=fresh or None, jobs=jobs, base_url=base_url,
-                  listing_url=listing_url, engine=engine, scheduler=scheduler, workers=workers)
+                  listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers)
     try:
         record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:

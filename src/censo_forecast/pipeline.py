@@ -90,20 +90,32 @@ def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: 
 def predict(s: Settings, models_dir: Path) -> list[Path]:
     """Forecast from a (newer) census with saved models, without retraining."""
     out = writable_folder(s.out_dir)
-    runlog.setup_logging(out)
-    forecaster = EnrollmentForecaster.load(models_dir)
-    years = ensure_raw(s)
-    with open_engine(s) as engine:
-        _ingest(s, engine, years)
-    runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
-    written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
+    with _locked(out, "predict"):
+        runlog.setup_logging(out)
+        forecaster = EnrollmentForecaster.load(models_dir)
+        years = ensure_raw(s)
+        with open_engine(s) as engine:
+            _ingest(s, engine, years)
+        runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
+        written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
     log.info("forecast for %d from saved models: %s", forecaster.forecast_year_, ", ".join(p.name for p in written))
     return written
 
 
+@contextmanager
+def _locked(out: Path, command: str) -> Iterator[None]:
+    """One command at a time per output folder (a second stops with the holder's pid)."""
+    try:
+        with atomic.folder_lock(out, f"censo-forecast {command}"):
+            yield
+    except atomic.FolderBusy as exc:
+        raise PipelineError(str(exc)) from None
+
+
 def run(s: Settings) -> dict:
     """The whole job; returns the run record (also written to run_metadata.json)."""
-    with open_engine(s) as engine:
+    out = writable_folder(s.out_dir)
+    with _locked(out, "run"), open_engine(s) as engine:
         return Run(s, engine).execute()
 
 

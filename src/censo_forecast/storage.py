@@ -10,6 +10,7 @@ object beside the target, then a move.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -88,19 +89,25 @@ def stat(location) -> dict:
 
 
 def sha256(location) -> str:
+    path = local_path(location)
+    if path is None:
+        return hashlib.sha256(read_bytes(location)).hexdigest()
     digest = hashlib.sha256()
-    with open_binary(location) as fh:
+    with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def open_binary(location):
+def read_bytes(location) -> bytes:
+    """A whole file. Remote objects come in one request (`cat_file`): some filesystems hand
+    every opener the same file object, which concurrent readers (a cluster's workers) would
+    share."""
     path = local_path(location)
     if path is not None:
-        return open(path, "rb")
+        return path.read_bytes()
     fs, p = _fs(location)
-    return fs.open(p, "rb")
+    return fs.cat_file(p)
 
 
 @contextmanager
@@ -153,8 +160,7 @@ def write_text(location, text: str) -> None:
 
 
 def read_text(location) -> str:
-    with open_binary(location) as fh:
-        return fh.read().decode("utf-8")
+    return read_bytes(location).decode("utf-8")
 
 
 def read_json_dict(location, what: str) -> dict:
@@ -177,8 +183,7 @@ def read_parquet(location, columns: list[str] | None = None) -> pl.DataFrame:
     path = local_path(location)
     if path is not None:
         return pl.read_parquet(path, columns=columns)
-    with open_binary(location) as fh:
-        return pl.read_parquet(fh, columns=columns)
+    return pl.read_parquet(io.BytesIO(read_bytes(location)), columns=columns)
 
 
 def makedirs(location) -> None:

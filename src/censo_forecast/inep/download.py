@@ -48,7 +48,9 @@ class DownloadOptions:
     ca_bundle: Path | None = None
     insecure: bool = False
     retries: int = 8  # consecutive failures without progress before giving up
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # per request: connecting, or waiting for the next bytes
+    # per file: the longest total wait without receiving a byte, over every retry (None: 3 x timeout_s)
+    max_wait_s: float | None = None
     backoff_s: float = 1.0  # first back-off; doubles up to backoff_cap_s
     backoff_cap_s: float = 60.0
     jobs: int = 2
@@ -128,8 +130,15 @@ def make_client(opts: DownloadOptions) -> httpx.Client:
 
 
 # ------------------------------------------------------------------ discovery
-def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | None) -> dict[int, str]:
-    """Years the server offers -> URL. The listing page first; HEAD on the URL pattern as fallback."""
+def _max_wait(opts: DownloadOptions) -> float:
+    return opts.max_wait_s if opts.max_wait_s is not None else 3 * opts.timeout_s
+
+
+def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | None,
+             unreachable: dict[int, str] | None = None) -> dict[int, str]:
+    """Years the server offers -> URL. The listing page first; HEAD on the URL pattern as fallback.
+    A year whose probe does not answer goes into `unreachable` (year -> why), not into an error
+    that would stop the other years."""
     found: dict[int, str] = {}
     if opts.listing_url:
         try:
@@ -142,7 +151,7 @@ def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | No
         [] if found else list(range(catalog.DEFAULT_FIRST_YEAR, datetime.now().year + 1))
     )
     for year in candidates:
-        if year in found:
+        if year in found or (unreachable and year in unreachable):
             continue
         for republished in (True, False):  # a re-publication supersedes the first release
             url = catalog.zip_url(year, opts.base_url, republished)
@@ -152,6 +161,13 @@ def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | No
                 break
             except _NotFound:
                 continue
+            except DownloadError as exc:
+                if unreachable is None:
+                    raise
+                # a host that refuses connections fails every year alike: say so for all of them at once
+                down = isinstance(exc, _Unreachable)
+                unreachable.update({y: str(exc) for y in (candidates if down else [year]) if y not in found})
+                break
     if wanted is None:
         return {y: u for y, u in found.items() if y >= catalog.DEFAULT_FIRST_YEAR}
     return {y: found[y] for y in wanted if y in found}
@@ -180,6 +196,10 @@ class _NotFound(DownloadError):
     pass
 
 
+class _Unreachable(DownloadError):
+    """The host does not accept connections at all."""
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
@@ -206,7 +226,12 @@ CONNECT_ATTEMPTS = 3  # a host that cannot be reached at all is not worth minute
 def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions) -> httpx.Response:
     """A small request (listing, HEAD) with the same retry policy as transfers, except that
     failing to connect at all gives up after CONNECT_ATTEMPTS."""
+    started = time.monotonic()
     for attempt in range(1, opts.retries + 1):
+        waited = time.monotonic() - started
+        if attempt > 1 and waited >= _max_wait(opts):
+            raise DownloadError(f"{method} {url}: no usable answer in {waited:.0f} s ({attempt - 1} attempts of at most "
+                                f"{opts.timeout_s:.0f} s each); gave up (--timeout sets the wait per request)")
         try:
             response = client.request(method, url)
         except httpx.TransportError as exc:
@@ -214,7 +239,7 @@ def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions)
             limit = min(opts.retries, CONNECT_ATTEMPTS) if unreachable else opts.retries
             if attempt >= limit:
                 hint = " (is the host reachable from this machine? use --offline with local zips)" if unreachable else ""
-                raise DownloadError(f"{method} {url}: {type(exc).__name__}: {exc}{hint}") from None
+                raise (_Unreachable if unreachable else DownloadError)(f"{method} {url}: {type(exc).__name__}: {exc}{hint}") from None
             log.warning("%s %s: %s: %s; retry %d of %d", method, url, type(exc).__name__, exc, attempt, limit - 1)
             _sleep_before_retry(attempt, opts, None)
             continue
@@ -272,8 +297,12 @@ class Downloader:
         except OSError as exc:
             raise DownloadError(f"cannot create {self.raw_dir}: {exc}") from None
         with make_client(self.opts) as client:
-            available = discover(client, self.opts, years)
-            report.missing = [y for y in (years or []) if y not in available]
+            unreachable: dict[int, str] = {}
+            available = discover(client, self.opts, years, unreachable)
+            report.failed.update(unreachable)
+            for y, why in unreachable.items():
+                log.error("year %d: %s", y, why)
+            report.missing = [y for y in (years or []) if y not in available and y not in unreachable]
             for y in report.missing:
                 log.error("year %d: not offered by %s (nor at %s)", y, self.opts.listing_url or "-", catalog.zip_url(y, self.opts.base_url))
             with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
@@ -357,6 +386,7 @@ class Downloader:
             part.unlink()  # a partial file of another version of the remote file
         failures = 0
         total_attempts = 0
+        last_progress = time.monotonic()
         bar = runlog.Progress(f"year {year}", remote.size, byte_units=True, position=slot, enabled=opts.progress, leave=False)
         try:
             while True:
@@ -376,8 +406,11 @@ class Downloader:
                     got = self._stream(client, remote, part, have, headers, bar)
                 except _Retryable as exc:
                     failures = 0 if exc.progress else failures + 1
-                    if failures >= opts.retries or total_attempts >= opts.retries * 25:
-                        raise DownloadError(f"{remote.url}: gave up after {total_attempts} attempts; last error: {exc}") from None
+                    last_progress = time.monotonic() if exc.progress else last_progress
+                    stalled = time.monotonic() - last_progress
+                    if failures >= opts.retries or total_attempts >= opts.retries * 25 or stalled >= _max_wait(opts):
+                        raise DownloadError(f"{remote.url}: gave up after {total_attempts} attempts ({stalled:.0f} s "
+                                            f"without a byte); last error: {exc}") from None
                     log.debug("year %d: %s; retrying (%d)", year, exc, failures)
                     if not exc.progress:
                         _sleep_before_retry(failures, opts, exc.retry_after)
