@@ -135,3 +135,20 @@ def test_concurrent_readers_of_a_remote_file_all_read_it_whole():
         assert set(hashes) == {hashlib.sha256(data).hexdigest()}
     finally:
         fs.rm("/concurrency", recursive=True)
+
+
+def test_the_report_refuses_outputs_that_are_not_the_runs(run_out, tmp_path):
+    """A planner's page must show the run's numbers: a changed output is named, not drawn."""
+    out = tmp_path / "out"
+    shutil.copytree(run_out, out, ignore=shutil.ignore_patterns("checkpoints", "models", ".lock"))
+    meta = json.loads((out / "run_metadata.json").read_text())
+    assert set(meta["outputs_sha256"]) == {"resultados_finais.csv", "totais_cv.csv", "erro_por_tamanho_cv.csv",
+                                            "previsoes_2026_brasil.csv", "previsoes_2026_ufs.csv"}
+    assert CliRunner().invoke(app, ["report", "--out", str(out)]).exit_code == 0  # intact: fine
+    text = (out / "previsoes_2026_ufs.csv").read_text()
+    (out / "previsoes_2026_ufs.csv").write_text(text.replace(",", ",1", 1))  # one number changed
+    result = CliRunner().invoke(app, ["report", "--out", str(out)])
+    assert result.exit_code == 1 and "previsoes_2026_ufs.csv is not the file the run wrote" in result.output
+    (out / "run_metadata.json").write_bytes(b"\xff{")
+    result = CliRunner().invoke(app, ["report", "--out", str(out)])
+    assert result.exit_code == 1 and "run_metadata.json is damaged" in result.output and "Traceback" not in result.output

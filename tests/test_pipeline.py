@@ -305,3 +305,14 @@ def test_one_run_at_a_time_per_output_folder_and_a_crash_frees_it(tmp_path):
         holder.wait()
     result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(tmp_path / "raw"), "--out", str(out)])
     assert result.exit_code == 1 and "no census zips" in result.output  # past the lock, to the next check
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_clear_message(tmp_path, monkeypatch):
+    """A read-only --out (simulated: this suite runs as root, whom permissions do not stop)."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pipeline.tempfile, "TemporaryFile", refuse)
+    result = CliRunner().invoke(app, ["run", "--offline", "--raw-dir", str(tmp_path), "--out", str(tmp_path / "ro")])
+    assert result.exit_code == 1 and f"--out {tmp_path / 'ro'}: cannot write there (Permission denied)" in result.output
+    assert "Traceback" not in result.output

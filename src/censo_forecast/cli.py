@@ -218,7 +218,7 @@ def report(
 
     try:
         path = report_mod.build_report(out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, report_mod.DamagedOutput) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {out / 'report.html'} ({exc.strerror or exc}); choose a folder you can write to")

@@ -18,7 +18,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 LOCAL_ENGINE = "local"
-_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+_EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "Path": "a path",
+             "list[int]": "a list of years", "list[str]": "a list of texts"}
 
 
 def _typed(key: str, value, hint: str):
@@ -38,9 +39,7 @@ def _typed(key: str, value, hint: str):
         "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
     }.get(kind, True)
     if not ok:
-        wanted = {"list[int]": "a list of years", "list[str]": "a list of texts"}.get(kind) or _KINDS.get(
-            {"int": int, "float": float, "bool": bool, "str": str, "Path": Path}.get(kind), kind)
-        raise ValueError(f"setting {key}: expected {wanted}, got {value!r} ({type(value).__name__})")
+        raise ValueError(f"setting {key}: expected {_EXPECTED[kind]}, got {value!r} ({type(value).__name__})")
     return float(value) if kind == "float" else value
 
 

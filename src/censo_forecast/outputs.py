@@ -39,6 +39,13 @@ def forecast_file(year: int, level: str | None = None, suffix: str = ".csv") -> 
     return f"previsoes_{year}{'_' + level if level else ''}{suffix}"
 
 
+def report_inputs(forecast_year: int | None) -> list[str]:
+    """The files the report reads: their sha256 goes into run_metadata.json, and the report
+    refuses a file that is no longer the one the run wrote."""
+    files = [RESULTS, CV_TOTALS, ERROR_BY_SIZE]
+    return files + ([forecast_file(forecast_year, "brasil"), forecast_file(forecast_year, "ufs")] if forecast_year else [])
+
+
 def shap_png(kind: str, flag: str, model: str) -> str:
     """kind: "summary" (beeswarm) or "bar"."""
     return f"SHAP_{kind}_{flag}_{model}.png"

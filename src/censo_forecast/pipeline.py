@@ -173,7 +173,7 @@ class Run:
         return record
 
     def prepare_output(self) -> None:
-        writable_folder(self.out)
+        """Logging into the folder (checked and locked by `run`), and the checkpoints' place."""
         runlog.setup_logging(self.out)
         if self.s.fresh and self.checkpoints.exists():
             shutil.rmtree(self.checkpoints)
@@ -264,7 +264,9 @@ class Run:
         for step, seconds in timings.items():
             log.info("timing %-28s %8.1fs", step, seconds)
         record.update({"timings_s": timings, "phases": self.clock.phases, "stages": list(forecaster.stage_cv_),
-                       "forecast_year": forecaster.forecast_year_})
+                       "forecast_year": forecaster.forecast_year_,
+                       "outputs_sha256": {name: storage.sha256(self.out / name)
+                                          for name in outputs.report_inputs(forecaster.forecast_year_)}})
         atomic.write_json(self.out / outputs.METADATA, record)
         return record
 

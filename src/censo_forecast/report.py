@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
-from censo_forecast import atomic, outputs  # noqa: E402
+from censo_forecast import atomic, outputs, storage  # noqa: E402
 from censo_forecast.inep import catalog  # noqa: E402
 from censo_forecast.outputs import DRIFT, ENSEMBLE, FORECAST, LAST_ENROLLMENT, PERSISTENCE  # noqa: E402
 
@@ -130,16 +130,43 @@ def _forecast_summary(out: Path, meta: dict) -> str:
     )
 
 
+class DamagedOutput(Exception):
+    """An output the report would read is not the file the run wrote; the message names it."""
+
+
+def _run_record(out: Path) -> dict:
+    path = out / outputs.METADATA
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedOutput(f"{path} is damaged ({exc}); rerun `censo-forecast run --out {out}`") from None
+    if not isinstance(meta, dict):
+        raise DamagedOutput(f"{path} is damaged (not a JSON object); rerun `censo-forecast run --out {out}`")
+    return meta
+
+
+def _verify(out: Path, meta: dict) -> None:
+    """Refuse outputs that are not the files the run wrote (their sha256 in the run record)."""
+    recorded = meta.get("outputs_sha256")
+    for name, expected in (recorded.items() if isinstance(recorded, dict) else ()):
+        path = out / str(name)
+        if path.exists() and storage.sha256(path) != expected:
+            raise DamagedOutput(f"{path} is not the file the run wrote (its sha256 differs): the report would show "
+                                f"other numbers; rerun `censo-forecast run --out {out}`")
+
+
 def build_report(out: Path) -> Path:
-    """Write OUT/report.html from the outputs already in OUT."""
+    """Write OUT/report.html from the outputs already in OUT, after checking they are the run's."""
     out = Path(out)
     needed = [out / name for name in (outputs.RESULTS, outputs.CV_TOTALS, outputs.ERROR_BY_SIZE)]
     for path in needed:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `censo-forecast run --out {out}` first")
+    meta = _run_record(out)
+    _verify(out, meta)
     results, totals, errors = (pl.read_csv(path) for path in needed)
-    meta_path = out / outputs.METADATA
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width,initial-scale=1'>",
