@@ -54,10 +54,10 @@ def area_sums(frame: pl.LazyFrame, key: str) -> pl.LazyFrame:
 def area_features(totals: pl.DataFrame, key: str, prefix: str) -> pl.DataFrame:
     """Per area and origin year o: flows pooled over the window, and the feeding cohort at
     o - k for k = 0 .. WINDOW (supply_k; null where the area has no row that year)."""
-    shifted = totals.select(key, YEAR, *SUMS)
-    frame = shifted
-    for k in range(WINDOW + 1):
-        lagged = shifted.select(key, (pl.col(YEAR) + k).alias(YEAR), *(pl.col(c).alias(f"{c}_{k}") for c in SUMS))
+    sums = totals.select(key, YEAR, *SUMS)
+    frame = sums.select(key, YEAR)
+    for k in range(WINDOW + 1):  # year o's row gets year o - k's sums as <sum>_k
+        lagged = sums.select(key, (pl.col(YEAR) + k).alias(YEAR), *(pl.col(c).alias(f"{c}_{k}") for c in SUMS))
         frame = frame.join(lagged, on=[key, YEAR], how="left")
     return frame.select(
         key, YEAR,
