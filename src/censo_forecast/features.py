@@ -103,13 +103,21 @@ def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """
     # rows that add nothing (not offering, no enrollment) are left out before grouping: the
     # sums are the same, and an area-year without any is never looked up by an offering row
-    rows = _sorted(view).lazy().with_columns(cohort.flows(_back))
+    rows = _with_flows(view).lazy()
     adding = rows.filter(pl.col("active") & (pl.col("offers") | (pl.col("enrollment") != 0)))
     queries = [adding.group_by(key, YEAR).agg(pl.col("enrollment").sum().alias("total"), pl.col("offers").sum().alias("schools"))
                for key in AREAS] + [cohort.area_sums(rows, key) for key in AREAS]
     frames = pl.collect_all(queries, engine=ENGINE)
     return {key: frames[i].join(frames[i + len(AREAS)], on=[key, YEAR], how="full", coalesce=True).fill_null(0)
             for i, key in enumerate(AREAS)}
+
+
+def _with_flows(view: pl.DataFrame) -> pl.DataFrame:
+    """The view in (school, year) order with the cohort flows (cohort.flows), computed once."""
+    if "flow_in" in view.columns:
+        return view
+    view = _sorted(view)
+    return view.with_columns(cohort.flows(_back))
 
 
 def combine_area_sums(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
@@ -131,7 +139,7 @@ def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
 
 def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth: bool) -> pl.LazyFrame:
     """One lazy pass over the stage's view: calendar lags by row shifts, then the offering rows."""
-    view = _sorted(stage_view(panel, flag))
+    view = _with_flows(stage_view(panel, flag))  # once, for the area sums and the rows alike
     sums = sums if sums is not None else area_sums(view)
     lagged = [_back(c, k - 1).alias(f"{c}_lag{k}") for c in (*COUNTS, "offers") for k in LAGS[1:]]
     lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2"), *cohort.school_windows(_back)]
@@ -140,7 +148,6 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
         lagged.append(_back(enrolled, -1).fill_null(0).cast(pl.Float64).alias("y_true"))
     rows = (
         view.lazy()
-        .with_columns(cohort.flows(_back))
         .with_columns(*lagged)
         .filter(pl.col("offers"))
         .rename({**{c: f"{c}_lag1" for c in COUNTS}, "offers": "offers_lag1", "feeder_enrollment": "feeder_enrollment_lag1"})
