@@ -40,16 +40,8 @@ def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
 
 def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
     """A stage's results and SHAP importance when its checkpoint matches; else None."""
-    meta = folder / f"cv_{flag}.json"
-    if not meta.exists():
-        return None
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("checkpoint %s is damaged (%s); %s will be redone", meta, exc, flag)
-        return None
-    if not isinstance(info, dict) or info.get("fingerprint") != fingerprint \
-            or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
+    info = storage.read_json_dict(folder / f"cv_{flag}.json", f"checkpoint of {flag}")  # damaged: {}, redone
+    if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
         return None
     hashes = info.get("sha256") if isinstance(info.get("sha256"), dict) else {}
     parts = {}
