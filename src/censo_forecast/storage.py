@@ -10,7 +10,6 @@ object beside the target, then a move.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -177,13 +176,6 @@ def read_json_dict(location, what: str) -> dict:
         log.warning("%s %s holds a JSON %s, not an object; it will be rebuilt", what, location, type(value).__name__)
         return {}
     return value
-
-
-def read_parquet(location, columns: list[str] | None = None) -> pl.DataFrame:
-    path = local_path(location)
-    if path is not None:
-        return pl.read_parquet(path, columns=columns)
-    return pl.read_parquet(io.BytesIO(read_bytes(location)), columns=columns)
 
 
 def makedirs(location) -> None:
