@@ -142,8 +142,11 @@ def test_the_report_refuses_outputs_that_are_not_the_runs(run_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run_out, out, ignore=shutil.ignore_patterns("checkpoints", "models", ".lock"))
     meta = json.loads((out / "run_metadata.json").read_text())
+    years = meta["forecast_years"]
+    assert years == list(range(2026, 2026 + len(years))) and len(years) >= 2
     assert set(meta["outputs_sha256"]) == {"resultados_finais.csv", "totais_cv.csv", "erro_por_tamanho_cv.csv",
-                                            "previsoes_2026_brasil.csv", "previsoes_2026_ufs.csv"}
+                                            "historico_matriculas.csv",
+                                            *(f"previsoes_{y}_{level}.csv" for y in years for level in ("brasil", "ufs"))}
     assert CliRunner().invoke(app, ["report", "--out", str(out)]).exit_code == 0  # intact: fine
     text = (out / "previsoes_2026_ufs.csv").read_text()
     (out / "previsoes_2026_ufs.csv").write_text(text.replace(",", ",1", 1))  # one number changed

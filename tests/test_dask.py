@@ -48,7 +48,7 @@ def cache(small_census, tmp_path_factory):
 
 
 def _local_rows(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    return features.training_frame(panel, flag)
+    return features.training_frame(panel, flag, horizons=5)
 
 
 def test_ingest_runs_one_task_per_year_on_the_workers(small_census, client, tmp_path):
@@ -74,10 +74,10 @@ def test_partitioned_features_equal_one_machine(client, cache):
     engine = dask_engine.DaskEngine(client, cache)
     assert len(engine.partitions(YEARS)) == panel["CO_UF"].n_unique() > 1
     for flag in ("IN_INF_CRE", "IN_FUND_AF", "IN_MED"):  # creche has no feeder; the others have one
-        data = engine.stage_data(panel, flag)
+        data = engine.stage_data(panel, flag, horizons=5)
         assert data.rows(pl.lit(True)).equals(_local_rows(panel, flag)), flag
         assert data.height == _local_rows(panel, flag).height
-        assert data.target_years() == validation.StageData(_local_rows(panel, flag)).target_years()
+        assert data.origin_years() == validation.StageData(_local_rows(panel, flag), 5).origin_years()
 
 
 def test_killed_worker_is_survived_with_the_same_rows(client, cache):
@@ -95,7 +95,7 @@ def test_killed_worker_is_survived_with_the_same_rows(client, cache):
         while victim in client.scheduler_info()["workers"] and time.time() < deadline:
             time.sleep(0.2)
         assert victim not in client.scheduler_info()["workers"], "the killed worker is still registered"
-        rows = engine.stage_data(panel, "IN_FUND_AI").rows(pl.lit(True))
+        rows = engine.stage_data(panel, "IN_FUND_AI", horizons=5).rows(pl.lit(True))
     # the partitions the victim held were built again from the cache, and only those
     rebuilt = [t for t in stream.data if t["key"].startswith("_load_partition")]
     assert lost and len(rebuilt) == len(lost)
@@ -111,8 +111,9 @@ def test_run_with_dask_engine_matches_local_engine(small_census, run_out, tmp_pa
     assert record["engine"].startswith("dask: scheduler tcp://") and "2 worker(s)" in record["engine"]
     ours = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
     theirs = pl.read_csv(run_out / "resultados_finais.csv")
-    both = ours.join(theirs, on=["etapa", "modelo"], suffix="_local")
-    assert both.height == theirs.height == 2 * len(MODEL_NAMES)
+    both = ours.join(theirs, on=["etapa", "modelo", "horizonte"], suffix="_local")
+    assert both.height == theirs.height == 2 * len(MODEL_NAMES) * theirs["horizonte"].n_unique()
+    assert theirs["horizonte"].n_unique() >= 2
     for row in both.iter_rows(named=True):
         if row["modelo"] in BASELINES:
             assert row["MAE_Media_CV"] == pytest.approx(row["MAE_Media_CV_local"], rel=1e-12), row
@@ -120,11 +121,12 @@ def test_run_with_dask_engine_matches_local_engine(small_census, run_out, tmp_pa
         else:
             assert row["MAE_Media_CV"] == pytest.approx(row["MAE_Media_CV_local"], rel=LEARNER_MAE_TOLERANCE), row
     assert set(LEARNERS) <= set(ours["modelo"])
-    year = record["forecast_year"]
-    mine = pl.read_parquet(tmp_path / "out" / f"previsoes_{year}.parquet").sort("etapa", "CO_ENTIDADE")
-    local = pl.read_parquet(run_out / f"previsoes_{year}.parquet").sort("etapa", "CO_ENTIDADE")
-    assert mine.select("etapa", "CO_ENTIDADE").equals(local.select("etapa", "CO_ENTIDADE"))
-    assert mine["previsao"].sum() == pytest.approx(local["previsao"].sum(), rel=0.02)
+    assert record["forecast_years"] == [2026, 2027, 2028, 2029, 2030]
+    for year in record["forecast_years"]:
+        mine = pl.read_parquet(tmp_path / "out" / f"previsoes_{year}.parquet").sort("etapa", "CO_ENTIDADE")
+        local = pl.read_parquet(run_out / f"previsoes_{year}.parquet").sort("etapa", "CO_ENTIDADE")
+        assert mine.select("etapa", "CO_ENTIDADE", "horizonte").equals(local.select("etapa", "CO_ENTIDADE", "horizonte"))
+        assert mine["previsao"].sum() == pytest.approx(local["previsao"].sum(), rel=0.02), year
 
 
 def test_fsspec_urls_for_raw_and_cache(small_census, tmp_path):
@@ -148,7 +150,7 @@ def test_fsspec_urls_for_raw_and_cache(small_census, tmp_path):
             local = tmp_path / "cache"
             ingest.ingest(raw, local, years, jobs=1).raise_for_failures()
             assert panel.equals(build_panel(ingest.load_cache(local, years)))
-            rows = engine.stage_data(panel, "IN_INF_PRE").rows(pl.lit(True))
+            rows = engine.stage_data(panel, "IN_INF_PRE", horizons=5).rows(pl.lit(True))
             assert rows.equals(_local_rows(panel, "IN_INF_PRE"))
             assert not [p for p in fs.find("/census/cache") if p.endswith(".tmp")], "no staging objects left behind"
             assert storage.exists("memory://census/cache/manifest.json")

@@ -59,7 +59,7 @@ def test_explain_stage_writes_plots_and_importance(fitted, tmp_path):
             png = tmp_path / f"SHAP_{kind}_IN_MED_{m}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert set(table["modelo"]) == {"LightGBM", "XGBoost", "Voting"}
-    assert (table["n_rows"] == 150).all() and (table["NU_ANO_CENSO"] == 2024).all()
+    assert (table["n_rows"] == 150).all() and (table["ano_origem"] == 2024).all()
     top = table.filter(pl.col("modelo") == "LightGBM").sort("mean_abs_shap", descending=True)
     # in change space the synthetic target moves with feature 5 (y - anchor = 3 * [X5 > 20] - 0.05 * anchor)
     assert top["feature"][0] == FEATURES[5] == "teachers_lag3" and top["feature_label"][0] == "teachers 3 years ago"
@@ -98,7 +98,8 @@ def test_shap_failure_is_an_error_and_a_nonzero_exit(small_census, tmp_path, mon
 def test_report_is_self_contained(run_out):
     text = (run_out / "report.html").read_text()
     assert "http://" not in text and "https://" not in text and "<script" not in text
-    assert text.count("data:image/png;base64,") == 2 * 2 + 12  # totals + size error per stage, 12 SHAP plots
+    # per stage: national fan chart, states' fans, error by horizon, totals, error by size; 12 SHAP plots
+    assert text.count("data:image/png;base64,") == 5 * 2 + 12
     assert 'id="metrics"' in text and "IN_INF_CRE" in text
 
 
@@ -125,9 +126,20 @@ def test_report_in_a_real_browser(run_out, tmp_path):
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.alt])")
         rows = page.eval_on_selector_all("#metrics tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
+        by_horizon = page.eval_on_selector_all("#horizons tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
+        forecast_rows = page.eval_on_selector_all("#forecast tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
+        order = page.eval_on_selector_all("section h2", "hs => hs.map(h => h.closest('section').id || h.textContent)")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
-    assert len(images) == 16 and all(done and width > 0 for done, width, _ in images), images
+    assert len(images) == 22 and all(done and width > 0 for done, width, _ in images), images
+    assert order.index("forecast-section") < order.index("horizons-section") < order.index("metrics-section")  # the forecast first
+    horizons = sorted(results["horizonte"].unique().to_list())
+    assert len(forecast_rows) == 2 * len(horizons) and [r[1] for r in forecast_rows[:5]] == [str(2025 + h) for h in horizons]
+    chosen = results.filter(pl.col("Escolhido")).sort("etapa", "horizonte")
+    assert len(by_horizon) == chosen.height
+    for cells, expected in zip(by_horizon, chosen.iter_rows(named=True)):
+        assert (cells[0], int(cells[1]), cells[2]) == (expected["etapa"], expected["horizonte"], expected["modelo"])
+        assert float(cells[3]) == pytest.approx(expected["MAE_Media_CV"], abs=5e-4)
     assert problems == []
     assert len(rows) == results.height
     for cells, expected in zip(rows, results.iter_rows(named=True)):

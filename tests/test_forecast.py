@@ -16,7 +16,7 @@ from censo_forecast.panel import build_panel
 from test_forecasting import census_rows
 
 SCHOOL_FORECAST_COLUMNS = ["CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", "matriculas_ultimo_ano",
-                  "previsao", "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95"]
+                  "previsao", "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95", "horizonte"]
 
 
 def test_conformal_offsets_are_order_statistics():
@@ -137,8 +137,9 @@ def test_a_loaded_forecaster_saves_and_reloads_to_the_same_forecast(run_out, sma
     assert again.chosen_ == loaded.chosen_ and again.training_years_ == loaded.training_years_
     first, second = loaded.predict(census), again.predict(census)
     assert first.height > 0 and first.equals(second)
-    original = pl.read_parquet(run_out / "previsoes_2026.parquet").sort("etapa", "CO_ENTIDADE")
-    np.testing.assert_allclose(first.sort("etapa", "CO_ENTIDADE")["previsao"].to_numpy(), original["previsao"].to_numpy())
+    original = pl.concat([pl.read_parquet(run_out / f"previsoes_{y}.parquet") for y in range(2026, 2031)])
+    keys = ["etapa", "horizonte", "CO_ENTIDADE"]
+    np.testing.assert_allclose(first.sort(keys)["previsao"].to_numpy(), original.sort(keys)["previsao"].to_numpy())
 
 
 @pytest.mark.slow

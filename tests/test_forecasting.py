@@ -8,7 +8,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from censo_forecast import features, models, validation
+from censo_forecast import features, horizons, models, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.forecaster import EnrollmentForecaster
 from censo_forecast.inep import catalog, ingest
@@ -68,8 +68,8 @@ def test_lags_and_truth_never_cross_schools_and_row_order_does_not_matter():
     first_of_2 = rows[2, 2018]
     assert first_of_2["enrollment_lag2"] is None and first_of_2["enrollment_lag3"] is None
     assert first_of_2["offered_years_last3"] == 1
-    assert rows[1, 2017]["y_true"] == 0.0  # school 1 left the census; school 2's 2018 is not its truth
-    assert rows[1, 2017]["enrollment_lag2"] == 70 and rows[1, 2016]["y_true"] == 80.0
+    assert rows[1, 2017]["y_true_1"] == 0.0  # school 1 left the census; school 2's 2018 is not its truth
+    assert rows[1, 2017]["enrollment_lag2"] == 70 and rows[1, 2016]["y_true_1"] == 80.0
     shuffled = panel[[2, 0, 3, 1]]
     assert not shuffled.equals(panel)
     assert features.training_frame(shuffled, "IN_MED").equals(data)
@@ -113,8 +113,26 @@ def test_population_and_truth_rule():
     ]
     panel = build_panel(census_rows(y0 + y1))
     data = features.training_frame(panel, "IN_MED")
-    truth = dict(data.filter(pl.col("target_year") == 2021).select("CO_ENTIDADE", "y_true").iter_rows())
+    truth = dict(data.filter(pl.col("target_year") == 2021).select("CO_ENTIDADE", "y_true_1").iter_rows())
     assert truth == {1: 55.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
+
+
+def test_truth_at_every_horizon():
+    """y_true_h is the stage's enrollment h years after the origin: 0 once the school closed,
+    dropped the stage or left the census, and null beyond the last census year."""
+    def year(y, schools):
+        return [{"NU_ANO_CENSO": y, "CO_ENTIDADE": c, **row} for c, row in schools.items()]
+
+    offers = lambda n: {"IN_MED": 1, "QT_MAT_MED": n}  # noqa: E731
+    census = census_rows(
+        year(2019, {1: offers(50), 2: offers(40), 3: offers(30)})
+        + year(2020, {1: offers(55), 2: {"IN_MED": 0, "QT_MAT_MED": 0}, 3: offers(31)})  # 2 drops it
+        + year(2021, {1: offers(60), 2: offers(45)})  # 2 offers it again; 3 left the census
+        + year(2022, {1: offers(62), 3: offers(33)}))  # 3 is back
+    data = features.training_frame(build_panel(census), "IN_MED", horizons=4)
+    got = {r["CO_ENTIDADE"]: [r[f"y_true_{h}"] for h in range(1, 5)] for r in data.filter(pl.col("origin_year") == 2019).iter_rows(named=True)}
+    assert got == {1: [55.0, 60.0, 62.0, None], 2: [0.0, 45.0, 0.0, None], 3: [31.0, 0.0, 33.0, None]}
+    assert data["origin_year"].max() == 2021  # an origin needs at least one known target
 
 
 def _perturb_year(census: pl.DataFrame, year: int, keep: list[str]) -> pl.DataFrame:
@@ -131,32 +149,42 @@ def _perturb_year(census: pl.DataFrame, year: int, keep: list[str]) -> pl.DataFr
     return census.with_columns(changes)
 
 
-def test_no_leakage_year_t_inputs_do_not_move_year_t_predictions(small_panel):
-    """Perturb every year-T input but the truth: year-T predictions must not change."""
-    flag, year = "IN_FUND_AI", 2025  # the last year: a multi-table year, its offer flags derived
+def test_no_leakage_at_any_horizon(small_panel):
+    """For every horizon h, perturb every input of every census year after Y - h (enrollment,
+    flags and status included): the h-step predictions for Y must not change."""
+    flag, target = "IN_FUND_AI", 2025  # the last year: a multi-table year, its offer flags derived
     census = small_panel.drop("active", "first_year")
-    stage = catalog.stage(flag)
-    perturbed = build_panel(_perturb_year(census, year, keep=["TP_SITUACAO_FUNCIONAMENTO", stage.flag, stage.enrollment]))
-    assert not perturbed.filter(pl.col("NU_ANO_CENSO") == year).equals(small_panel.filter(pl.col("NU_ANO_CENSO") == year))
     years = list(range(2011, 2026))
     device = models.select_device("cpu")
-    results = []
-    for panel in (small_panel, perturbed):
-        data = features.training_frame(panel, flag)
-        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=13, jobs=1)
-        results.append(cv.predictions.filter(pl.col("NU_ANO_CENSO") == year).sort("CO_ENTIDADE"))
-    original, changed = results
-    assert original.height > 50
-    for name in models.MODEL_NAMES:
-        np.testing.assert_allclose(original[name].to_numpy(), changed[name].to_numpy(), rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(original["y_true"].to_numpy(), changed["y_true"].to_numpy())
+
+    def predictions(panel, origin):
+        data = validation.StageData(features.training_frame(panel, flag, horizons=5), horizons=5)
+        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=origin - 2010, jobs=1)
+        rows = cv.predictions.filter(pl.col("ano_origem") == origin).sort("horizonte", "CO_ENTIDADE")
+        return rows.filter(pl.col("NU_ANO_CENSO") == target), rows
+
+    for h in (1, 2, 3, 4, 5):
+        origin = target - h
+        perturbed = census
+        for year in range(origin + 1, 2026):
+            perturbed = _perturb_year(perturbed, year, keep=[])
+        perturbed = build_panel(perturbed)
+        assert not perturbed.filter(pl.col("NU_ANO_CENSO") > origin).equals(small_panel.filter(pl.col("NU_ANO_CENSO") > origin))
+        (original, every), (changed, every_changed) = predictions(small_panel, origin), predictions(perturbed, origin)
+        assert original.height > 50 and set(original["horizonte"]) == {h}
+        for name in models.MODEL_NAMES:
+            np.testing.assert_allclose(original[name].to_numpy(), changed[name].to_numpy(), rtol=0, atol=1e-9, err_msg=f"{name} h={h}")
+        assert not original["y_true"].equals(changed["y_true"])  # the truth did move: the test could fail
+        # every forecast made at that origin (the nearer horizons too) is unchanged
+        for name in models.MODEL_NAMES:
+            np.testing.assert_allclose(every[name].to_numpy(), every_changed[name].to_numpy(), rtol=0, atol=1e-9)
 
 
 def test_features_of_origin_ignore_later_years(small_panel):
     """Features for origin o are identical whether or not years after o exist."""
     flag = "IN_MED"
-    full = features.origin_features(small_panel, flag).filter(pl.col("origin_year") == 2019)
-    cut = features.origin_features(small_panel.filter(pl.col("NU_ANO_CENSO") <= 2019), flag).filter(pl.col("origin_year") == 2019)
+    full = features.origin_features(small_panel, flag, horizons=5).filter(pl.col("origin_year") == 2019)
+    cut = features.origin_features(small_panel.filter(pl.col("NU_ANO_CENSO") <= 2019), flag, horizons=5).filter(pl.col("origin_year") == 2019)
     assert full.equals(cut)
 
 
@@ -169,18 +197,25 @@ def test_metrics_against_hand_computed_values():
 
 
 def test_summary_means_skill_and_choice():
+    one_year = {"Persistencia": (10, 12), "Deriva": (11, 13), "Coorte": (10, 11), "LightGBM": (8, 10), "XGBoost": (9, 9),
+                "Voting": (8.5, 9.0)}
+    two_years = {"Persistencia": (14, 16), "Deriva": (15, 15), "Coorte": (13, 13), "LightGBM": (14, 15), "XGBoost": (15, 15),
+                 "Voting": (14, 14.5)}
     folds = pl.DataFrame([
-        {"etapa": "IN_MED", "modelo": m, "NU_ANO_CENSO": y, "MAE": mae, "RMSE": 1.0, "R2": 0.5, "WAPE": 0.1, "n": 10}
-        for m, maes in {"Persistencia": (10, 12), "Deriva": (11, 13), "LightGBM": (8, 10), "XGBoost": (9, 9), "Voting": (8.5, 9.0)}.items()
+        {"etapa": "IN_MED", "modelo": m, "horizonte": h, "NU_ANO_CENSO": y, "MAE": mae, "RMSE": 1.0, "R2": 0.5, "WAPE": 0.1, "n": 10}
+        for h, table in ((1, one_year), (2, two_years)) for m, maes in table.items()
         for y, mae in zip((2020, 2021), maes)
     ])
     table = validation.summarize(folds)
-    row = {r["modelo"]: r for r in table.iter_rows(named=True)}
-    assert row["LightGBM"]["MAE_Media_CV"] == pytest.approx(9.0)
-    assert row["LightGBM"]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 9 / 11)
-    assert row["Voting"]["Escolhido"] and not row["LightGBM"]["Escolhido"]  # 8.75 < 9.0
-    assert row["Persistencia"]["n_folds"] == 2 and row["Persistencia"]["n_amostras"] == 20
-    assert validation.chosen_models(table) == {"IN_MED": "Voting"}
+    assert table.columns[:8] == [*validation.SEED_COLUMNS, "horizonte"]  # the seed's columns first
+    row = {(r["modelo"], r["horizonte"]): r for r in table.iter_rows(named=True)}
+    assert row["LightGBM", 1]["MAE_Media_CV"] == pytest.approx(9.0)
+    assert row["LightGBM", 1]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 9 / 11)
+    assert row["LightGBM", 1]["Skill_MAE_vs_Coorte"] == pytest.approx(1 - 9 / 10.5)
+    assert row["LightGBM", 2]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 14.5 / 15)  # against its own horizon
+    assert row["Voting", 1]["Escolhido"] and not row["LightGBM", 1]["Escolhido"]  # 8.75 < 9.0
+    assert row["Persistencia", 1]["n_folds"] == 2 and row["Persistencia", 1]["n_amostras"] == 20
+    assert validation.chosen_models(table) == {"IN_MED": {1: "Voting", 2: "Coorte"}}  # chosen per horizon
 
 
 def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
@@ -233,7 +268,8 @@ def test_device_with_a_gpu_is_chosen_per_learner(monkeypatch):
 def test_forecaster_follows_the_estimator_contract(small_panel):
     fc = EnrollmentForecaster(["IN_MED"], model=FAST, device="cpu", n_jobs=1)
     params = fc.get_params()
-    assert params == {"stages": ["IN_MED"], "model": FAST, "device": "cpu", "min_train_years": 3, "n_jobs": 1, "engine": None}
+    assert params == {"stages": ["IN_MED"], "horizons": 5, "model": FAST, "device": "cpu", "min_train_years": 3, "n_jobs": 1,
+                      "engine": None}
     assert fc.set_params(n_jobs=2) is fc and fc.n_jobs == 2
     assert clone(fc).get_params()["stages"] == ["IN_MED"]
     with pytest.raises(NotFittedError):
@@ -248,13 +284,23 @@ def test_forecaster_api_fit_predict(small_panel):
     fc = EnrollmentForecaster(stages=["IN_INF_PRE"], model=FAST, device="cpu", min_train_years=11, n_jobs=1)
     cv = fc.cross_validate(small_panel)
     assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES)
-    assert fc.fit(small_panel) is fc and fc.chosen_["IN_INF_PRE"] in models.MODEL_NAMES
+    assert fc.fit(small_panel) is fc
+    assert sorted(fc.chosen_["IN_INF_PRE"]) == [1, 2, 3, 4, 5] and set(fc.chosen_["IN_INF_PRE"].values()) <= set(models.MODEL_NAMES)
     forecast = fc.predict(small_panel)
     offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2025) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
-    assert forecast.height == offering.height
-    assert fc.forecast_year_ == 2026 and (forecast["previsao"] >= 0).all()
+    assert forecast.height == 5 * offering.height  # every school, every horizon
+    assert fc.forecast_years_ == [2026, 2027, 2028, 2029, 2030] and (forecast["previsao"] >= 0).all()
+    assert (forecast["NU_ANO_CENSO"] - forecast["horizonte"] == 2025).all()
     assert (forecast["limite_inferior_95"] <= forecast["limite_superior_95"]).all()
     assert forecast["NO_ENTIDADE"].null_count() == 0
+    # min_train_years=11: origins 2021-2024, so 5 years ahead was never validated: no interval
+    assert forecast.filter(pl.col("limite_inferior_80").is_null())["horizonte"].unique().to_list() == [5]
+    for h, name in fc.chosen_["IN_INF_PRE"].items():  # each horizon's chosen model, named per row
+        assert set(forecast.filter(pl.col("horizonte") == h)["modelo"]) == {name}
+    # the intervals widen with the horizon, as its walk-forward residuals do
+    width = (forecast.filter(pl.col("horizonte") <= 4).group_by("horizonte")
+             .agg((pl.col("limite_superior_80") - pl.col("limite_inferior_80")).mean()).sort("horizonte"))
+    assert width["limite_superior_80"][-1] > width["limite_superior_80"][0]
 
 
 def test_totals_without_validation_say_what_to_do(small_panel):
@@ -265,25 +311,50 @@ def test_totals_without_validation_say_what_to_do(small_panel):
         fc.aggregate(small_panel, schools)
 
 
-def test_training_window_keeps_only_the_latest_target_years(small_panel):
+def test_training_pairs_end_at_the_cut_and_keep_the_window(small_panel):
+    """A fit for origin `cut` sees pairs with target years <= cut, the last `window` of them;
+    truth outside the window cannot move the models; inside it, it does."""
     from dataclasses import replace
 
     flag = "IN_FUND_AI"
-    frame = features.training_frame(small_panel, flag)
-    data = validation.StageData(frame)
-    chosen = lambda test_year, window: sorted(data.rows(validation.training_rows(data.target_years(), test_year, window))["target_year"].unique())  # noqa: E731
-    assert chosen(2020, 3) == [2017, 2018, 2019]
-    assert chosen(None, 3) == [2023, 2024, 2025]  # the refit: the last three years
-    assert chosen(2020, 0) == list(range(2012, 2020))  # 0: expanding
+    frame = features.training_frame(small_panel, flag, horizons=3)
+    data = validation.StageData(frame, horizons=3)
+    every = replace(FAST, max_training_rows=0)
+    pairs = lambda cut, window: data.training_pairs(cut, replace(every, train_window_years=window))  # noqa: E731
+    three = pairs(2019, 3)
+    assert sorted(three["target_year"].unique()) == [2017, 2018, 2019]
+    assert sorted(three["horizon"].unique()) == [1.0, 2.0, 3.0]
+    assert (three["target_year"] == three["origin_year"] + three["horizon"].cast(pl.Int64)).all()
+    assert sorted(pairs(2019, 0)["target_year"].unique()) == list(range(2012, 2020))  # 0: expanding
     # truth outside the window cannot move the models; inside it, it does
-    device, test = models.select_device("cpu"), data.rows(pl.col("target_year") == 2020)
+    device, test = models.select_device("cpu"), horizons.stack(data.rows(pl.col("origin_year") == 2019), 3)
     shifted = validation.StageData(frame.with_columns(
-        pl.when(pl.col("target_year") < 2017).then(pl.col("y_true") + 50).otherwise(pl.col("y_true")).alias("y_true")))
+        pl.when(pl.col("origin_year") + h < 2017).then(pl.col(f"y_true_{h}") + 50).otherwise(pl.col(f"y_true_{h}")).alias(f"y_true_{h}")
+        for h in (1, 2, 3)), horizons=3)
     for window, same in ((3, True), (0, False)):
-        settings = replace(FAST, train_window_years=window)
-        a = data.fit_learners(2020, settings, device, 1)["Voting"].predict(validation.matrix(test))
-        b = shifted.fit_learners(2020, settings, device, 1)["Voting"].predict(validation.matrix(test))
+        settings = replace(every, train_window_years=window)
+        a = data.fit_learners(2019, settings, device, 1)["Voting"].predict(validation.matrix(test))
+        b = shifted.fit_learners(2019, settings, device, 1)["Voting"].predict(validation.matrix(test))
         assert np.array_equal(a, b) == same, window
+
+
+def test_training_rows_are_sampled_by_a_hash_that_any_partitioning_repeats(small_panel):
+    """The cap keeps about max_training_rows pairs, spread over horizons and years, and the
+    same pairs whether the rows are held in one frame or split into parts (an engine's)."""
+    from dataclasses import replace
+
+    frame = features.training_frame(small_panel, "IN_FUND_AI", horizons=5)
+    data = validation.StageData(frame, horizons=5)
+    every = data.training_pairs(2024, replace(FAST, max_training_rows=0))
+    capped = data.training_pairs(2024, replace(FAST, max_training_rows=every.height // 4))
+    assert abs(capped.height - every.height / 4) < 0.1 * every.height / 4
+    share = capped.group_by("horizon").len().join(every.group_by("horizon").len(), on="horizon").select(pl.col("len") / pl.col("len_right"))
+    assert share.to_series().is_between(0.15, 0.35).all()  # every horizon keeps about a quarter
+    fraction = horizons.sampling_fraction(every.height, every.height // 4)
+    parts = [horizons.training_pairs(part, 2024, FAST.train_window_years, 5, fraction)
+             for part in (frame.filter(pl.col("CO_UF") < 30), frame.filter(pl.col("CO_UF") >= 30))]
+    keys = ["CO_ENTIDADE", "origin_year", "horizon"]
+    assert pl.concat(parts).sort(keys).equals(capped.sort(keys))
 
 
 def test_negative_training_window_is_refused():
@@ -294,7 +365,7 @@ def test_negative_training_window_is_refused():
 def test_error_by_size_and_totals_by_year_from_hand_computed_rows():
     """The two tables the report reads: MAE per size bin of last year's enrollment, totals per year."""
     preds = pl.DataFrame({
-        "etapa": ["IN_MED"] * 4, "NU_ANO_CENSO": [2023, 2023, 2024, 2024], "y_true": [5.0, 300.0, 7.0, 280.0],
+        "etapa": ["IN_MED"] * 4, "horizonte": [1] * 4, "NU_ANO_CENSO": [2023, 2023, 2024, 2024], "y_true": [5.0, 300.0, 7.0, 280.0],
         "Persistencia": [4.0, 310.0, 5.0, 300.0], "Voting": [5.5, 305.0, 6.0, 290.0],
     })
     errors = validation.error_by_size(preds)

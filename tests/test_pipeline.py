@@ -44,20 +44,29 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     assert {"WAPE_Media_CV", "Skill_MAE_vs_Persistencia", "n_folds", "n_amostras"} <= set(table.columns)
     assert set(table["etapa"]) == set(STAGES) and set(table["modelo"]) == set(MODEL_NAMES)
     assert (table.filter(pl.col("modelo") == "Persistencia")["Skill_MAE_vs_Persistencia"] == 0).all()
+    assert table["horizonte"].unique().sort().to_list() == [1, 2, 3, 4]  # origins 2021-2024 reach 2025
     preds = pl.read_parquet(out / "cv_predictions.parquet")
-    assert preds.select(pl.struct("etapa", "CO_ENTIDADE", "NU_ANO_CENSO").is_unique().all()).item()
-    assert {"y_true", *MODEL_NAMES} <= set(preds.columns)
-    assert set(preds["NU_ANO_CENSO"]) == {2022, 2023, 2024, 2025}
+    assert preds.select(pl.struct("etapa", "CO_ENTIDADE", "NU_ANO_CENSO", "horizonte").is_unique().all()).item()
+    assert {"y_true", "horizonte", "ano_origem", *MODEL_NAMES} <= set(preds.columns)
+    assert (preds["NU_ANO_CENSO"] - preds["ano_origem"] == preds["horizonte"]).all()
+    assert set(preds.filter(pl.col("horizonte") == 1)["NU_ANO_CENSO"]) == {2022, 2023, 2024, 2025}
+    assert set(preds.filter(pl.col("horizonte") == 4)["NU_ANO_CENSO"]) == {2025}
     # the table's MAE is the mean over test years of the row-level errors
-    pre = preds.filter(pl.col("etapa") == "IN_INF_PRE")
+    pre = preds.filter((pl.col("etapa") == "IN_INF_PRE") & (pl.col("horizonte") == 1))
     mae = pre.group_by("NU_ANO_CENSO").agg((pl.col("Voting") - pl.col("y_true")).abs().mean())["Voting"].mean()
-    assert table.filter((pl.col("etapa") == "IN_INF_PRE") & (pl.col("modelo") == "Voting"))["MAE_Media_CV"].item() == pytest.approx(mae)
+    voting = table.filter((pl.col("etapa") == "IN_INF_PRE") & (pl.col("modelo") == "Voting") & (pl.col("horizonte") == 1))
+    assert voting["MAE_Media_CV"].item() == pytest.approx(mae)
     log_text = (out / "execution_log.txt").read_text()
     assert "setting stages" in log_text and "versions:" in log_text and "device: cpu" in log_text
     assert "timing validate IN_FUND_AF" in log_text
     meta = json.loads((out / "run_metadata.json").read_text())
     assert meta["years"] == list(range(2011, 2026)) and meta["versions"]["lightgbm"]
-    assert meta["forecast_year"] == 2026
+    assert meta["forecast_year"] == 2026 and meta["forecast_years"] == [2026, 2027, 2028, 2029, 2030]
+    for year in meta["forecast_years"]:  # every forecast year's files, each year's rows only
+        schools = pl.read_parquet(out / f"previsoes_{year}.parquet")
+        assert set(schools["horizonte"]) == {year - 2025} and set(schools["etapa"]) == set(STAGES)
+        for level in ("municipios", "ufs", "brasil"):
+            assert set(pl.read_csv(out / f"previsoes_{year}_{level}.csv")["horizonte"]) == {year - 2025}
     assert meta["engine"] == "local"
     phases = [p["phase"] for p in meta["phases"]]  # the phase clock the pipeline benchmark reads
     assert {f"{step} {flag}" for step in ("features", "validate", "shap", "refit") for flag in STAGES} | {"ingest", "panel", "forecast"} <= set(phases)
@@ -150,13 +159,17 @@ def test_run_downloads_missing_years_from_a_mirror(small_census, tmp_path, fast_
 @pytest.mark.slow
 def test_per_year_interval_coverage_is_written(run_out):
     coverage = pl.read_csv(run_out / "cobertura_intervalos_cv.csv")
-    assert coverage.columns == ["etapa", "modelo", "NU_ANO_CENSO", "Cobertura_80", "Cobertura_95", "n"]
-    # test years 2021-2025; the first has no earlier residuals to calibrate on
-    assert sorted(coverage["NU_ANO_CENSO"].unique().to_list()) == [2022, 2023, 2024, 2025]
+    assert coverage.columns == ["etapa", "modelo", "horizonte", "NU_ANO_CENSO", "Cobertura_80", "Cobertura_95", "n"]
+    # origins 2020-2024; a test year Y at horizon h is calibrated on target years <= Y - h only:
+    # one year ahead the first test year (2021) has nothing earlier, two years ahead the first two
+    years = {h: sorted(rows["NU_ANO_CENSO"].unique().to_list()) for (h,), rows in coverage.group_by("horizonte")}
+    assert years[1] == [2022, 2023, 2024, 2025] and years[2] == [2024, 2025] and 4 not in years
     assert coverage["Cobertura_80"].is_between(0, 1).all() and (coverage["Cobertura_95"] >= coverage["Cobertura_80"]).all()
     table = pl.read_csv(run_out / "resultados_finais.csv")
-    voting = coverage.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95"].mean()
-    assert table.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting"))["Cobertura_95_CV"].item() == pytest.approx(voting)
+    for h in (1, 2):
+        voting = coverage.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting") & (pl.col("horizonte") == h))
+        row = table.filter((pl.col("etapa") == "IN_MED") & (pl.col("modelo") == "Voting") & (pl.col("horizonte") == h))
+        assert row["Cobertura_95_CV"].item() == pytest.approx(voting["Cobertura_95"].mean())
 
 
 ENGINE_MODULE = '''
@@ -173,9 +186,9 @@ class RecordingEngine(LocalEngine):
         CALLS.append("ingest")
         return super().ingest(*args, **kwargs)
 
-    def stage_data(self, panel, flag):
+    def stage_data(self, panel, flag, horizons=1):
         CALLS.append(f"stage_data {flag}")
-        return super().stage_data(panel, flag)
+        return super().stage_data(panel, flag, horizons)
 
     def select_device(self, requested):
         CALLS.append("select_device")

@@ -21,7 +21,7 @@ from censo_forecast.models import ENSEMBLE, LEARNERS
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
-VERSION = 2
+VERSION = 3  # 3: predictions and folds per horizon
 PARTS = ("predictions", "folds", "shap")
 
 
@@ -29,7 +29,7 @@ def fingerprint(settings, years: list[int], flag: str) -> str:
     """What a stage's results depend on: the zips' hashes and the settings that matter."""
     data = {str(y): h for y, h in ingest.year_hashes(settings.cache, years).items()}
     record = {"v": VERSION, "flag": flag, "years": years, "data": data, "model": settings.to_dict()["model"],
-              "min_train_years": settings.min_train_years, "device": settings.device,
+              "min_train_years": settings.min_train_years, "horizons": settings.horizons, "device": settings.device,
               "shap_sample": settings.shap_sample, "engine": settings.engine}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 

@@ -178,6 +178,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
     offline: bool = OfflineOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an earlier run and start over."),
+    horizons: Optional[int] = typer.Option(None, "--horizons", help="Forecast years after the last census year, each validated (default 5, at most 10)."),
     jobs: Optional[int] = JobsOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
     listing_url: Optional[str] = ListingUrlOpt,
@@ -198,7 +199,7 @@ def run(
     except ValueError as exc:
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
-                  device=device, offline=offline or None, fresh=fresh or None, jobs=jobs, base_url=base_url,
+                  device=device, offline=offline or None, fresh=fresh or None, horizons=horizons, jobs=jobs, base_url=base_url,
                   listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers)
     try:
         record = pipeline.run(s)
@@ -235,7 +236,7 @@ def predict(
     offline: bool = OfflineOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Forecast the year after the last census year with saved models, without retraining."""
+    """Forecast the years after the last census year (as many as the models were fitted for) with saved models, without retraining."""
     from censo_forecast import modelstore, pipeline
     from censo_forecast.engine import EngineError
     from censo_forecast.inep import download as dl

@@ -17,6 +17,9 @@ grade (see `../shared/methods/cohort-progression.md`):
   Creche, adult elementary and special classes have no feeder: the school's mean intake.
 - Grades are the census's where the year has them (2023 on), else the stage total spread
   evenly over its grades (`panel.cohort_columns`).
+- h years ahead the method is applied h times (`ahead`): every grade moves up once a year
+  with the same ratio, and each year's intake is the one forecast for o + 1 (the census
+  says nothing of later cohorts; planners hold intake constant the same way).
 
 Everything at origin o reads census years <= o. Area sums are additive, so an engine that
 holds schools in partitions adds the partitions' sums and gets the same values.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from censo_forecast.panel import YEAR
+from censo_forecast.panel import YEAR, below_last
 
 WINDOW = 3  # transitions pooled for ratios and intake shares
 SCHOOL_PRIOR = 30.0  # students: weight of the municipal ratio in a school's
@@ -108,3 +111,23 @@ def forecast(has_feeder: bool) -> list[list[pl.Expr]]:
          intake.fill_null(0).alias("_intake")],
         [(pl.col("cohort_ratio") * pl.col("continuing") + pl.col("_intake")).alias("cohort_forecast")],
     ]
+
+
+def forecast_column(horizon: int) -> str:
+    """The Coorte forecast h years ahead (h = 1 is the feature `cohort_forecast`)."""
+    return "cohort_forecast" if horizon == 1 else f"cohort_forecast_{horizon}"
+
+
+def ahead(horizon: int, grades: int) -> pl.Expr:
+    """Coorte applied `horizon` times, for rows carrying `forecast`'s columns.
+
+    After h years the pupils of grade k are in grade k + h: those below the last h grades
+    are still in the stage, r**h of them (`continuing` less the grades that leave in years
+    2..h); the intakes of years 1..h have moved up h - 1 .. 0 grades (r**j each), and those
+    that reached past the last grade have left. For h = 1 this is `cohort_forecast`.
+    """
+    r = pl.col("cohort_ratio")
+    leaving_later = [pl.col(below_last(j)) if j < grades - 1 else pl.col("entry") for j in range(1, min(horizon, grades))]
+    staying = (pl.col("continuing") - pl.sum_horizontal(leaving_later)) if leaving_later else pl.col("continuing")
+    intakes = sum(r**j for j in range(min(horizon, grades)))
+    return (r**horizon * staying.clip(lower_bound=0) + pl.col("_intake") * intakes).alias(forecast_column(horizon))

@@ -18,6 +18,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 LOCAL_ENGINE = "local"
+MAX_HORIZONS = 10  # years ahead; the census's 15 years leave few walk-forward origins beyond that
 _EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "Path": "a path",
              "list[int]": "a list of years", "list[str]": "a list of texts"}
 
@@ -78,12 +79,19 @@ class ModelSettings:
     # Nationally, 4-6 years matched the expanding window's error at a third to a half of its
     # training time (benchmarks/README.md); 5 keeps the national run under 30 minutes.
     train_window_years: int = 5
+    # rows one fit may see: the (origin, horizon) pairs of the window are sampled down to this
+    # many, evenly over horizons and years (0: every pair). Five horizons give five pairs per
+    # school and target year; the cap keeps a national fit near the one-horizon cost
+    # (benchmarks/README.md, "horizons").
+    max_training_rows: int = 200_000
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_fields(self, "model.")
         if self.train_window_years < 0:
             raise ValueError("train_window_years must be 0 (every earlier year) or a positive number of years")
+        if self.max_training_rows < 0:
+            raise ValueError("max_training_rows must be 0 (every row) or a positive number of rows")
 
 
 @dataclass
@@ -108,6 +116,8 @@ class Settings:
     insecure: bool = False
     retries: int = 8
     timeout_s: float = 60.0
+    # forecast years after the last census year (T+1 .. T+horizons), each validated walk-forward
+    horizons: int = 5
     # validation and explanation
     min_train_years: int = 3
     shap_sample: int = 2000  # held-out rows of the last test year explained per stage
@@ -140,6 +150,8 @@ class Settings:
             catalog.stage(flag)
         if self.jobs < 1:
             raise ValueError("jobs must be at least 1")
+        if not 1 <= self.horizons <= MAX_HORIZONS:
+            raise ValueError(f"horizons must be between 1 and {MAX_HORIZONS} years ahead, not {self.horizons}")
         if not engine_exists(self.engine):
             raise ValueError(f"engine must be local or a module of censo_forecast.distributed (dask), not {self.engine!r}")
         if self.scheduler and self.engine == LOCAL_ENGINE:

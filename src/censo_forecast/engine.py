@@ -31,7 +31,7 @@ class Engine(Protocol):
     def ingest(self, raw_dir, cache_dir, years: list[int], *, jobs: int = 2, force: bool = False,
                progress: Callable[[int], None] | None = None) -> ingest_mod.IngestReport: ...
 
-    def stage_data(self, panel: pl.DataFrame, flag: str) -> validation.StageData: ...
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> validation.StageData: ...
 
     def select_device(self, requested: str) -> models.Device: ...
 
@@ -44,8 +44,8 @@ class LocalEngine:
     def ingest(self, raw_dir, cache_dir, years, *, jobs=2, force=False, progress=None):
         return ingest_mod.ingest(raw_dir, cache_dir, years, jobs=jobs, force=force, progress=progress)
 
-    def stage_data(self, panel: pl.DataFrame, flag: str) -> validation.StageData:
-        return validation.StageData(features.training_frame(panel, flag))
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> validation.StageData:
+        return validation.StageData(features.training_frame(panel, flag, horizons=horizons), horizons)
 
     def select_device(self, requested: str) -> models.Device:
         return models.select_device(requested)

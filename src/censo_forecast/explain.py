@@ -1,7 +1,8 @@
 """SHAP explanations per stage and model, from the boosters' native fast paths.
 
-Values are computed on rows of the last test year, held out from that fold's training,
-in the models' target space: the change from last year's enrollment. There, base value
+Values are computed on the rows of the walk-forward's last origin, at every horizon (no
+fit of that fold trained on them), in the models' target space: the change from the
+origin year's enrollment. There, base value
 plus SHAP values equals the model's output exactly; Voting's values are the mean of its
 two models' values.
 """
@@ -58,11 +59,11 @@ def explain_stage(flag: str, fold: LastFold, shap_dir: Path, sample: int = 2000,
         mean_abs = np.abs(values).mean(axis=0)
         importance.append(pl.DataFrame({
             "etapa": flag, "modelo": model_name, "feature": list(FEATURES), "feature_label": names,
-            "mean_abs_shap": mean_abs, "n_rows": len(rows), "NU_ANO_CENSO": fold.year,
+            "mean_abs_shap": mean_abs, "n_rows": len(rows), "ano_origem": fold.year,
         }))
         _beeswarm(values, X, names, shap_dir / shap_png("summary", flag, model_name), f"{flag} - {model_name} ({fold.year})")
         _bar(mean_abs, names, shap_dir / shap_png("bar", flag, model_name), f"{flag} - {model_name}: mean |SHAP| ({fold.year})")
-    log.info("%s: SHAP on %d held-out rows of %d written to %s", flag, len(rows), fold.year, shap_dir)
+    log.info("%s: SHAP on %d held-out rows of origin %d written to %s", flag, len(rows), fold.year, shap_dir)
     return pl.concat(importance).sort(["modelo", "mean_abs_shap"], descending=[False, True])
 
 
@@ -81,7 +82,7 @@ def _beeswarm(values: np.ndarray, X: np.ndarray, names: list[str], path: Path, t
                       max_display=MAX_DISPLAY, plot_size=None, color_bar_label="feature value")
     fig = plt.gcf()
     fig.axes[0].set_title(title, fontsize=11)
-    fig.axes[0].set_xlabel("SHAP value (students of change next year)")
+    fig.axes[0].set_xlabel("SHAP value (students of change from the origin year)")
     _save(fig, path)
 
 

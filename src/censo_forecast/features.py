@@ -1,8 +1,11 @@
-"""Leakage-free features: for target year T, only census years <= T-1 (the origin) are read.
+"""Leakage-free features: for a target year, only census years <= its origin are read.
 
 Every feature of an origin row (school, o) comes from the panel at calendar years o, o-1
-and o-2 of that school (a missing year is a gap, not the row before it); the truth for
-o+1 is a separate column that only `training_frame` adds. Nothing here knows about models.
+and o-2 of that school (a missing year is a gap, not the row before it). An origin row
+forecasts o + 1 .. o + H; what differs by horizon h (the truth in o + h, `y_true_h`, and
+the Coorte forecast h years ahead) is held in columns per horizon, which `horizons.stack`
+turns into one row per (origin, horizon). Only `training_frame` adds truth. Nothing here
+knows about models.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ COUNTS = ("enrollment", "teachers", "classes")
 AGE_FEATURES = {band: "age_" + band.removeprefix("QT_MAT_BAS_").lower() + "_lag1" for band in catalog.AGE_BANDS}
 INFRA_FEATURES = {flag: "has_" + flag.removeprefix("IN_").lower() + "_lag1" for flag in catalog.INFRASTRUCTURE_FLAGS}
 
-COHORT_FEATURE = "cohort_forecast"  # the Coorte baseline's forecast (cohort.py)
+COHORT_FEATURE = cohort.forecast_column(1)  # the Coorte baseline's forecast (cohort.py), at the row's horizon
+HORIZON = "horizon"
 FEATURES: tuple[str, ...] = (
     *(f"{c}_lag{k}" for c in COUNTS for k in LAGS),
     "enrollment_mean2", "enrollment_mean3", "enrollment_diff1", "enrollment_diff2", "enrollment_growth1",
@@ -32,7 +36,9 @@ FEATURES: tuple[str, ...] = (
     # the cohort carried into the stage, and the Coorte forecast itself
     "entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1", "feeder_leaving_lag1",
     "muni_feeder_leaving_lag1", "cohort_ratio", "intake_share", COHORT_FEATURE,
+    HORIZON,  # years ahead of the origin: one model serves every horizon (horizons.stack)
 )
+ORIGIN_FEATURES = FEATURES[:-1]  # what an origin row holds before it is stacked by horizon
 ANCHOR = "enrollment_lag1"  # last observed enrollment: persistence, and the base the models add a change to
 READABLE = {  # labels for plots and reports
     "enrollment_lag1": "enrollment last year", "enrollment_lag2": "enrollment 2 years ago",
@@ -54,6 +60,7 @@ READABLE = {  # labels for plots and reports
     "grade_progression_lag1": "grade progression ratio (census grades)", "feeder_leaving_lag1": "cohort leaving the feeding stage",
     "muni_feeder_leaving_lag1": "municipal cohort leaving the feeding stage", "cohort_ratio": "cohort progression ratio",
     "intake_share": "share of the municipal intake", COHORT_FEATURE: "cohort-progression forecast (Coorte)",
+    HORIZON: "years ahead",
     **{v: k.removeprefix("QT_MAT_BAS_").replace("_MAIS", "+").replace("_", "-") + " year-olds in school" for k, v in AGE_FEATURES.items()},
     **{v: v.removeprefix("has_").removesuffix("_lag1").replace("_", " ") for v in INFRA_FEATURES.values()},
 }
@@ -137,15 +144,24 @@ def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
     ).join(cohort.area_features(totals, key, prefix), on=[key, YEAR], how="left")
 
 
-def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth: bool) -> pl.LazyFrame:
-    """One lazy pass over the stage's view: calendar lags by row shifts, then the offering rows."""
+def truth_column(horizon: int) -> str:
+    """The stage's enrollment h years after the origin (0 when the school no longer offers it)."""
+    return f"y_true_{horizon}"
+
+
+def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth_until: int | None,
+                 horizons: int) -> pl.LazyFrame:
+    """One lazy pass over the stage's view: calendar lags by row shifts, then the offering rows
+    (with the truth of target years up to `truth_until`, the census's last, when given)."""
     view = _with_flows(stage_view(panel, flag))  # once, for the area sums and the rows alike
     sums = sums if sums is not None else area_sums(view)
     lagged = [_back(c, k - 1).alias(f"{c}_lag{k}") for c in (*COUNTS, "offers") for k in LAGS[1:]]
     lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2"), *cohort.school_windows(_back)]
-    if truth:  # the school's stage enrollment in o + 1: 0 when it closed, dropped the stage or left
+    truth = truth_until is not None
+    if truth:  # the school's stage enrollment in o + h: 0 when it closed, dropped the stage or left
         enrolled = pl.when(pl.col("offers")).then(pl.col("enrollment")).otherwise(0)
-        lagged.append(_back(enrolled, -1).fill_null(0).cast(pl.Float64).alias("y_true"))
+        lagged += [pl.when(pl.col(YEAR) + h <= truth_until).then(_back(enrolled, -h).fill_null(0)).cast(pl.Float64)
+                   .alias(truth_column(h)) for h in range(1, horizons + 1)]
     rows = (
         view.lazy()
         .with_columns(*lagged)
@@ -156,8 +172,10 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     state = _area_features(sums["CO_UF"], "CO_UF").drop("state_stage_schools_lag1").lazy()
     rows = (rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left", maintain_order="left")
             .join(state, on=["CO_UF", YEAR], how="left", maintain_order="left"))
-    for step in cohort.forecast(catalog.stage(flag).feeder is not None):
+    stage = catalog.stage(flag)
+    for step in cohort.forecast(stage.feeder is not None):
         rows = rows.with_columns(step)
+    rows = rows.with_columns(cohort.ahead(h, stage.grades) for h in range(2, horizons + 1))
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)
     f1, f2 = pl.col("feeder_enrollment_lag1"), pl.col("feeder_enrollment_lag2")
     infra = {flag_: pl.when(pl.col(flag_).is_in([0, 1])).then(pl.col(flag_)).otherwise(None) for flag_ in catalog.INFRASTRUCTURE_FLAGS}
@@ -191,24 +209,28 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
         (pl.col(YEAR) + 1).alias("target_year"),
         "CO_MUNICIPIO",
         "CO_UF",
-        *(pl.col(f).cast(pl.Float32) for f in FEATURES),
-        *(["y_true"] if truth else []),
+        *(pl.col(f).cast(pl.Float32) for f in ORIGIN_FEATURES),
+        *(pl.col(cohort.forecast_column(h)).cast(pl.Float32) for h in range(2, horizons + 1)),
+        *([truth_column(h) for h in range(1, horizons + 1)] if truth else []),
     )
 
 
-def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None, *,
+                    horizons: int = 1) -> pl.DataFrame:
     """Feature rows for every origin year o: schools active and offering the stage at o.
 
-    Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF and FEATURES,
-    sorted by school and origin year. `sums`: area sums over every school (an engine's
-    combined partitions); default: this panel's.
+    Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF,
+    ORIGIN_FEATURES and the Coorte forecast for horizons 2 .. `horizons`, sorted by school
+    and origin year. `sums`: area sums over every school (an engine's combined
+    partitions); default: this panel's.
     """
-    return _origin_rows(panel, flag, sums, truth=False).collect(engine=ENGINE)
+    return _origin_rows(panel, flag, sums, None, horizons).collect(engine=ENGINE)
 
 
 def training_frame(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
-                   last_year: int | None = None) -> pl.DataFrame:
-    """`origin_features` with y_true, for the target years up to the last census year
-    (default: the panel's last; an engine's partition passes the whole census's)."""
+                   last_year: int | None = None, *, horizons: int = 1) -> pl.DataFrame:
+    """`origin_features` with the truth h = 1 .. `horizons` years ahead (`truth_column`), for
+    the origins before the last census year (default: the panel's last; an engine's
+    partition passes the whole census's); a truth beyond the census is null."""
     last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
-    return _origin_rows(panel, flag, sums, truth=True).filter(pl.col("target_year") <= last).collect(engine=ENGINE)
+    return _origin_rows(panel, flag, sums, last, horizons).filter(pl.col("origin_year") < last).collect(engine=ENGINE)

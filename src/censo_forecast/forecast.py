@@ -1,6 +1,6 @@
-"""Next-year forecast files: per school with intervals, and summed to municipality, state
-and country with intervals from resampled residuals (never by adding bounds), plus the
-enrollment expected in offerings that will open (new schools or stages).
+"""Forecast files for each forecast year: per school with intervals, and summed to
+municipality, state and country with intervals from resampled residuals (never by adding
+bounds), plus the enrollment expected in offerings that will open (new schools or stages).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import polars as pl
 
 from censo_forecast import atomic, intervals
 from censo_forecast.inep import catalog
-from censo_forecast.outputs import AREA_LEVELS, FORECAST, LAST_ENROLLMENT, SCHOOL_FORECAST_COLUMNS, forecast_file
+from censo_forecast.outputs import AREA_LEVELS, FORECAST, HORIZON, LAST_ENROLLMENT, SCHOOL_FORECAST_COLUMNS, forecast_file
 from censo_forecast.panel import SCHOOL, YEAR
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
 
 
 def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_draws: np.ndarray,
-                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str) -> pl.DataFrame:
-    """An area's point forecast is the centre of the same simulated totals that give its bounds."""
+                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str, bounded: bool) -> pl.DataFrame:
+    """An area's point forecast is the centre of the same simulated totals that give its bounds
+    (none when the horizon has no residuals)."""
     totals = schools + adjust_draws + new_draws
     adjust = adjust_draws.mean(axis=0)
     out = {key_name: keys, LAST_ENROLLMENT: last, "previsao_escolas": schools, "ajuste_agregacao": adjust,
@@ -53,9 +54,10 @@ def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_
     for level in intervals.LEVELS:
         pct = int(round(level * 100))
         a = (1 - level) / 2
-        out[f"limite_inferior_{pct}"] = np.quantile(totals, a, axis=0)
-        out[f"limite_superior_{pct}"] = np.quantile(totals, 1 - a, axis=0)
-    return pl.DataFrame(out)
+        nothing = np.full(len(keys), np.nan)
+        out[f"limite_inferior_{pct}"] = np.quantile(totals, a, axis=0) if bounded else nothing
+        out[f"limite_superior_{pct}"] = np.quantile(totals, 1 - a, axis=0) if bounded else nothing
+    return pl.DataFrame(out).fill_nan(None)
 
 
 def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
@@ -66,17 +68,23 @@ def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
 
 
 def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
-                draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
-    """Municipal, state and national totals for one stage with resampled intervals.
+                years_ahead: int = 1, draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
+    """Municipal, state and national totals for one stage and horizon with resampled intervals.
 
     `previsao_escolas` is exactly the sum of the school forecasts. `ajuste_agregacao` is the
     mean of the resampled net errors of those forecasts: school forecasts are medians, while a
     total needs the mean, which includes the schools that will close or drop the stage.
+    `calibration` holds the residuals of this horizon (empty: a horizon never validated,
+    totals without adjustment or bounds). New offerings: those opening in each
+    of the `years_ahead` years, each year like one of the recent ones, still open at the
+    forecast year (their later growth or closure is not modelled).
     """
     rng = np.random.default_rng(seed)
     pred = schools[FORECAST].to_numpy()
     last = schools[LAST_ENROLLMENT].to_numpy()
-    residuals = intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng)
+    bounded = calibration.height > 0
+    residuals = (intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng) if bounded
+                 else np.zeros((draws, len(pred))))
     net_error = np.maximum(pred + residuals, 0.0) - pred  # draws x schools
     # new offerings: one of the recent years per draw, shared by all municipalities (a common shock)
     off_years = sorted(offerings[YEAR].unique().to_list()) or [None]
@@ -89,7 +97,7 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
         part = offerings.filter(pl.col(YEAR) == year)
         for m, v in zip(part["CO_MUNICIPIO"].to_list(), part["new_enrollment"].to_list()):
             per_year[j, muni_index[m]] = v
-    new_draws = per_year[rng.integers(0, len(off_years), size=draws)]
+    new_draws = per_year[rng.integers(0, len(off_years), size=(years_ahead, draws))].sum(axis=0)
     school_muni = np.array([muni_index[m] for m in schools["CO_MUNICIPIO"].to_list()], dtype=np.int64)
     ufs = sorted(set(muni_uf[m] for m in munis))
     uf_of = np.array([ufs.index(muni_uf[m]) for m in munis])
@@ -109,15 +117,17 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     out = {}
     for name, (keys, key_name, up) in levels.items():
         last_a, pred_a, err_a, new_a = (up(v) for v in per_muni)
-        out[name] = _area_table(keys, last_a, pred_a, err_a, up(per_year.mean(axis=0)), new_a, key_name)
+        out[name] = _area_table(keys, last_a, pred_a, err_a, up(years_ahead * per_year.mean(axis=0)), new_a, key_name, bounded)
     out[municipalities] = out[municipalities].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     abbr = {code: a for code, a, _, _ in catalog.UFS}
     out[states] = out[states].with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
-    return {k: v.with_columns(pl.lit(flag).alias("etapa")) for k, v in out.items()}
+    return {k: v.with_columns(pl.lit(flag).alias("etapa"), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))
+            for k, v in out.items()}
 
 
 def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str, pl.DataFrame]) -> list[Path]:
-    """previsoes_{year}.parquet/.csv and the _municipios, _ufs, _brasil CSVs, atomically."""
+    """previsoes_{year}.parquet/.csv and the _municipios, _ufs, _brasil CSVs, atomically
+    (the school rows and area totals of one forecast year)."""
     written = []
     schools = schools.select(SCHOOL_FORECAST_COLUMNS).sort("etapa", SCHOOL)
     for suffix, write in ((".parquet", atomic.write_parquet), (".csv", atomic.write_csv)):
@@ -126,7 +136,23 @@ def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str
         written.append(path)
     for name, frame in areas.items():
         path = Path(out) / forecast_file(year, name)
-        first = [c for c in ("etapa", "CO_UF", "SG_UF", "CO_MUNICIPIO", "pais") if c in frame.columns]
+        first = [c for c in ("etapa", HORIZON, "CO_UF", "SG_UF", "CO_MUNICIPIO", "pais") if c in frame.columns]
         atomic.write_csv(path, frame.select(*first, *[c for c in frame.columns if c not in first]))
         written.append(path)
     return written
+
+
+def history(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """Census enrollment per stage, state and year, and the country's (CO_UF 0, SG_UF "BR"):
+    the actual path the report draws before the forecast years (historico_matriculas.csv)."""
+    abbr = {code: a for code, a, _, _ in catalog.UFS}
+    frames = []
+    for flag in flags:
+        stage = catalog.stage(flag)
+        offering = panel.filter(pl.col("active") & (pl.col(stage.flag) == 1))
+        states = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).fill_null(0).sum().cast(pl.Float64).alias("matriculas"))
+        country = states.group_by(YEAR).agg(pl.col("matriculas").sum()).with_columns(pl.lit(0, dtype=states.schema["CO_UF"]).alias("CO_UF"))
+        frames.append(pl.concat([states, country.select(states.columns)]).with_columns(pl.lit(flag).alias("etapa")))
+    table = pl.concat(frames).with_columns(
+        pl.col("CO_UF").replace_strict({**abbr, 0: "BR"}, default=None, return_dtype=pl.String).alias("SG_UF"))
+    return table.sort("etapa", "CO_UF", YEAR).select("etapa", "CO_UF", "SG_UF", YEAR, "matriculas")

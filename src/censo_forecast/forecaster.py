@@ -4,7 +4,7 @@
     census = load_census("data/cache")                 # the ingested years
     fc = EnrollmentForecaster(stages=["IN_MED"])
     fc.cross_validate(census)                           # walk-forward table (resultados_finais)
-    fc.fit(census).predict(census)                      # next year's forecast per school
+    fc.fit(census).predict(census)                      # the next five years per school
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ import polars as pl
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import features, forecast, intervals, models, modelstore, validation
+from censo_forecast import features, forecast, horizons, intervals, models, modelstore, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.engine import Engine, LocalEngine
 from censo_forecast.inep import catalog
 from censo_forecast.outputs import FORECAST, LAST_ENROLLMENT
+from censo_forecast.validation import HORIZON_COLUMN
 from censo_forecast.panel import SCHOOL, YEAR, build_panel
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class EnrollmentForecaster(BaseEstimator):
     Parameters
     ----------
     stages : offer flags of the stages to model (default: all ten, `catalog.STAGES`).
+    horizons : forecast years after the last census year (T+1 .. T+horizons), each validated.
     model : boosting hyper-parameters and training window (`ModelSettings()` by default).
     device : "auto", "cpu" or "cuda" (see `models.select_device`).
     min_train_years : census years before the first test year of the walk-forward.
@@ -53,13 +55,15 @@ class EnrollmentForecaster(BaseEstimator):
         cluster engine from `engine.open_engine`).
 
     Fitted state: `stage_cv_` (walk-forward results per stage), `cv_` (all stages
-    combined), `models_`, `chosen_`, `calibration_` (per stage), `training_years_`,
-    `forecast_year_` (after `predict`).
+    combined), `models_` (per stage a `models.ByHorizon`), `chosen_` (per stage and
+    horizon), `calibration_` (per stage, with a `horizonte` column), `training_years_`,
+    `forecast_years_` (after `predict`).
     """
 
-    def __init__(self, stages: list[str] | None = None, *, model: ModelSettings | None = None, device: str = "auto",
-                 min_train_years: int = 3, n_jobs: int = 2, engine: Engine | None = None):
+    def __init__(self, stages: list[str] | None = None, *, horizons: int = 5, model: ModelSettings | None = None,
+                 device: str = "auto", min_train_years: int = 3, n_jobs: int = 2, engine: Engine | None = None):
         self.stages = stages
+        self.horizons = horizons
         self.model = model
         self.device = device
         self.min_train_years = min_train_years
@@ -93,7 +97,7 @@ class EnrollmentForecaster(BaseEstimator):
 
     def stage_data(self, panel: pl.DataFrame, flag: str) -> validation.StageData:
         """A stage's feature rows with their truth, where the engine keeps them."""
-        return self._engine.stage_data(panel, flag)
+        return self._engine.stage_data(panel, flag, self.horizons)
 
     # ----------------------------------------------------------- validation
     def cross_validate_stage(self, panel: pl.DataFrame, flag: str, *,
@@ -147,7 +151,8 @@ class EnrollmentForecaster(BaseEstimator):
 
     def fit_stage(self, panel: pl.DataFrame, flag: str, *,
                   data: validation.StageData | None = None) -> "EnrollmentForecaster":
-        """Refit one stage's chosen model, reusing `data` when the caller has it. Returns self."""
+        """Refit one stage's chosen models (one per horizon; the learners once, shared),
+        reusing `data` when the caller has it. Returns self."""
         for attr in ("models_", "chosen_", "calibration_"):
             if not hasattr(self, attr):
                 setattr(self, attr, {})
@@ -158,20 +163,30 @@ class EnrollmentForecaster(BaseEstimator):
             return self
         stage_cv = getattr(self, "stage_cv_", {}).get(flag)
         validated = stage_cv is not None and stage_cv.folds.height > 0
-        name = validation.chosen_models(validation.summarize(stage_cv.folds))[flag] if validated else models.ENSEMBLE
-        self.models_[flag] = validation.fit_model(name, data, settings=self._settings, device=self.resolve_device(),
-                                                  jobs=self.n_jobs)
-        self.chosen_[flag] = name
+        ahead = range(1, self.horizons + 1)
+        chosen = validation.chosen_models(validation.summarize(stage_cv.folds))[flag] if validated else {}
+        unvalidated = [h for h in ahead if h not in chosen]
+        if validated and unvalidated:
+            log.warning("%s: %s year(s) ahead could not be validated (too few census years after the first test "
+                        "year); Voting forecasts them, without intervals", flag, unvalidated)
+        chosen = {h: chosen.get(h, models.ENSEMBLE) for h in ahead}
+        self.models_[flag] = validation.fit_stage_models(chosen, data, self.training_years_[-1], settings=self._settings,
+                                                         device=self.resolve_device(), jobs=self.n_jobs)
+        self.chosen_[flag] = chosen
         if validated:
-            self.calibration_[flag] = intervals.calibration_table(stage_cv.predictions, name)
+            self.calibration_[flag] = pl.concat([
+                intervals.calibration_table(rows, chosen[h]).with_columns(pl.lit(h, dtype=pl.Int32).alias(HORIZON_COLUMN))
+                for h, rows in validation.by_horizon(stage_cv.predictions) if h in chosen])
         return self
 
     def predict(self, census: pl.DataFrame) -> pl.DataFrame:
-        """Forecast the year after the last census year for every school offering each
-        fitted stage then, with 80 % and 95 % conformal intervals where validated.
+        """Forecast each of the years after the last census year the models were fitted for
+        (T+1 .. T+horizons) for every school offering each fitted stage in T, with 80 % and
+        95 % conformal intervals calibrated at that horizon where validated.
 
         Parameters: `census`, the ingested years or their panel (may be newer than the
-        fit's). Returns one row per (school, stage) with `outputs.SCHOOL_FORECAST_COLUMNS`.
+        fit's). Returns one row per (school, stage, horizon) with
+        `outputs.SCHOOL_FORECAST_COLUMNS` and NU_ANO_CENSO, the forecast year.
         """
         check_is_fitted(self, "models_")
         panel = self.panel(census)
@@ -179,39 +194,55 @@ class EnrollmentForecaster(BaseEstimator):
         names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
         frames = []
         for flag, model in self.models_.items():
-            rows = features.origin_features(panel, flag).filter(pl.col("origin_year") == last)
+            ahead = sorted(model.models)
+            rows = features.origin_features(panel, flag, horizons=max(ahead)).filter(pl.col("origin_year") == last)
             if rows.height == 0:
                 continue
-            pred = np.asarray(model.predict(validation.matrix(rows)), dtype=np.float64)
-            last_year = rows[features.ANCHOR].to_numpy().astype(np.float64)
-            frame = rows.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias("etapa"),
-                                pl.lit(self.chosen_[flag]).alias("modelo"),
-                                pl.col(features.ANCHOR).cast(pl.Float64).alias(LAST_ENROLLMENT))
-            frame = frame.with_columns(pl.Series(FORECAST, pred))
+            stacked = horizons.stack(rows, ahead, truth=False)
+            frame = stacked.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias("etapa"),
+                                   pl.col(features.HORIZON).cast(pl.Int32).alias(HORIZON_COLUMN),
+                                   pl.col("target_year").alias(YEAR),
+                                   pl.col(features.ANCHOR).cast(pl.Float64).alias(LAST_ENROLLMENT))
+            frame = frame.with_columns(
+                pl.col(HORIZON_COLUMN).replace_strict(self.chosen_[flag], return_dtype=pl.String).alias("modelo"),
+                pl.Series(FORECAST, np.asarray(model.predict(validation.matrix(stacked)), dtype=np.float64)))
             calibration = self.calibration_.get(flag)
             if calibration is not None:
-                frame = frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
+                frame = pl.concat([self._with_bounds(part, calibration.filter(pl.col(HORIZON_COLUMN) == h))
+                                   for h, part in validation.by_horizon(frame)], how="diagonal")
             frames.append(frame.join(names, on=SCHOOL, how="left"))
-        self.forecast_year_ = last + 1
+        self.forecast_years_ = [last + h for h in range(1, max((max(m.models) for m in self.models_.values()), default=0) + 1)]
         return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
 
-    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.DataFrame]:
-        """Municipal, state and national totals per stage, with new offerings and intervals.
+    @staticmethod
+    def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame:
+        """One horizon's school forecasts with their intervals (none when it has no residuals)."""
+        if calibration.height == 0:
+            return frame
+        pred, last_year = frame[FORECAST].to_numpy(), frame[LAST_ENROLLMENT].to_numpy()
+        return frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
+
+    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[int, dict[str, pl.DataFrame]]:
+        """Municipal, state and national totals per forecast year and stage, with new
+        offerings and intervals.
 
         Parameters: `census` (as for `predict`), `schools` (what `predict` returned),
-        `seed` (of the residual resampling). Returns {"municipios", "ufs", "brasil"} frames.
+        `seed` (of the residual resampling). Returns {forecast year: {"municipios", "ufs",
+        "brasil"} frames}.
         """
         check_is_fitted(self, "models_")
         panel = self.panel(census)
-        parts: dict[str, list[pl.DataFrame]] = {}
+        out: dict[int, dict[str, list[pl.DataFrame]]] = {}
         for flag in schools["etapa"].unique(maintain_order=True):
             if flag not in self.calibration_:
                 raise ValueError(f"{flag}: totals need calibrated residuals; call cross_validate() before fit()")
-            areas = forecast.area_totals(schools.filter(pl.col("etapa") == flag), self.calibration_[flag],
-                                         forecast.new_offerings(panel, flag), flag, seed=seed)
-            for key, frame in areas.items():
-                parts.setdefault(key, []).append(frame)
-        return {k: pl.concat(v, how="diagonal") for k, v in parts.items()}
+            offerings = forecast.new_offerings(panel, flag)
+            for h, rows in validation.by_horizon(schools.filter(pl.col("etapa") == flag)):
+                calibration = self.calibration_[flag].filter(pl.col(HORIZON_COLUMN) == h)
+                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, seed=seed + h)
+                for key, frame in areas.items():
+                    out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
+        return {year: {k: pl.concat(v, how="diagonal") for k, v in parts.items()} for year, parts in out.items()}
 
     # ----------------------------------------------------------- persistence
     def save(self, folder: Path) -> Path:
@@ -224,6 +255,7 @@ class EnrollmentForecaster(BaseEstimator):
     def load(cls, folder: Path, **params) -> "EnrollmentForecaster":
         """A fitted forecaster from a saved folder; raises modelstore.ModelStoreError on a mismatch."""
         saved = modelstore.load(folder)
+        params.setdefault("horizons", max((max(c) for c in saved.chosen.values()), default=1))
         fc = cls(stages=list(saved.models), **params)
         fc.models_, fc.chosen_, fc.calibration_ = saved.models, saved.chosen, saved.calibration
         fc.training_years_ = saved.training_years

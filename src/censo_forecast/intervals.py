@@ -1,7 +1,8 @@
 """Conformal prediction intervals, calibrated per school-size bin (Mondrian).
 
-Residuals (truth - forecast) come from the walk-forward test years and are pooled
-across schools within bins of last year's enrollment; a school never gets an interval
+Residuals (truth - forecast) come from the walk-forward test years, one horizon at a time
+(intervals widen with the horizon because its residuals do), and are pooled across
+schools within bins of last year's enrollment; a school never gets an interval
 from its own two or three residuals. Bins with too few residuals fall back to the pool.
 """
 
@@ -77,13 +78,16 @@ def bounds(pred: np.ndarray, last_year: np.ndarray, calibration: pl.DataFrame) -
     return out
 
 
-def coverage_by_year(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
-    """Empirical coverage per test year, each calibrated only on earlier test years."""
+def coverage_by_year(predictions: pl.DataFrame, model: str, horizon: int = 1) -> pl.DataFrame:
+    """Empirical coverage per test year of one horizon's rows, each year Y calibrated only on
+    the residuals known at its origin: target years <= Y - horizon."""
     calibration = calibration_table(predictions, model)
     rows = []
     years = sorted(predictions["NU_ANO_CENSO"].unique().to_list())
-    for year in years[1:]:
-        earlier = calibration.filter(pl.col("NU_ANO_CENSO") < year)
+    for year in years:
+        earlier = calibration.filter(pl.col("NU_ANO_CENSO") <= year - horizon)
+        if earlier.height == 0:
+            continue
         test = predictions.filter(pl.col("NU_ANO_CENSO") == year)
         b = bounds(test[model].to_numpy(), test[PERSISTENCE].to_numpy(), earlier)
         y = test["y_true"].to_numpy()

@@ -193,12 +193,14 @@ class CohortProgression(RegressorMixin, BaseEstimator):
 
 
 class Drift(RegressorMixin, BaseEstimator):
-    """This year times the stage's aggregate change in the most recent year of training
-    data (closures and stage drops included). Parameter: `anchor`, the column of last
-    year's enrollment; fitted state: `ratio_`."""
+    """This year times the stage's aggregate one-year change in the most recent year of
+    training data (closures and stage drops included), compounded over the row's horizon.
+    Parameters: `anchor`, the column of last year's enrollment; `horizon`, the column of the
+    years ahead (None: one). Fitted state: `ratio_`."""
 
-    def __init__(self, anchor: int = 0):
+    def __init__(self, anchor: int = 0, horizon: int | None = None):
         self.anchor = anchor
+        self.horizon = horizon
 
     def fit(self, X, y):
         base = np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.anchor])
@@ -207,7 +209,9 @@ class Drift(RegressorMixin, BaseEstimator):
         return self
 
     def predict(self, X) -> np.ndarray:
-        return np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.anchor]) * self.ratio_
+        X = np.asarray(X, dtype=np.float64)
+        years = X[:, self.horizon] if self.horizon is not None else 1.0
+        return np.nan_to_num(X[:, self.anchor]) * self.ratio_**years
 
 
 class Voting(RegressorMixin, BaseEstimator):
@@ -230,3 +234,29 @@ class Voting(RegressorMixin, BaseEstimator):
         """SHAP values and base values: the mean of its members' (SHAP is additive)."""
         parts = [est.contributions(X) for est in self.estimators]
         return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)
+
+
+class ByHorizon(RegressorMixin, BaseEstimator):
+    """A stage's forecaster: at each horizon the model chosen for it (fitted already; the
+    learners are shared). Rows are stacked by horizon (`horizons.stack`). Parameters:
+    `models` ({years ahead: fitted model}), `horizon` (the column of the years ahead)."""
+
+    def __init__(self, models: dict | None = None, horizon: int = 0):
+        self.models = models
+        self.horizon = horizon
+
+    def fit(self, X=None, y=None):
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        ahead = X[:, self.horizon].astype(int)
+        unknown = sorted(set(ahead.tolist()) - set(self.models))
+        if unknown:
+            raise ValueError(f"no model for {unknown} year(s) ahead; fitted for {sorted(self.models)}")
+        out = np.empty(len(X), dtype=np.float64)
+        for h, model in self.models.items():
+            rows = ahead == h
+            if rows.any():
+                out[rows] = model.predict(X[rows])
+        return out

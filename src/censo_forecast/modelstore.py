@@ -17,9 +17,9 @@ import polars as pl
 
 from censo_forecast import atomic, boosters, models, storage
 from censo_forecast.features import FEATURES
-from censo_forecast.validation import ANCHOR_INDEX, COHORT_INDEX
+from censo_forecast.validation import ANCHOR_INDEX, COHORT_INDEX, HORIZON_INDEX
 
-FORMAT_VERSION = 2  # 2: the sha256 of every file, checked before a native loader reads it
+FORMAT_VERSION = 3  # 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon
 METADATA = "metadata.json"
 SELF_HASH = "sha256_of_this_file"  # of the metadata without this key: a changed value is caught too
 
@@ -30,11 +30,12 @@ class ModelStoreError(Exception):
 
 @dataclass
 class SavedModels:
-    """What a saved-models folder holds: per stage the fitted model, its name and its
-    calibration table (None when it was not validated), and the training years."""
+    """What a saved-models folder holds: per stage the fitted `models.ByHorizon`, the name of
+    the model chosen at each horizon and the calibration table (None when it was not
+    validated), and the training years."""
 
     models: dict
-    chosen: dict[str, str]
+    chosen: dict[str, dict[int, str]]
     calibration: dict[str, pl.DataFrame]
     training_years: list[int]
 
@@ -58,18 +59,19 @@ def save(folder: Path, saved: SavedModels) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stages, hashes = {}, {}
-    for flag, model in saved.models.items():
-        entry: dict = {"modelo": saved.chosen[flag], "files": {}}
-        members = model.estimators if isinstance(model, models.Voting) else [model]
-        for member in members:
-            if isinstance(member, models.ChangeRegressor):
-                path = folder / f"{flag}_{member.learner}.{member.adapter.suffix}"
-                with atomic.atomic_path(path) as tmp:
-                    member.adapter.save(member.booster_, tmp)
-                entry["files"][member.learner] = path.name
-                hashes[path.name] = storage.sha256(path)
-        if isinstance(model, models.Drift):
-            entry["drift_ratio"] = model.ratio_
+    for flag, by_horizon in saved.models.items():
+        entry: dict = {"modelos": {str(h): name for h, name in saved.chosen[flag].items()}, "files": {}}
+        for model in by_horizon.models.values():
+            members = model.estimators if isinstance(model, models.Voting) else [model]
+            for member in members:
+                if isinstance(member, models.ChangeRegressor) and member.learner not in entry["files"]:
+                    path = folder / f"{flag}_{member.learner}.{member.adapter.suffix}"
+                    with atomic.atomic_path(path) as tmp:
+                        member.adapter.save(member.booster_, tmp)
+                    entry["files"][member.learner] = path.name
+                    hashes[path.name] = storage.sha256(path)
+            if isinstance(model, models.Drift):
+                entry["drift_ratio"] = model.ratio_
         calibration = saved.calibration.get(flag)
         if calibration is not None:
             atomic.write_parquet(folder / f"calibration_{flag}.parquet", calibration)
@@ -128,7 +130,7 @@ def load(folder: Path) -> SavedModels:
     out = SavedModels({}, {}, {}, meta["training_years"])
     for flag, entry in meta["stages"].items():
         out.models[flag] = _restore(folder, entry, meta["sha256"])
-        out.chosen[flag] = entry.get("modelo")
+        out.chosen[flag] = _chosen(folder, entry)
         if "calibration" in entry:
             out.calibration[flag] = pl.read_parquet(_verified(folder, entry["calibration"], meta["sha256"]))
     return out
@@ -150,25 +152,43 @@ def _verified(folder: Path, name, hashes: dict) -> Path:
     return path
 
 
-def _restore(folder: Path, entry: dict, hashes: dict):
+def _damaged(folder: Path, entry) -> ModelStoreError:
+    return ModelStoreError(f"{folder / METADATA}: a stage's entry is damaged ({str(entry)[:120]}); "
+                           "rerun `censo-forecast run` to save the models again")
+
+
+def _chosen(folder: Path, entry: dict) -> dict[int, str]:
+    """{years ahead: model name} of a stage's entry."""
+    chosen = entry.get("modelos")
+    if not isinstance(chosen, dict) or not chosen or not all(
+            isinstance(k, str) and k.isdigit() and int(k) >= 1 and v in models.MODEL_NAMES for k, v in chosen.items()):
+        raise _damaged(folder, entry)
+    return {int(h): name for h, name in sorted(chosen.items(), key=lambda kv: int(kv[0]))}
+
+
+def _restore(folder: Path, entry: dict, hashes: dict) -> models.ByHorizon:
     learners = {}
     for name, file in entry["files"].items():
         if name not in models.LEARNERS:
             raise ModelStoreError(f"{folder / METADATA}: unknown learner {name!r}")
         est = models.ChangeRegressor(name, ANCHOR_INDEX)
         learners[name] = est.set_booster(est.adapter.load(_verified(folder, file, hashes)), len(FEATURES))
-    name = entry.get("modelo")
-    needed = set(models.LEARNERS) if name == models.ENSEMBLE else {name} & set(models.LEARNERS)
-    if name not in models.MODEL_NAMES or not needed <= set(learners) or (
-            name == models.DRIFT and not isinstance(entry.get("drift_ratio"), (int, float))):
-        raise ModelStoreError(f"{folder / METADATA}: a stage's entry is damaged ({str(entry)[:120]}); "
-                              "rerun `censo-forecast run` to save the models again")
+    by_horizon = {}
+    for h, name in _chosen(folder, entry).items():
+        needed = set(models.LEARNERS) if name == models.ENSEMBLE else {name} & set(models.LEARNERS)
+        if not needed <= set(learners) or (name == models.DRIFT and not isinstance(entry.get("drift_ratio"), (int, float))):
+            raise _damaged(folder, entry)
+        by_horizon[h] = _model(name, learners, entry)
+    return models.ByHorizon(by_horizon, HORIZON_INDEX)
+
+
+def _model(name: str, learners: dict, entry: dict):
     if name == models.ENSEMBLE:
         return models.Voting([learners[n] for n in models.LEARNERS])
     if name in learners:
         return learners[name]
     if name == models.DRIFT:
-        drift = models.Drift(ANCHOR_INDEX)
+        drift = models.Drift(ANCHOR_INDEX, HORIZON_INDEX)
         drift.ratio_ = entry["drift_ratio"]
         return drift
     if name == models.COHORT:

@@ -12,6 +12,7 @@ CV_PREDICTIONS = "cv_predictions.parquet"
 COVERAGE = "cobertura_intervalos_cv.csv"
 ERROR_BY_SIZE = "erro_por_tamanho_cv.csv"
 CV_TOTALS = "totais_cv.csv"
+HISTORY = "historico_matriculas.csv"  # census enrollment per stage, state and year: the fan charts' past
 METADATA = "run_metadata.json"
 REPORT = "report.html"
 LOG = "execution_log.txt"
@@ -28,9 +29,11 @@ PERSISTENCE, DRIFT, COHORT, ENSEMBLE = "Persistencia", "Deriva", "Coorte", "Voti
 # forecast files; the feature the models read it from is features.ANCHOR.
 LAST_ENROLLMENT = "matriculas_ultimo_ano"
 FORECAST = "previsao"
+HORIZON = "horizonte"  # years ahead of the last census year (cv_predictions: of the origin year)
+ORIGIN = "ano_origem"  # cv_predictions: the census year the forecast was made from
 SCHOOL_FORECAST_COLUMNS = (
     "CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", LAST_ENROLLMENT, FORECAST,
-    "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95",
+    "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95", HORIZON,
 )
 
 
@@ -39,11 +42,11 @@ def forecast_file(year: int, level: str | None = None, suffix: str = ".csv") -> 
     return f"previsoes_{year}{'_' + level if level else ''}{suffix}"
 
 
-def report_inputs(forecast_year: int | None) -> list[str]:
+def report_inputs(forecast_years: list[int]) -> list[str]:
     """The files the report reads: their sha256 goes into run_metadata.json, and the report
     refuses a file that is no longer the one the run wrote."""
-    files = [RESULTS, CV_TOTALS, ERROR_BY_SIZE]
-    return files + ([forecast_file(forecast_year, "brasil"), forecast_file(forecast_year, "ufs")] if forecast_year else [])
+    files = [RESULTS, CV_TOTALS, ERROR_BY_SIZE, HISTORY]
+    return files + [forecast_file(year, level) for year in forecast_years for level in ("brasil", "ufs")]
 
 
 def shap_png(kind: str, flag: str, model: str) -> str:

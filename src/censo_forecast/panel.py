@@ -62,32 +62,38 @@ def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
 
 
 def _grade(stage: catalog.Stage, index: int) -> tuple[pl.Expr, pl.Expr]:
-    """(count, is real) of a stage's grade `index` (0: entry, -1: last) for active schools:
-    the census's per-grade count where the year has grades, else the stage total spread
-    evenly over its grades (the usual approximation before 2023)."""
+    """(count, is real) of a stage's grade `index` (0: entry, grades - 1: last) for active
+    schools: the census's per-grade count where the year has grades, else the stage total
+    spread evenly over its grades (the usual approximation before 2023)."""
     active = pl.col("active")
     approx = pl.col(stage.enrollment).fill_null(0) / stage.grades
     columns = stage.grade_columns
     if not columns:
         return pl.when(active).then(approx), pl.lit(False)
-    column = columns[index if index == 0 else stage.grades - 1]
-    real = pl.col(column).is_not_null()
-    return pl.when(active).then(pl.when(real).then(pl.col(column)).otherwise(approx)), active & real
+    real = pl.col(columns[index]).is_not_null()
+    return pl.when(active).then(pl.when(real).then(pl.col(columns[index])).otherwise(approx)), active & real
+
+
+def below_last(j: int) -> str:
+    """The column of a stage's grade j places below its last (1: the one that leaves next year)."""
+    return f"below_last_{j}"
 
 
 def cohort_columns(stage: catalog.Stage, feeder: catalog.Stage | None) -> list[pl.Expr]:
     """What cohort progression reads, per (school, year): the entry grade, the last grade
     (pupils leaving the stage), the pupils who stay in it (the rest), whether the grades are
-    the census's own, and the feeding stage's last grade (the cohort carried into the stage)."""
+    the census's own, the grades between (`below_last`: who leaves in the years after next)
+    and the feeding stage's last grade (the cohort carried into the stage)."""
+    last_index = stage.grades - 1
     entry, entry_real = _grade(stage, 0)
-    last, last_real = _grade(stage, -1)
+    last, last_real = _grade(stage, last_index)
     enrollment = pl.col(stage.enrollment).fill_null(0)
-    feeding = _grade(feeder, -1)[0] if feeder else pl.lit(None)
+    feeding = _grade(feeder, feeder.grades - 1)[0] if feeder else pl.lit(None)
     return [
         entry.cast(pl.Float32).alias("entry"),
         last.cast(pl.Float32).alias("leaving"),
         pl.when(pl.col("active")).then(enrollment - last).cast(pl.Float32).alias("continuing"),
         (entry_real & last_real).alias("graded"),
+        *(_grade(stage, last_index - j)[0].cast(pl.Float32).alias(below_last(j)) for j in range(1, last_index)),
         feeding.cast(pl.Float32).alias("feeder_leaving"),
     ]
-

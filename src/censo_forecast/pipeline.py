@@ -22,6 +22,7 @@ from censo_forecast.config import Settings
 from censo_forecast.engine import Engine, open_engine
 from censo_forecast.forecaster import CVResult, EnrollmentForecaster
 from censo_forecast.inep import catalog, ingest
+from censo_forecast.panel import YEAR
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,17 @@ def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
 
 
 def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: Path, seed: int) -> list[Path]:
-    """Next year's school forecasts and their area totals, from a fitted forecaster."""
+    """Each forecast year's school forecasts and area totals, from a fitted forecaster."""
     schools = forecaster.predict(panel)
-    return forecast.write_forecasts(out, forecaster.forecast_year_, schools, forecaster.aggregate(panel, schools, seed=seed))
+    areas = forecaster.aggregate(panel, schools, seed=seed)
+    written = []
+    for year in forecaster.forecast_years_:
+        written += forecast.write_forecasts(out, year, schools.filter(pl.col(YEAR) == year), areas[year])
+    return written
+
+
+def _years_text(years: list[int]) -> str:
+    return f"{years[0]}-{years[-1]}" if len(years) > 1 else str(years[0])
 
 
 def predict(s: Settings, models_dir: Path) -> list[Path]:
@@ -98,7 +107,7 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
             _ingest(s, engine, years)
         runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
         written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
-    log.info("forecast for %d from saved models: %s", forecaster.forecast_year_, ", ".join(p.name for p in written))
+    log.info("forecast for %s from saved models: %d files", _years_text(forecaster.forecast_years_), len(written))
     return written
 
 
@@ -153,7 +162,7 @@ class Run:
     def execute(self) -> dict:
         self.prepare_output()
         years = self.fetch_and_ingest()
-        forecaster = EnrollmentForecaster(self.s.stages, model=self.s.model, device=self.s.device,
+        forecaster = EnrollmentForecaster(self.s.stages, horizons=self.s.horizons, model=self.s.model, device=self.s.device,
                                           min_train_years=self.s.min_train_years, n_jobs=self.s.jobs, engine=self.engine)
         device = forecaster.resolve_device()
         record = runlog.run_header("run", self.s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})",
@@ -251,9 +260,10 @@ class Run:
     def write_forecast(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> None:
         with self.clock.phase("forecast"):
             written = _write_forecast(forecaster, panel, self.out, self.s.model.seed)
+            atomic.write_csv(self.out / outputs.HISTORY, forecast.history(panel, list(forecaster.models_)))
             forecaster.save(self.out / outputs.MODELS)
-        log.info("forecast for %d: %s; models saved in %s", forecaster.forecast_year_,
-                 ", ".join(p.name for p in written), self.out / outputs.MODELS)
+        log.info("forecast for %s: %d files; models saved in %s", _years_text(forecaster.forecast_years_),
+                 len(written), self.out / outputs.MODELS)
 
     def write_explanations(self) -> None:
         if self.importances:
@@ -264,9 +274,9 @@ class Run:
         for step, seconds in timings.items():
             log.info("timing %-28s %8.1fs", step, seconds)
         record.update({"timings_s": timings, "phases": self.clock.phases, "stages": list(forecaster.stage_cv_),
-                       "forecast_year": forecaster.forecast_year_,
+                       "forecast_year": forecaster.forecast_years_[0], "forecast_years": forecaster.forecast_years_,
                        "outputs_sha256": {name: storage.sha256(self.out / name)
-                                          for name in outputs.report_inputs(forecaster.forecast_year_)}})
+                                          for name in outputs.report_inputs(forecaster.forecast_years_)}})
         atomic.write_json(self.out / outputs.METADATA, record)
         return record
 

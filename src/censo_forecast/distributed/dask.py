@@ -30,11 +30,12 @@ import numpy as np
 import polars as pl
 
 from censo_forecast import features, models, storage
+from censo_forecast import horizons as horizons_mod
 from censo_forecast.config import ModelSettings
 from censo_forecast.engine import EngineError
 from censo_forecast.inep import ingest
 from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
-from censo_forecast.validation import ANCHOR_INDEX, StageData, matrix, training_rows
+from censo_forecast.validation import ANCHOR_INDEX, StageData, matrix
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = "30s"  # how long to try reaching a --scheduler
@@ -79,16 +80,16 @@ def _stage_sums(panel: pl.DataFrame, flag: str) -> dict[str, pl.DataFrame]:
     return features.area_sums(stage_view(panel, flag))
 
 
-def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int) -> pl.DataFrame:
-    return features.training_frame(panel, flag, sums, last_year)
+def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int, horizons: int) -> pl.DataFrame:
+    return features.training_frame(panel, flag, sums, last_year, horizons=horizons)
 
 
 def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
     return rows.filter(predicate)
 
 
-def _xy(rows: pl.DataFrame, predicate: pl.Expr) -> tuple[np.ndarray, np.ndarray]:
-    train = rows.filter(predicate)
+def _xy(rows: pl.DataFrame, cut: int, window_years: int, horizons: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    train = horizons_mod.training_pairs(rows, cut, window_years, horizons, fraction)
     return matrix(train), train["y_true"].to_numpy().astype(np.float64)
 
 
@@ -135,7 +136,7 @@ class DaskEngine:
                      len(self.client.scheduler_info().get("workers", {})))
         return self._parts[key]
 
-    def stage_data(self, panel: pl.DataFrame, flag: str) -> "DaskStageData":
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> "DaskStageData":
         """The stage's feature rows, per partition, where the partitions lie.
 
         `panel` is the client's copy: the workers build the same years from the cache.
@@ -144,15 +145,16 @@ class DaskEngine:
         parts = self.partitions(years)
         sums = features.combine_area_sums(self.client.gather(self.client.map(_stage_sums, parts, flag=flag)))
         shared = self.client.scatter(sums, broadcast=True)
-        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=years[-1])
-        return DaskStageData(self, rows)
+        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=years[-1], horizons=horizons)
+        return DaskStageData(self, rows, horizons)
 
 
 class DaskStageData(StageData):
     """A stage's rows as futures, one per partition; only filtered slices come to the client."""
 
-    def __init__(self, engine: DaskEngine, parts: list):
+    def __init__(self, engine: DaskEngine, parts: list, horizons: int = 1):
         self.engine = engine
+        self.horizons = horizons
         self.client = engine.client
         self.parts = parts
         self._years: list[int] | None = None
@@ -161,9 +163,9 @@ class DaskStageData(StageData):
     def height(self) -> int:
         return sum(self.client.gather(self.client.map(len, self.parts)))
 
-    def target_years(self) -> list[int]:
+    def origin_years(self) -> list[int]:
         if self._years is None:
-            years = self.client.gather(self.client.map(lambda r: r["target_year"].unique().to_list(), self.parts))
+            years = self.client.gather(self.client.map(lambda r: r["origin_year"].unique().to_list(), self.parts))
             self._years = sorted({y for part in years for y in part})
         return self._years
 
@@ -171,13 +173,17 @@ class DaskStageData(StageData):
         found = self.client.gather(self.client.map(_filter, self.parts, predicate=predicate))
         return pl.concat(found).sort(SCHOOL, "origin_year")
 
-    def fit_learners(self, test_year: int | None, settings: ModelSettings, device: models.Device, jobs: int,
+    def fit_learners(self, cut: int, settings: ModelSettings, device: models.Device, jobs: int,
                      names: tuple[str, ...] = models.LEARNERS) -> dict:
+        """The learners fitted where the rows lie, on the same sampled pairs as one machine's
+        (the fraction comes from every partition's count; the sample is a hash of the rows)."""
         import dask.array as da
         from dask import delayed
 
-        predicate = training_rows(self.target_years(), test_year, settings.train_window_years)
-        pairs = self.client.map(_xy, self.parts, predicate=predicate)
+        window = settings.train_window_years
+        counts = self.client.map(horizons_mod.pairs_in_window, self.parts, cut=cut, window_years=window, horizons=self.horizons)
+        fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), settings.max_training_rows)
+        pairs = self.client.map(_xy, self.parts, cut=cut, window_years=window, horizons=self.horizons, fraction=fraction)
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)
         X_parts, y_parts = [], []
