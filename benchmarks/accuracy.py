@@ -1,8 +1,13 @@
-"""Accuracy benchmark: skill over persistence and over cohort progression (Coorte) per stage,
-on the synthetic census and on its placebo twin (independent year-over-year changes), where
-a learner beating the better of the two baselines by more than ~1% means leakage.
+"""Accuracy benchmark per stage and horizon: skill over persistence and over cohort
+progression (Coorte), state-total error and interval coverage, on the synthetic census and
+on its placebo twin (independent year-over-year changes), where a learner beating the better
+of the two baselines by more than ~1% means leakage.
 
-    python benchmarks/accuracy.py [--schools 3000] [--seed 7]
+With --designs it also measures, on the synthetic census, what the run's design choices
+cost: one model per horizon instead of one model with the horizon as a feature, and the
+training-row cap at the national sampling fraction.
+
+    python benchmarks/accuracy.py [--schools 3000] [--seed 7] [--designs]
 """
 
 from __future__ import annotations
@@ -10,49 +15,122 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import outputs, pipeline
-from censo_forecast.config import load_settings
-from censo_forecast.inep import synthetic
+from censo_forecast import features, load_census, models, outputs, pipeline, validation
+from censo_forecast.config import ModelSettings, load_settings
+from censo_forecast.engine import LocalEngine
+from censo_forecast.forecaster import EnrollmentForecaster
+from censo_forecast.inep import catalog, synthetic
 from censo_forecast.inep.catalog import parse_years
 
+MAJOR = ("IN_INF_CRE", "IN_INF_PRE", "IN_FUND_AI", "IN_FUND_AF", "IN_MED")
+# the national run's fraction of training pairs kept by the row cap (200,000 of the largest
+# stage's ~3.3 M pairs a fit): what --designs applies to this census to price the sampling
+NATIONAL_FRACTION = 0.06
 
-def skill_table(raw: Path, work: Path) -> pl.DataFrame:
+
+def run_table(raw: Path, work: Path) -> pl.DataFrame:
     s = load_settings(None, raw_dir=raw, cache_dir=work / "cache", out_dir=work / "out", offline=True, device="cpu")
     pipeline.run(s)
-    table = pl.read_csv(work / "out" / outputs.RESULTS)
-    return table.select("etapa", "modelo", "MAE_Media_CV", "Skill_MAE_vs_Persistencia", "Skill_MAE_vs_Coorte", "Escolhido")
+    return pl.read_csv(work / "out" / outputs.RESULTS)
+
+
+class PerHorizonData(validation.StageData):
+    """The rejected design: one learner per horizon, each trained on that horizon's pairs only."""
+
+    def fit_learners(self, cut, settings, device, jobs, names=models.LEARNERS):
+        train = self.training_pairs(cut, settings)
+        per_h = {}
+        for (h,), rows in train.group_by(features.HORIZON):
+            per_h[int(h)] = validation.fit_learners(validation.matrix(rows), rows["y_true"].to_numpy(), settings, device, jobs)
+        fitted = {name: models.ByHorizon({h: f[name] for h, f in per_h.items()}, validation.HORIZON_INDEX)
+                  for name in (*models.LEARNERS, models.ENSEMBLE)}
+        return {name: fitted[name] for name in (*names, models.ENSEMBLE) if name in fitted}
+
+
+class PerHorizonEngine(LocalEngine):
+    def stage_data(self, panel, flag, horizons=1):
+        return PerHorizonData(features.training_frame(panel, flag, horizons=horizons), horizons)
+
+
+def design_costs(cache: Path) -> pl.DataFrame:
+    """Voting's MAE per stage and horizon under each design, against the run's default."""
+    census = load_census(cache)
+    rows = []
+    biggest = max(census.filter(pl.col(s.flag) == 1).height for s in catalog.STAGES)
+    cap = int(NATIONAL_FRACTION * biggest * 25)  # ~25 pairs per school-year (5 horizons x 5 window years)
+    designs = {
+        "one model (default)": dict(),
+        "one model per horizon": dict(engine=PerHorizonEngine()),
+        f"row cap {cap:,} (national fraction)": dict(model=ModelSettings(max_training_rows=cap)),
+    }
+    for name, options in designs.items():
+        started = time.perf_counter()
+        cv = EnrollmentForecaster(device="cpu", **options).cross_validate(census)
+        seconds = time.perf_counter() - started
+        voting = cv.summary.filter(pl.col("modelo") == models.ENSEMBLE).select("etapa", "horizonte", "MAE_Media_CV")
+        rows.append(voting.with_columns(pl.lit(name).alias("design"), pl.lit(round(seconds, 1)).alias("seconds")))
+    table = pl.concat(rows)
+    base = table.filter(pl.col("design") == "one model (default)").select("etapa", "horizonte", pl.col("MAE_Media_CV").alias("base"))
+    return table.join(base, on=["etapa", "horizonte"]).with_columns(
+        (pl.col("MAE_Media_CV") / pl.col("base") - 1).alias("MAE_change"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--schools", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--designs", action="store_true", help="also price the design choices (synthetic census)")
     args = parser.parse_args()
-    rows = []
+    tables = {}
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         for kind in ("synthetic", "placebo"):
             raw = Path(tmp) / kind / "raw"
             synthetic.generate(raw, synthetic.SynthSettings(parse_years("2011-2025"), args.schools, args.seed, placebo=kind == "placebo"))
-            table = skill_table(raw, Path(tmp) / kind)
-            for r in table.iter_rows(named=True):
-                rows.append({"census": kind, **r})
-    result = pl.DataFrame(rows)
-    chosen = result.filter(pl.col("Escolhido")).select("census", "etapa", pl.col("modelo").alias("chosen"))
-    for baseline in ("Persistencia", "Coorte"):
-        wide = result.pivot(on="modelo", index=["census", "etapa"], values=f"Skill_MAE_vs_{baseline}").join(chosen, on=["census", "etapa"])
-        with pl.Config(tbl_rows=40, tbl_cols=12, float_precision=3, tbl_width_chars=180):
-            print(f"skill = 1 - MAE/MAE({baseline}), walk-forward 2014-2025, {args.schools} schools, seed {args.seed}")
+            tables[kind] = run_table(raw, Path(tmp) / kind).with_columns(pl.lit(kind).alias("census"))
+        designs = design_costs(Path(tmp) / "synthetic" / "cache") if args.designs else None
+    result = pl.concat(tables.values())
+    config = pl.Config(tbl_rows=80, tbl_cols=14, float_precision=3, tbl_width_chars=200)
+    chosen = result.filter(pl.col("Escolhido"))
+    with config:
+        for baseline in ("Persistencia", "Coorte"):
+            wide = (result.filter(pl.col("census") == "synthetic")
+                    .pivot(on="modelo", index=["etapa", "horizonte"], values=f"Skill_MAE_vs_{baseline}")
+                    .join(chosen.filter(pl.col("census") == "synthetic").select("etapa", "horizonte", pl.col("modelo").alias("chosen")),
+                          on=["etapa", "horizonte"]).sort("etapa", "horizonte"))
+            print(f"skill = 1 - MAE/MAE({baseline}) by stage and horizon, {args.schools} schools, seed {args.seed}")
             print(wide)
-    best_baseline = result.filter(pl.col("modelo").is_in(["Persistencia", "Coorte"])).group_by("census", "etapa").agg(
-        pl.col("MAE_Media_CV").min().alias("best"))
-    placebo = result.filter((pl.col("census") == "placebo") & pl.col("modelo").is_in(["LightGBM", "XGBoost", "Voting"]))
-    placebo = placebo.join(best_baseline, on=["census", "etapa"]).with_columns((1 - pl.col("MAE_Media_CV") / pl.col("best")).alias("skill"))
-    print(f"largest learner skill over the better baseline on the placebo census: {placebo['skill'].max():+.3f}")
+        print("chosen model per stage and horizon: state-total error and coverage (synthetic census)")
+        print(chosen.filter(pl.col("census") == "synthetic").select(
+            "etapa", "horizonte", "modelo", "Skill_MAE_vs_Persistencia", "Skill_MAE_vs_Coorte", "APE_UFs_Media_CV",
+            "Cobertura_80_CV", "Cobertura_95_CV").sort("etapa", "horizonte"))
+        major = chosen.filter((pl.col("census") == "synthetic") & pl.col("etapa").is_in(MAJOR))
+        print("major stages, by horizon: worst skill of the chosen model against each baseline, worst state-total error, "
+              "coverage range")
+        print(major.group_by("horizonte").agg(
+            pl.col("Skill_MAE_vs_Persistencia").min(), pl.col("Skill_MAE_vs_Coorte").min(), pl.col("APE_UFs_Media_CV").max(),
+            pl.col("Cobertura_80_CV").min().alias("cov80_min"), pl.col("Cobertura_80_CV").max().alias("cov80_max"),
+            pl.col("Cobertura_95_CV").min().alias("cov95_min"), pl.col("Cobertura_95_CV").max().alias("cov95_max")).sort("horizonte"))
+        best = result.filter(pl.col("modelo").is_in(["Persistencia", "Coorte"])).group_by("census", "etapa", "horizonte").agg(
+            pl.col("MAE_Media_CV").min().alias("best"))
+        placebo = (result.filter((pl.col("census") == "placebo") & pl.col("modelo").is_in(list(models.LEARNERS) + [models.ENSEMBLE]))
+                   .join(best, on=["census", "etapa", "horizonte"])
+                   .with_columns((1 - pl.col("MAE_Media_CV") / pl.col("best")).alias("skill")))
+        print("placebo census: largest learner skill over the better baseline, by horizon (leakage above ~+0.01)")
+        print(placebo.group_by("horizonte").agg(pl.col("skill").max(), pl.col("etapa").sort_by("skill").last(),
+                                                pl.col("modelo").sort_by("skill").last()).sort("horizonte"))
+        if designs is not None:
+            print("design choices: Voting's MAE against the default (one model, horizon as a feature), synthetic census")
+            print(designs.pivot(on="design", index=["etapa", "horizonte"], values="MAE_change").sort("etapa", "horizonte"))
+            print(designs.group_by("design").agg(pl.col("MAE_change").mean().alias("mean_MAE_change"),
+                                                 pl.col("seconds").first()).sort("design"))
     print(json.dumps(result.to_dicts()))
+    if designs is not None:
+        print(json.dumps(designs.to_dicts()))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ load = time.perf_counter() - t
 per_stage, rows = {}, 0
 for stage in catalog.STAGES:
     t = time.perf_counter()
-    frame = features.training_frame(panel, stage.flag)
+    frame = features.training_frame(panel, stage.flag, horizons=5)  # the run's default: truth for five horizons
     per_stage[stage.flag] = round(time.perf_counter() - t, 2)
     rows += frame.height
 print(json.dumps({"load_s": round(load, 2), "features_s": round(sum(per_stage.values()), 2), "rows": rows, "per_stage": per_stage, "n_features": len(features.FEATURES)}))
@@ -136,11 +136,10 @@ from censo_forecast.models import select_device
 from censo_forecast.panel import build_panel
 cache, flag = sys.argv[1], sys.argv[2]
 panel = build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
-data = features.training_frame(panel, flag)
-last = data["target_year"].max()
-train = data.filter(pl.col("target_year") < last)
-X, y = validation.matrix(train), train["y_true"].to_numpy()
 settings, device = ModelSettings(), select_device("cpu")
+data = validation.StageData(features.training_frame(panel, flag, horizons=5), horizons=5)
+train = data.training_pairs(max(data.origin_years()), settings)  # the largest fold, sampled as a run samples it
+X, y = validation.matrix(train), train["y_true"].to_numpy()
 t = time.perf_counter(); validation.fit_learners(X, y, settings, device, 2); ours = time.perf_counter() - t
 import lightgbm as lgb, xgboost as xgb
 from sklearn.ensemble import VotingRegressor

@@ -108,18 +108,34 @@ def test_aggregates_equal_the_sums_of_their_parts(run_out):
 
 
 @pytest.mark.slow
+def test_later_years_add_the_offerings_opened_on_the_way_and_widen(run_out):
+    """h years ahead the totals count h years of new offerings; the schools' ranges widen."""
+    country = {y: pl.read_csv(run_out / f"previsoes_{y}_brasil.csv").sort("etapa") for y in range(2026, 2031)}
+    for flag in ("IN_INF_CRE", "IN_MED"):
+        new = [country[y].filter(pl.col("etapa") == flag)["previsao_novas_ofertas"].item() for y in range(2026, 2031)]
+        assert new == pytest.approx([h * new[0] for h in range(1, 6)])
+    width = [pl.read_parquet(run_out / f"previsoes_{y}.parquet").select(pl.col("limite_superior_80") - pl.col("limite_inferior_80")).mean().item()
+             for y in range(2026, 2030)]  # 2030 (five years ahead) has one test year to calibrate on
+    assert width[-1] > width[0], width
+
+
+@pytest.mark.slow
 def test_predict_reproduces_run_forecasts(run_out, small_census, tmp_path):
     raw, _ = small_census
     result = CliRunner().invoke(app, ["predict", "--models", str(run_out / "models"), "--raw-dir", str(raw),
                                       "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "pred"), "--offline"])
     assert result.exit_code == 0, result.output
-    ran = pl.read_parquet(run_out / "previsoes_2026.parquet")
-    predicted = pl.read_parquet(tmp_path / "pred" / "previsoes_2026.parquet")
-    assert predicted.columns == ran.columns and predicted.height == ran.height
-    for col in ("previsao", "limite_inferior_80", "limite_superior_95"):
-        np.testing.assert_allclose(predicted[col].to_numpy(), ran[col].to_numpy(), rtol=1e-6, atol=1e-6)
-    ran_uf = pl.read_csv(run_out / "previsoes_2026_ufs.csv")
-    assert pl.read_csv(tmp_path / "pred" / "previsoes_2026_ufs.csv").equals(ran_uf)
+    written = sorted(p.name for p in (tmp_path / "pred").glob("previsoes_*"))
+    assert written == sorted(p.name for p in run_out.glob("previsoes_*"))  # the same set: T+1 ... T+5
+    assert len(written) == 5 * 5
+    for year in range(2026, 2031):
+        ran = pl.read_parquet(run_out / f"previsoes_{year}.parquet")
+        predicted = pl.read_parquet(tmp_path / "pred" / f"previsoes_{year}.parquet")
+        assert predicted.columns == ran.columns and predicted.height == ran.height
+        for col in ("previsao", "limite_inferior_80", "limite_superior_95"):
+            np.testing.assert_allclose(predicted[col].to_numpy(), ran[col].to_numpy(), rtol=1e-6, atol=1e-6)
+        ran_uf = pl.read_csv(run_out / f"previsoes_{year}_ufs.csv")
+        assert pl.read_csv(tmp_path / "pred" / f"previsoes_{year}_ufs.csv").equals(ran_uf)
 
 
 @pytest.mark.slow

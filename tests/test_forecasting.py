@@ -395,7 +395,7 @@ def test_cohort_progression_by_hand():
         rows.append({"CO_ENTIDADE": codes["B"], "NU_ANO_CENSO": year, "IN_FUND_AI": 1, "QT_MAT_FUND_AI": 80 + grade5[year],
                      **{f"QT_MAT_FUND_AI_{i}": 20 for i in range(1, 5)}, "QT_MAT_FUND_AI_5": grade5[year],
                      **{f"QT_MAT_FUND_AF_{i}": 0 for i in range(6, 10)}})
-    frame = features.origin_features(build_panel(census_rows(rows)), "IN_FUND_AF").filter(pl.col("origin_year") == 2025)
+    frame = features.origin_features(build_panel(census_rows(rows)), "IN_FUND_AF", horizons=5).filter(pl.col("origin_year") == 2025)
     got = dict(zip(frame["CO_ENTIDADE"].to_list(), frame["cohort_forecast"].to_list()))
     # progression: pupils past grade 6 in t over pupils below grade 9 in t - 1, pooled 2024-2025
     a_in, a_base = (112 - 32) + (115 - 31), (109 - 25) + (112 - 24)
@@ -412,6 +412,14 @@ def test_cohort_progression_by_hand():
     assert row["cohort_ratio"] == pytest.approx(ratio["A"], rel=1e-6) and row["intake_share"] == pytest.approx(share["A"])
     assert row["entry_grade_lag1"] == 31 and row["last_grade_lag1"] == 26 and row["muni_feeder_leaving_lag1"] == 38
     assert row["grade_progression_lag1"] == pytest.approx((115 - 31) / (112 - 24))
+    # h years ahead: the method applied h times, grade by grade (each year's intake the same)
+    for name in ("A", "C"):
+        grades, intake = list(af[name][2025]), share[name] * grade5[2025]
+        row = frame.filter(pl.col("CO_ENTIDADE") == codes[name]).row(0, named=True)
+        for h in range(1, 6):
+            grades = [intake] + [ratio[name] * g for g in grades[:-1]]
+            column = "cohort_forecast" if h == 1 else f"cohort_forecast_{h}"
+            assert row[column] == pytest.approx(sum(grades), rel=1e-5), (name, h)
 
 
 def test_cohort_features_before_the_census_had_grades(small_panel):

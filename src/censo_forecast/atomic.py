@@ -53,6 +53,18 @@ def write_parquet(target: Path, frame) -> None:
         frame.write_parquet(tmp, compression="zstd")
 
 
+def write_parquet_parts(target: Path, frames: list) -> None:
+    """One Parquet file from frames of the same columns, written one after another (never
+    concatenated in memory: a national walk-forward's predictions are gigabytes)."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(target) as tmp:
+        schema = frames[0].to_arrow().schema
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for frame in frames:
+                writer.write_table(frame.select(schema.names).to_arrow().cast(schema))
+
+
 def write_csv(target: Path, frame) -> None:
     with atomic_path(target) as tmp:
         frame.write_csv(tmp)

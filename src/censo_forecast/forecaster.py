@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class CVResult:
     summary: pl.DataFrame  # resultados_finais
-    predictions: pl.DataFrame  # cv_predictions
-    folds: pl.DataFrame  # per test year metrics
-    coverage: pl.DataFrame  # interval coverage per stage, model and test year
-    error_by_size: pl.DataFrame  # MAE per stage, model and school-size bin
-    totals: pl.DataFrame  # actual and forecast stage totals per test year and model
+    stage_predictions: list[pl.DataFrame]  # cv_predictions, one frame per stage (nationally tens of millions of rows)
+    folds: pl.DataFrame  # per horizon and test year metrics
+    coverage: pl.DataFrame  # interval coverage per stage, model, horizon and test year
+    error_by_size: pl.DataFrame  # MAE per stage, model, horizon and school-size bin
+    totals: pl.DataFrame  # actual and forecast stage totals per horizon, test year and model
+
+    @property
+    def predictions(self) -> pl.DataFrame:
+        """Every stage's walk-forward predictions in one frame (a copy: large nationally)."""
+        return pl.concat(self.stage_predictions, how="diagonal")
 
 
 class EnrollmentForecaster(BaseEstimator):
@@ -263,9 +268,13 @@ class EnrollmentForecaster(BaseEstimator):
 
 
 def combine(results: list[validation.StageCV]) -> CVResult:
-    """Stages' walk-forward results as one CVResult (the tables a run writes)."""
+    """Stages' walk-forward results as one CVResult (the tables a run writes), computed stage
+    by stage: the predictions of all stages are never copied into one frame here."""
     folds = pl.concat([r.folds for r in results])
-    predictions = pl.concat([r.predictions for r in results], how="diagonal")
-    coverage = validation.coverage_table(predictions)
-    return CVResult(validation.summarize(folds, predictions, coverage), predictions, folds, coverage,
-                    validation.error_by_size(predictions), validation.totals_by_year(predictions))
+    coverage = pl.concat([validation.coverage_table(r.predictions) for r in results])
+    intervals_and_totals = pl.concat([validation.interval_and_totals_table(r.predictions, coverage.filter(pl.col("etapa") == r.flag))
+                                      for r in results])
+    summary = validation.summarize(folds, intervals_and_totals=intervals_and_totals)
+    return CVResult(summary, [r.predictions for r in results], folds, coverage,
+                    pl.concat([validation.error_by_size(r.predictions) for r in results]),
+                    pl.concat([validation.totals_by_year(r.predictions) for r in results]))

@@ -42,78 +42,101 @@ def calibration_table(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
     )
 
 
-def _offsets(residuals: np.ndarray, level: float) -> tuple[float, float]:
-    """Split-conformal bounds on signed residuals: the k-th smallest with
-    k = floor((n+1) a/2) and k = ceil((n+1)(1 - a/2)), a = 1 - level."""
-    r = np.sort(residuals)
-    n = len(r)
+def _ranks(n: int, level: float) -> tuple[int, int]:
+    """k = floor((n+1) a/2) and k = ceil((n+1)(1 - a/2)), a = 1 - level, within 1..n."""
     alpha = round(1.0 - level, 9)  # 1 - 0.8 is 0.19999... in binary; the index must not slip
-    k_lo = max(int(np.floor(round((n + 1) * alpha / 2, 9))), 1)
-    k_hi = min(int(np.ceil(round((n + 1) * (1 - alpha / 2), 9))), n)
-    return float(r[k_lo - 1]), float(r[k_hi - 1])
+    return max(int(np.floor(round((n + 1) * alpha / 2, 9))), 1), min(int(np.ceil(round((n + 1) * (1 - alpha / 2), 9))), n)
+
+
+def _level_offsets(residuals: np.ndarray) -> dict[float, tuple[float, float]]:
+    """Split-conformal bounds on signed residuals for every level: the k-th smallest residuals
+    of `_ranks`, found by one partial sort (a national bin holds millions of residuals)."""
+    n = len(residuals)
+    ranks = {level: _ranks(n, level) for level in LEVELS}
+    kth = sorted({k - 1 for pair in ranks.values() for k in pair})
+    r = np.partition(np.asarray(residuals, dtype=np.float64), kth)
+    return {level: (float(r[lo - 1]), float(r[hi - 1])) for level, (lo, hi) in ranks.items()}
+
+
+def _offsets(residuals: np.ndarray, level: float) -> tuple[float, float]:
+    return _level_offsets(residuals)[level]
+
+
+def _offset_arrays(residuals: np.ndarray, bins: np.ndarray) -> dict[float, np.ndarray]:
+    """Per level, (bins x 2) lower and upper offsets: each size bin's own residuals when it has
+    MIN_PER_BIN of them, else the pooled ones."""
+    if len(residuals) == 0:
+        raise ValueError("no residuals to calibrate intervals")
+    pooled = _level_offsets(residuals)
+    out = {level: np.empty((len(SIZE_EDGES) + 1, 2)) for level in LEVELS}
+    for b in range(len(SIZE_EDGES) + 1):
+        in_bin = residuals[bins == b]
+        found = _level_offsets(in_bin) if len(in_bin) >= MIN_PER_BIN else pooled
+        for level in LEVELS:
+            out[level][b] = found[level]
+    return out
 
 
 def offsets_by_bin(calibration: pl.DataFrame, level: float) -> dict[int, tuple[float, float]]:
-    pooled = calibration["residual"].to_numpy()
-    if len(pooled) == 0:
-        raise ValueError("no residuals to calibrate intervals")
-    fallback = _offsets(pooled, level)
+    table = _offset_arrays(calibration["residual"].to_numpy(), calibration["bin"].to_numpy())[level]
+    return {b: (float(lo), float(hi)) for b, (lo, hi) in enumerate(table)}
+
+
+def _bounds(pred: np.ndarray, bins: np.ndarray, offsets: dict[float, np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
-    for b in range(len(SIZE_EDGES) + 1):
-        r = calibration.filter(pl.col("bin") == b)["residual"].to_numpy()
-        out[b] = _offsets(r, level) if len(r) >= MIN_PER_BIN else fallback
+    for level, table in offsets.items():
+        pct = int(round(level * 100))
+        out[f"limite_inferior_{pct}"] = np.maximum(pred + table[bins, 0], 0.0)
+        out[f"limite_superior_{pct}"] = np.maximum(pred + table[bins, 1], 0.0)
     return out
 
 
 def bounds(pred: np.ndarray, last_year: np.ndarray, calibration: pl.DataFrame) -> dict[str, np.ndarray]:
     """limite_inferior_XX / limite_superior_XX per level, never below zero."""
-    bins = size_bin(last_year)
-    out = {}
-    for level in LEVELS:
-        table = offsets_by_bin(calibration, level)
-        lo, hi = (np.array([table[b][side] for b in range(len(SIZE_EDGES) + 1)])[bins] for side in (0, 1))
-        pct = int(round(level * 100))
-        out[f"limite_inferior_{pct}"] = np.maximum(pred + lo, 0.0)
-        out[f"limite_superior_{pct}"] = np.maximum(pred + hi, 0.0)
-    return out
+    offsets = _offset_arrays(calibration["residual"].to_numpy(), calibration["bin"].to_numpy())
+    return _bounds(np.asarray(pred, dtype=np.float64), size_bin(last_year), offsets)
 
 
 def coverage_by_year(predictions: pl.DataFrame, model: str, horizon: int = 1) -> pl.DataFrame:
     """Empirical coverage per test year of one horizon's rows, each year Y calibrated only on
     the residuals known at its origin: target years <= Y - horizon."""
-    calibration = calibration_table(predictions, model)
+    years = predictions["NU_ANO_CENSO"].to_numpy()
+    pred = predictions[model].to_numpy().astype(np.float64)
+    y = predictions["y_true"].to_numpy().astype(np.float64)
+    bins, residuals = cv_size_bins(predictions), y - pred
     rows = []
-    years = sorted(predictions["NU_ANO_CENSO"].unique().to_list())
-    for year in years:
-        earlier = calibration.filter(pl.col("NU_ANO_CENSO") <= year - horizon)
-        if earlier.height == 0:
+    for year in sorted(set(years.tolist())):
+        known = years <= year - horizon
+        if not known.any():
             continue
-        test = predictions.filter(pl.col("NU_ANO_CENSO") == year)
-        b = bounds(test[model].to_numpy(), test[PERSISTENCE].to_numpy(), earlier)
-        y = test["y_true"].to_numpy()
-        row = {"modelo": model, "NU_ANO_CENSO": year, "n": len(y)}
+        test = years == year
+        b = _bounds(pred[test], bins[test], _offset_arrays(residuals[known], bins[known]))
+        row = {"modelo": model, "NU_ANO_CENSO": year, "n": int(test.sum())}
         for level in LEVELS:
             pct = int(round(level * 100))
-            row[f"Cobertura_{pct}"] = float(np.mean((y >= b[f"limite_inferior_{pct}"]) & (y <= b[f"limite_superior_{pct}"])))
+            inside = (y[test] >= b[f"limite_inferior_{pct}"]) & (y[test] <= b[f"limite_superior_{pct}"])
+            row[f"Cobertura_{pct}"] = float(np.mean(inside))
         rows.append(row)
     return pl.DataFrame(rows)
 
 
 def sample_residuals(calibration: pl.DataFrame, bins: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """draws x n residuals: each draw picks one calibration year (keeping that year's common
-    shock) and, per school, a residual of its size bin in that year (pooled bin if too few)."""
-    years = sorted(calibration["NU_ANO_CENSO"].unique().to_list())
-    pools = {}
-    for year in years:
-        in_year = calibration.filter(pl.col("NU_ANO_CENSO") == year)
-        for b in np.unique(bins):
-            r = in_year.filter(pl.col("bin") == int(b))["residual"].to_numpy()
-            pools[year, int(b)] = r if len(r) >= MIN_PER_BIN // 3 else in_year["residual"].to_numpy()
-    out = np.empty((draws, len(bins)))
+    """draws x n residuals (float32): each draw picks one calibration year (keeping that year's
+    common shock) and, per school, a residual of its size bin in that year (pooled bin if too few)."""
+    years_of = calibration["NU_ANO_CENSO"].to_numpy()
+    residuals = calibration["residual"].to_numpy().astype(np.float32)
+    bins_of = calibration["bin"].to_numpy()
+    years = sorted(set(years_of.tolist()))
     chosen = rng.choice(years, size=draws)
-    for d, year in enumerate(chosen):
-        for b in np.unique(bins):
-            pool = pools[year, int(b)]
-            where = bins == b
-            out[d, where] = pool[rng.integers(0, len(pool), size=int(where.sum()))]
+    schools_in = {int(b): np.flatnonzero(bins == b) for b in np.unique(bins)}
+    out = np.empty((draws, len(bins)), dtype=np.float32)
+    for year in years:
+        picked = np.flatnonzero(chosen == year)
+        if len(picked) == 0:
+            continue
+        in_year = years_of == year
+        for b, schools in schools_in.items():
+            pool = residuals[in_year & (bins_of == b)]
+            pool = pool if len(pool) >= MIN_PER_BIN // 3 else residuals[in_year]
+            out[np.ix_(picked, schools)] = pool[rng.integers(0, len(pool), size=(len(picked), len(schools)))]
     return out

@@ -251,7 +251,7 @@ class Run:
     def write_validation(self, forecaster: EnrollmentForecaster) -> CVResult:
         cv = forecaster.cv_
         atomic.write_csv(self.out / outputs.RESULTS, cv.summary)
-        atomic.write_parquet(self.out / outputs.CV_PREDICTIONS, cv.predictions)
+        atomic.write_parquet_parts(self.out / outputs.CV_PREDICTIONS, cv.stage_predictions)
         atomic.write_csv(self.out / outputs.COVERAGE, cv.coverage)
         atomic.write_csv(self.out / outputs.ERROR_BY_SIZE, cv.error_by_size)
         atomic.write_csv(self.out / outputs.CV_TOTALS, cv.totals)

@@ -45,9 +45,9 @@ def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _figure_png(fig) -> bytes:
+def _figure_png(fig, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
@@ -126,7 +126,7 @@ def state_fans(history: pl.DataFrame, states: pl.DataFrame, flag: str) -> bytes:
         ax.axis("off")
     fig.suptitle(f"{flag}: each state's census enrollment and forecast (80/95 % bands)", fontsize=10)
     fig.tight_layout()
-    return _figure_png(fig)
+    return _figure_png(fig, dpi=72)  # 27 small panels: legible at screen resolution, a third of the bytes
 
 
 def horizon_table(results: pl.DataFrame) -> pl.DataFrame:

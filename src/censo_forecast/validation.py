@@ -174,10 +174,11 @@ def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[i
         X_test = matrix(test)
         fitted = {**{name: fit_baseline(name, data, cut) for name in models.BASELINES},
                   **data.fit_learners(cut, settings, device, jobs)}
+        # students in float32 (exact for counts; a national walk-forward holds tens of millions of rows)
         out = test.select(pl.lit(flag).alias("etapa"), "CO_ENTIDADE", pl.col("target_year").alias("NU_ANO_CENSO"),
                           pl.col("origin_year").alias(ORIGIN_COLUMN), pl.col(HORIZON).cast(pl.Int32).alias(HORIZON_COLUMN),
-                          "CO_MUNICIPIO", "CO_UF", "y_true")
-        out = out.with_columns(pl.Series(name, model.predict(X_test), dtype=pl.Float64) for name, model in fitted.items())
+                          "CO_MUNICIPIO", "CO_UF", pl.col("y_true").cast(pl.Float32))
+        out = out.with_columns(pl.Series(name, model.predict(X_test), dtype=pl.Float32) for name, model in fitted.items())
         for (h, year), rows in out.group_by(HORIZON_COLUMN, "NU_ANO_CENSO", maintain_order=True):
             y = rows["y_true"].to_numpy()
             fold_rows += [{"etapa": flag, "modelo": name, HORIZON_COLUMN: h, "NU_ANO_CENSO": year,
@@ -247,10 +248,12 @@ SEED_COLUMNS = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV
                 "Skill_MAE_vs_Persistencia"]
 
 
-def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, coverage: pl.DataFrame | None = None) -> pl.DataFrame:
+def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, coverage: pl.DataFrame | None = None, *,
+              intervals_and_totals: pl.DataFrame | None = None) -> pl.DataFrame:
     """resultados_finais.csv: one row per (etapa, modelo, horizonte), means over test years,
     skill vs persistence and vs cohort progression; the seed's columns first. With the
-    predictions, also interval coverage and the error of municipal and state totals."""
+    predictions (or their `interval_and_totals_table`, computed stage by stage), also
+    interval coverage and the error of municipal and state totals."""
     keys = ["etapa", "modelo", HORIZON_COLUMN]
     table = folds.group_by(keys, maintain_order=True).agg(
         pl.col("R2").mean().alias("R2_Media_CV"),
@@ -267,28 +270,27 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, cove
     best = table.group_by("etapa", HORIZON_COLUMN).agg(pl.col("modelo").sort_by("MAE_Media_CV").first().alias("_best"))
     table = table.join(best, on=["etapa", HORIZON_COLUMN]).with_columns((pl.col("modelo") == pl.col("_best")).alias("Escolhido"))
     columns = [*SEED_COLUMNS, HORIZON_COLUMN, "Skill_MAE_vs_Coorte", "n_folds", "n_amostras"]
-    if predictions is not None:
-        if coverage is None:
-            coverage = coverage_table(predictions)
-        table = table.join(interval_and_totals_table(predictions, coverage), on=keys, how="left")
+    if predictions is not None and intervals_and_totals is None:
+        intervals_and_totals = interval_and_totals_table(predictions, coverage if coverage is not None else coverage_table(predictions))
+    if intervals_and_totals is not None:
+        table = table.join(intervals_and_totals, on=keys, how="left")
         columns += ["Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"]
     return table.sort(HORIZON_COLUMN, maintain_order=True).select(*columns, "Escolhido")
 
 
 def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
-    """MAE per stage, model, horizon and school-size bin (intervals' bins of last year's enrollment)."""
-    binned = predictions.with_columns(pl.Series("faixa", intervals.cv_size_bins(predictions), dtype=pl.Int8))
-    frames = [
-        binned.group_by("etapa", HORIZON_COLUMN, "faixa").agg(
-            pl.lit(model).alias("modelo"), (pl.col(model) - pl.col("y_true")).abs().mean().alias("MAE"),
-            pl.len().cast(pl.Int64).alias("n"))
-        for model in models.MODEL_NAMES if model in predictions.columns
-    ]
-    table = pl.concat(frames).with_columns(pl.col("faixa").replace_strict(dict(enumerate(intervals.size_labels())),
-                                                                            return_dtype=pl.String).alias("faixa_tamanho"))
+    """MAE per stage, model, horizon and school-size bin (intervals' bins of the origin year's enrollment)."""
+    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    binned = predictions.select("etapa", HORIZON_COLUMN, "y_true", *names,
+                                pl.Series("faixa", intervals.cv_size_bins(predictions), dtype=pl.Int8))
+    wide = binned.group_by("etapa", HORIZON_COLUMN, "faixa").agg(
+        *((pl.col(m) - pl.col("y_true")).abs().mean().alias(m) for m in names), pl.len().cast(pl.Int64).alias("n"))
+    table = wide.unpivot(index=["etapa", HORIZON_COLUMN, "faixa", "n"], on=names, variable_name="modelo", value_name="MAE")
+    table = table.with_columns(pl.col("faixa").replace_strict(dict(enumerate(intervals.size_labels())),
+                                                              return_dtype=pl.String).alias("faixa_tamanho"))
     order = pl.col("modelo").replace_strict({m: i for i, m in enumerate(models.MODEL_NAMES)}, return_dtype=pl.Int8)
     return (table.sort("etapa", HORIZON_COLUMN, order, "faixa")
-            .select("etapa", "modelo", HORIZON_COLUMN, "faixa", "faixa_tamanho", "n", "MAE"))
+            .select("etapa", "modelo", HORIZON_COLUMN, "faixa", "faixa_tamanho", "n", pl.col("MAE").cast(pl.Float64)))
 
 
 def totals_by_year(predictions: pl.DataFrame) -> pl.DataFrame:
