@@ -23,8 +23,8 @@ from censo_forecast.config import ModelSettings
 from censo_forecast.engine import Engine, LocalEngine
 from censo_forecast.inep import catalog
 from censo_forecast.outputs import FORECAST, LAST_ENROLLMENT
-from censo_forecast.validation import HORIZON_COLUMN
 from censo_forecast.panel import SCHOOL, YEAR, build_panel
+from censo_forecast.validation import HORIZON_COLUMN
 
 log = logging.getLogger(__name__)
 
