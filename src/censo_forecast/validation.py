@@ -165,7 +165,7 @@ def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[i
     """
     started = time.perf_counter()
     data = StageData(data) if isinstance(data, pl.DataFrame) else data
-    preds, fold_rows, last_fold = [], [], None
+    preds, fold_rows, last = [], [], None
     for cut in cut_years(data.origin_years(), census_years, min_train_years):
         origin = data.rows(pl.col("origin_year") == cut)
         test = horizons_mod.stack(origin, data.horizons).sort(HORIZON, "CO_ENTIDADE")
@@ -184,16 +184,17 @@ def walk_forward(data: StageData | pl.DataFrame, flag: str, census_years: list[i
             fold_rows += [{"etapa": flag, "modelo": name, HORIZON_COLUMN: h, "NU_ANO_CENSO": year,
                            **metrics(y, rows[name].to_numpy()), "n": len(y)} for name in fitted]
         preds.append(out)
-        learners = {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}
-        last_fold = LastFold(cut, learners, matrix(horizons_mod.stack(origin, data.horizons, truth=False)))
-        one_year = out.filter(pl.col(HORIZON_COLUMN) == 1)
-        mae = {m: float((one_year[m] - one_year["y_true"]).abs().mean()) for m in (models.PERSISTENCE, models.COHORT, models.ENSEMBLE)}
+        last = (cut, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, origin)
+        mae = {row["modelo"]: row["MAE"] for row in fold_rows if row[HORIZON_COLUMN] == 1 and row["NU_ANO_CENSO"] == cut + 1}
+        mae = [mae[m] for m in (models.PERSISTENCE, models.COHORT, models.ENSEMBLE)]
         log.info("%s origin %d: %d test rows over %d horizon(s); one year ahead MAE persistence %.2f / cohort %.2f / voting %.2f",
-                 flag, cut, test.height, out[HORIZON_COLUMN].n_unique(), *mae.values())
+                 flag, cut, test.height, out[HORIZON_COLUMN].n_unique(), *mae)
     if not preds:
         raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")
     folds = pl.DataFrame(fold_rows).sort(HORIZON_COLUMN, "NU_ANO_CENSO", maintain_order=True)
+    cut, learners, origin = last  # SHAP explains the last origin's rows at every horizon: built once, here
+    last_fold = LastFold(cut, learners, matrix(horizons_mod.stack(origin, data.horizons, truth=False)))
     return StageCV(flag, pl.concat(preds), folds, time.perf_counter() - started, last_fold)
 
 
