@@ -145,13 +145,17 @@ def test_the_report_refuses_outputs_that_are_not_the_runs(run_out, tmp_path):
     years = meta["forecast_years"]
     assert years == list(range(2026, 2026 + len(years))) and len(years) >= 2
     assert set(meta["outputs_sha256"]) == {"resultados_finais.csv", "totais_cv.csv", "erro_por_tamanho_cv.csv",
-                                            "historico_matriculas.csv",
-                                            *(f"previsoes_{y}_{level}.csv" for y in years for level in ("brasil", "ufs"))}
+                                            "historico_matriculas.csv", *(f"previsoes_{y}.parquet" for y in years),
+                                            *(f"previsoes_{y}_{level}.csv" for y in years for level in ("brasil", "ufs", "municipios"))}
     assert CliRunner().invoke(app, ["report", "--out", str(out)]).exit_code == 0  # intact: fine
     text = (out / "previsoes_2026_ufs.csv").read_text()
     (out / "previsoes_2026_ufs.csv").write_text(text.replace(",", ",1", 1))  # one number changed
     result = CliRunner().invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 1 and "previsoes_2026_ufs.csv is not the file the run wrote" in result.output
+    (out / "previsoes_2026_ufs.csv").write_text(text)
+    (out / "previsoes_2027.parquet").write_bytes((out / "previsoes_2027.parquet").read_bytes()[:-9] + b"\0" * 9)
+    result = CliRunner().invoke(app, ["report", "--out", str(out)])  # the school rows the page's tables read
+    assert result.exit_code == 1 and "previsoes_2027.parquet is not the file the run wrote" in result.output
     (out / "run_metadata.json").write_bytes(b"\xff{")
     result = CliRunner().invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 1 and "run_metadata.json is damaged" in result.output and "Traceback" not in result.output

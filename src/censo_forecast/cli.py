@@ -26,6 +26,8 @@ log = logging.getLogger("censo_forecast.cli")
 ConfigOpt = typer.Option(None, "--config", help="TOML file with settings (command-line options win).")
 YearsOpt = typer.Option(None, "--years", help="Years: '2011-2021', '2015,2017' or 'all'.")
 JobsOpt = typer.Option(None, "--jobs", help="Parallel years (default 2).")
+LangOpt = typer.Option(None, "--lang", help="Language of report.html: pt-BR (default) or en.")
+MunicipalMapOpt = typer.Option(False, "--municipal-map", help="Add a municipal map to the report (needs geobr installed and a network).")
 RawDirOpt = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip (default data/raw).")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Parquet cache, folder or fsspec URL (default: beside the raw folder).")
 OfflineOpt = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir.")
@@ -186,6 +188,8 @@ def run(
     engine: Optional[str] = EngineOpt,
     scheduler: Optional[str] = SchedulerOpt,
     workers: Optional[int] = WorkersOpt,
+    lang: Optional[str] = LangOpt,
+    municipal_map: bool = MunicipalMapOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
@@ -200,7 +204,8 @@ def run(
         _fail(str(exc), 2)
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
                   device=device, offline=offline or None, fresh=fresh or None, horizons=horizons, jobs=jobs, base_url=base_url,
-                  listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers)
+                  listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers,
+                  report_lang=lang, municipal_map=municipal_map or None)
     try:
         record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
@@ -213,12 +218,17 @@ def run(
 @app.command()
 def report(
     out: Path = typer.Option(..., "--out", help="Output folder of a finished run."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="pt-BR or en (default: the run's report_lang)."),
+    max_schools: Optional[int] = typer.Option(None, "--max-schools", help="Most schools the school table holds (default: the run's report_max_schools)."),
+    municipal_map: bool = MunicipalMapOpt,
 ) -> None:
     """(Re)write OUT/report.html, a self-contained page, from a run's outputs."""
     from censo_forecast import report as report_mod
 
+    if lang is not None and lang not in config_mod.REPORT_LANGUAGES:
+        _fail(f"--lang must be one of {', '.join(config_mod.REPORT_LANGUAGES)}, not {lang!r}", 2)
     try:
-        path = report_mod.build_report(out)
+        path = report_mod.build_report(out, lang, max_schools=max_schools, municipal_map=municipal_map or None)
     except (FileNotFoundError, report_mod.DamagedOutput) as exc:
         _fail(str(exc))
     except OSError as exc:

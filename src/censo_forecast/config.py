@@ -19,6 +19,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 LOCAL_ENGINE = "local"
 MAX_HORIZONS = 10  # years ahead; the census's 15 years leave few walk-forward origins beyond that
+REPORT_LANGUAGES = ("pt-BR", "en")  # report.html: Brazilian Portuguese (the default) or English
 _EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "Path": "a path",
              "list[int]": "a list of years", "list[str]": "a list of texts"}
 
@@ -122,6 +123,11 @@ class Settings:
     min_train_years: int = 3
     shap_sample: int = 2000  # held-out rows of the last test year explained per stage
     model: ModelSettings = field(default_factory=ModelSettings)
+    # report.html: its language (pt-BR or en), the most schools its school table holds (above:
+    # it points to the forecast files), and the optional municipal map (needs geobr and a network)
+    report_lang: str = "pt-BR"
+    report_max_schools: int = 10_000
+    municipal_map: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.years, str):  # '2011-2021', as on the command line
@@ -158,6 +164,10 @@ class Settings:
             raise ValueError("--scheduler needs a cluster engine (--engine dask)")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
+        if self.report_lang not in REPORT_LANGUAGES:
+            raise ValueError(f"report_lang must be one of {', '.join(REPORT_LANGUAGES)}, not {self.report_lang!r}")
+        if self.report_max_schools < 0:
+            raise ValueError("report_max_schools must be 0 (no school table) or a positive number of schools")
 
     @property
     def cache(self):

@@ -136,10 +136,21 @@ def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str
         written.append(path)
     for name, frame in areas.items():
         path = Path(out) / forecast_file(year, name)
-        first = [c for c in ("etapa", HORIZON, "CO_UF", "SG_UF", "CO_MUNICIPIO", "pais") if c in frame.columns]
+        first = [c for c in ("etapa", HORIZON, "CO_UF", "SG_UF", "CO_MUNICIPIO", "NO_MUNICIPIO", "pais") if c in frame.columns]
         atomic.write_csv(path, frame.select(*first, *[c for c in frame.columns if c not in first]))
         written.append(path)
     return written
+
+
+def municipality_names(panel: pl.DataFrame) -> pl.DataFrame:
+    """CO_MUNICIPIO -> NO_MUNICIPIO (its latest spelling in the census) and SG_UF: the names a
+    planner searches the report and the municipal files by."""
+    abbr = {code: a for code, a, _, _ in catalog.UFS}
+    names = (panel.select("CO_MUNICIPIO", "CO_UF", YEAR, pl.col("NO_MUNICIPIO").cast(pl.String) if "NO_MUNICIPIO" in panel.columns
+                          else pl.lit(None, dtype=pl.String).alias("NO_MUNICIPIO"))
+             .sort(YEAR).group_by("CO_MUNICIPIO").agg(pl.col("CO_UF").last(), pl.col("NO_MUNICIPIO").drop_nulls().last()))
+    return names.select("CO_MUNICIPIO", "NO_MUNICIPIO",
+                        pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
 
 
 def history(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:

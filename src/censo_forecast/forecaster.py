@@ -233,7 +233,7 @@ class EnrollmentForecaster(BaseEstimator):
 
         Parameters: `census` (as for `predict`), `schools` (what `predict` returned),
         `seed` (of the residual resampling). Returns {forecast year: {"municipios", "ufs",
-        "brasil"} frames}.
+        "brasil"} frames}; municipal rows carry NO_MUNICIPIO and SG_UF for the planner's search.
         """
         check_is_fitted(self, "models_")
         panel = self.panel(census)
@@ -247,7 +247,11 @@ class EnrollmentForecaster(BaseEstimator):
                 areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, seed=seed + h)
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
-        return {year: {k: pl.concat(v, how="diagonal") for k, v in parts.items()} for year, parts in out.items()}
+        names = forecast.municipality_names(panel)
+        tables = {year: {k: pl.concat(v, how="diagonal") for k, v in parts.items()} for year, parts in out.items()}
+        for parts in tables.values():
+            parts["municipios"] = parts["municipios"].join(names, on="CO_MUNICIPIO", how="left")
+        return tables
 
     # ----------------------------------------------------------- persistence
     def save(self, folder: Path) -> Path:

@@ -37,7 +37,7 @@ SCHOOL_FORECAST_COLUMNS = (
 )
 
 
-def forecast_file(year: int, level: str | None = None, suffix: str = ".csv") -> str:
+def forecast_file(year: int | str, level: str | None = None, suffix: str = ".csv") -> str:
     """previsoes_{year}.csv|.parquet per school; previsoes_{year}_{level}.csv per area level."""
     return f"previsoes_{year}{'_' + level if level else ''}{suffix}"
 
@@ -46,7 +46,8 @@ def report_inputs(forecast_years: list[int]) -> list[str]:
     """The files the report reads: their sha256 goes into run_metadata.json, and the report
     refuses a file that is no longer the one the run wrote."""
     files = [RESULTS, CV_TOTALS, ERROR_BY_SIZE, HISTORY]
-    return files + [forecast_file(year, level) for year in forecast_years for level in ("brasil", "ufs")]
+    return files + [forecast_file(year, level, suffix) for year in forecast_years
+                    for level, suffix in ((None, ".parquet"), *((level, ".csv") for level in AREA_LEVELS))]
 
 
 def shap_png(kind: str, flag: str, model: str) -> str:

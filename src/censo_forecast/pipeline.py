@@ -174,7 +174,9 @@ class Run:
         self.write_forecast(forecaster, panel)
         self.write_explanations()
         record = self.write_record(record, forecaster)
-        report.build_report(self.out)
+        with self.clock.phase("report"):
+            report.build_report(self.out, self.s.report_lang, max_schools=self.s.report_max_schools,
+                                municipal_map=self.s.municipal_map)
         log.info("report: %s", self.out / outputs.REPORT)
         _log_table(cv.summary)
         if self.shap_failures:

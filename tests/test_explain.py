@@ -1,15 +1,13 @@
-"""SHAP from the boosters' native paths, the files it writes, and report.html in a real browser."""
+"""SHAP from the boosters' native paths and the files it writes."""
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 import shap
 
-from censo_forecast import explain, models, pipeline, report
+from censo_forecast import explain, models, pipeline
 from censo_forecast.config import ModelSettings, load_settings
 from censo_forecast.features import FEATURES
 from censo_forecast.validation import LastFold
@@ -92,63 +90,3 @@ def test_shap_failure_is_an_error_and_a_nonzero_exit(small_census, tmp_path, mon
     with pytest.raises(pipeline.PipelineError, match="SHAP failed for IN_MED: RuntimeError: boom"):
         pipeline.run(s)
     assert "SHAP explanation failed" in (tmp_path / "out" / "execution_log.txt").read_text()
-
-
-@pytest.mark.slow
-def test_report_is_self_contained(run_out):
-    text = (run_out / "report.html").read_text()
-    assert "http://" not in text and "https://" not in text and "<script" not in text
-    # per stage: national fan chart, states' fans, error by horizon, totals, error by size; 12 SHAP plots
-    assert text.count("data:image/png;base64,") == 5 * 2 + 12
-    assert 'id="metrics"' in text and "IN_INF_CRE" in text
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
-@pytest.mark.slow
-def test_report_in_a_real_browser(run_out, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    results = pl.read_csv(run_out / "resultados_finais.csv")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1366, "height": 900})
-        problems = []
-        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
-        page.on("request", lambda req: problems.append(f"network: {req.url}") if not req.url.startswith(("file:", "data:")) else None)
-        page.goto((run_out / "report.html").as_uri())
-        page.wait_for_load_state("load")
-        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.alt])")
-        rows = page.eval_on_selector_all("#metrics tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
-        by_horizon = page.eval_on_selector_all("#horizons tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
-        forecast_rows = page.eval_on_selector_all("#forecast tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
-        order = page.eval_on_selector_all("section h2", "hs => hs.map(h => h.closest('section').id || h.textContent)")
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        browser.close()
-    assert len(images) == 22 and all(done and width > 0 for done, width, _ in images), images
-    assert order.index("forecast-section") < order.index("horizons-section") < order.index("metrics-section")  # the forecast first
-    horizons = sorted(results["horizonte"].unique().to_list())
-    assert len(forecast_rows) == 2 * len(horizons) and [r[1] for r in forecast_rows[:5]] == [str(2025 + h) for h in horizons]
-    chosen = results.filter(pl.col("Escolhido")).sort("etapa", "horizonte")
-    assert len(by_horizon) == chosen.height
-    for cells, expected in zip(by_horizon, chosen.iter_rows(named=True)):
-        assert (cells[0], int(cells[1]), cells[2]) == (expected["etapa"], expected["horizonte"], expected["modelo"])
-        assert float(cells[3]) == pytest.approx(expected["MAE_Media_CV"], abs=5e-4)
-    assert problems == []
-    assert len(rows) == results.height
-    for cells, expected in zip(rows, results.iter_rows(named=True)):
-        assert cells[0] == expected["etapa"] and cells[1] == expected["modelo"]
-        assert float(cells[results.columns.index("MAE_Media_CV")]) == pytest.approx(expected["MAE_Media_CV"], abs=5e-5)
-        assert float(cells[results.columns.index("Skill_MAE_vs_Persistencia")]) == pytest.approx(expected["Skill_MAE_vs_Persistencia"], abs=5e-5)
-    assert (tmp_path / "report.png").stat().st_size > 50_000
-
-
-def test_report_command_needs_a_finished_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="resultados_finais.csv not found"):
-        report.build_report(tmp_path)
