@@ -177,6 +177,9 @@ class Run:
         with self.clock.phase("report"):
             report.build_report(self.out, self.s.report_lang, max_schools=self.s.report_max_schools,
                                 municipal_map=self.s.municipal_map)
+        record = self.write_record(record, forecaster)  # again, with the report's time
+        for step, seconds in record["timings_s"].items():
+            log.info("timing %-28s %8.1fs", step, seconds)
         log.info("report: %s", self.out / outputs.REPORT)
         _log_table(cv.summary)
         if self.shap_failures:
@@ -273,8 +276,6 @@ class Run:
 
     def write_record(self, record: dict, forecaster: EnrollmentForecaster) -> dict:
         timings = self.clock.timings()
-        for step, seconds in timings.items():
-            log.info("timing %-28s %8.1fs", step, seconds)
         record.update({"timings_s": timings, "phases": self.clock.phases, "stages": list(forecaster.stage_cv_),
                        "forecast_year": forecaster.forecast_years_[0], "forecast_years": forecaster.forecast_years_,
                        "outputs_sha256": {name: storage.sha256(self.out / name)

@@ -72,7 +72,7 @@ def headline_section(rows: list[dict], area: str, words: Words) -> str:
     body = []
     for r in rows:
         cells = [f'<td class="stage">{html.escape(words.stage(r["flag"]))}</td>',
-                 f"<td>{charts.sparkline(r['past_years'][-charts.HISTORY_YEARS:], r['past'][-charts.HISTORY_YEARS:], years, r['forecast'], r['low'], r['high'])}</td>",
+                 f"<td>{charts.sparkline(r['past_years'][-charts.HISTORY_YEARS:], r['past'][-charts.HISTORY_YEARS:], years, r['forecast'], r['low'], r['high'], width=110)}</td>",
                  f'<td class="num"><span class="big">{words.integer(r["last"])}</span></td>']
         for value, low, high in zip(r["forecast"], r["low"], r["high"]):
             band = (words("range80", low=words.integer(low), high=words.integer(high)) if low is not None and high is not None
