@@ -323,12 +323,20 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
         for cells in quality:
             flag = next(f for f in chosen["etapa"] if words.stage(f) == cells[0])
             row = chosen.filter(pl.col("etapa") == flag).row(0, named=True)
-            assert cells[1] == row["modelo"] and cells[2] == words.number(row["MAE_Media_CV"], 2)
+            assert cells[1].split(" / ")[0] == row["modelo"] and cells[2] == words.number(row["MAE_Media_CV"], 2)
             assert cells[3] == words.percent(row["Skill_MAE_vs_Persistencia"])
         assert len(quality) == chosen.height
         # the error by horizon (#14) is still there, collapsed
         assert page.locator("#horizons tbody tr").count() == results.filter(pl.col("Escolhido")).height
         assert not page.locator("#horizons").is_visible()
+
+        # printed, nothing stays collapsed or hidden behind a picker
+        page.emulate_media(media="print")
+        assert page.locator("#movers .movers[hidden]").count() > 0 and all(
+            page.eval_on_selector_all("#movers .movers", "bs => bs.map(b => getComputedStyle(b).display !== 'none')"))
+        page.evaluate("() => window.dispatchEvent(new Event('beforeprint'))")
+        assert page.eval_on_selector_all("details", "ds => ds.every(d => d.open)") and page.locator("#horizons").is_visible()
+        page.emulate_media(media="screen")
 
         # the images load, and a phone shows the page without sideways scrolling
         images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")

@@ -149,11 +149,11 @@ def municipality_table(munis: pl.DataFrame, years: list[int], stages: list[str])
 def school_table(out: Path, years: list[int], stages: list[str], munis: dict, limit: int) -> tuple[dict | None, int]:
     """Every school's forecast by stage and year when the run has at most `limit` schools;
     (None, number of schools) above it."""
-    frames = [schools(out, y).with_columns(pl.lit(y).alias(YEAR)) for y in years]
-    count = frames[0]["CO_ENTIDADE"].n_unique() if frames else 0
+    count = pl.scan_parquet(out / outputs.forecast_file(years[0], suffix=".parquet")).select(
+        pl.col("CO_ENTIDADE").n_unique()).collect().item()  # every forecast year has the same schools
     if count > limit:
         return None, count
-    frame = pl.concat(frames, how="diagonal")
+    frame = pl.concat([schools(out, y).with_columns(pl.lit(y).alias(YEAR)) for y in years], how="diagonal")
     muni_index = {place[0]: i for i, place in enumerate(munis["places"])}
     places = frame.select("CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO").unique("CO_ENTIDADE").sort("CO_ENTIDADE")
     position = {code: i for i, code in enumerate(places["CO_ENTIDADE"].to_list())}

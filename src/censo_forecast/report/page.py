@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import logging
 from importlib import resources
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from censo_forecast.report import charts, choropleth, data
 from censo_forecast.report.data import YEAR, DamagedOutput
 from censo_forecast.report.i18n import DEFAULT_LANGUAGE, TILES, Words
 
-log = logging.getLogger(__name__)
 MAX_SCHOOLS = 10_000  # above this many schools the page points to the forecast files instead of a school table
 
 __all__ = ["build_report", "DamagedOutput"]
@@ -237,7 +235,8 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
     columns += [("Cobertura_80_CV_1", words("coverage", level=80), "c"), ("Cobertura_95_CV_1", words("coverage", level=95), "c")]
     rows = []
     for r in table.iter_rows(named=True):
-        cells = [f"<td>{html.escape(words.stage(r['etapa']))}</td><td>{html.escape(str(r.get('modelo_1') or ''))}</td>"]
+        chosen = dict.fromkeys(str(r.get(f"modelo_{hh}") or "") for hh in horizons)  # one year ahead / last horizon
+        cells = [f"<td>{html.escape(words.stage(r['etapa']))}</td><td>{html.escape(' / '.join(m for m in chosen if m))}</td>"]
         for column, _, kind in columns:
             value = r.get(column)
             css = ""
