@@ -144,6 +144,23 @@ def test_municipal_map_offline_warns_and_fetches_nothing_else(monkeypatch, caplo
     assert "could not fetch municipal boundaries" in caplog.text and "no route to host" in caplog.text
 
 
+def test_municipal_map_draws_each_stage_from_geobr_boundaries(monkeypatch):
+    """geobr's own download is never run in tests; a stand-in returns what it returns (a
+    GeoDataFrame with code_muni and geometry), so the drawing is the real one."""
+    geopandas = pytest.importorskip("geopandas")
+    from shapely.geometry import box
+
+    class Boundaries:
+        @staticmethod
+        def read_municipality(code_muni, year):
+            assert (code_muni, year) == ("all", choropleth.BOUNDARY_YEAR)
+            return geopandas.GeoDataFrame({"code_muni": [1.0, 2.0, 3.0]}, geometry=[box(0, 0, 1, 1), box(1, 0, 2, 1), box(0, 1, 1, 2)])
+
+    monkeypatch.setitem(sys.modules, "geobr", Boundaries)
+    page = choropleth.municipal_map(_areas().filter(pl.col("NU_ANO_CENSO") == 2027), Words("pt-BR"))
+    assert page.count("<img") == 2 and "IN_MED municipal map" in page and "IN_INF_CRE municipal map" in page
+
+
 # ----------------------------------------------------------------- the page
 @pytest.fixture(scope="module")
 def reports(run_out, tmp_path_factory):
