@@ -344,8 +344,12 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
             assert cells[3] == words.percent(row["Skill_MAE_vs_Persistencia"])
         assert len(quality) == chosen.height
         # the error by horizon (#14) is still there, collapsed
-        assert page.locator("#horizons tbody tr").count() == results.filter(pl.col("Escolhido")).height
-        assert not page.locator("#horizons").is_visible()
+        by_horizon = page.eval_on_selector_all("#horizons tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
+        every = results.filter(pl.col("Escolhido")).sort("etapa", "horizonte")
+        assert len(by_horizon) == every.height and not page.locator("#horizons").is_visible()
+        for cells, expected in zip(by_horizon, every.iter_rows(named=True)):
+            assert (cells[0], int(cells[1]), cells[2]) == (expected["etapa"], expected["horizonte"], expected["modelo"])
+            assert cells[3] == words.number(expected["MAE_Media_CV"], 3)
 
         # printed, nothing stays collapsed or hidden behind a picker
         page.emulate_media(media="print")
