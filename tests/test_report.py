@@ -128,7 +128,7 @@ def test_compact_png_is_smaller_and_still_the_picture():
 def test_municipal_map_without_geobr_warns_and_leaves_the_report_whole(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "geobr", None)  # import geobr raises ImportError
     with caplog.at_level(logging.WARNING):
-        assert choropleth.municipal_map(_areas(), Words("en")) == ""
+        assert choropleth.municipal_map(_areas(), Words("en")) == {}
     assert "geobr is not installed" in caplog.text
 
 
@@ -140,7 +140,7 @@ def test_municipal_map_offline_warns_and_fetches_nothing_else(monkeypatch, caplo
 
     monkeypatch.setitem(sys.modules, "geobr", Offline)
     with caplog.at_level(logging.WARNING):
-        assert choropleth.municipal_map(_areas(), Words("en")) == ""
+        assert choropleth.municipal_map(_areas(), Words("en")) == {}
     assert "could not fetch municipal boundaries" in caplog.text and "no route to host" in caplog.text
 
 
@@ -157,8 +157,10 @@ def test_municipal_map_draws_each_stage_from_geobr_boundaries(monkeypatch):
             return geopandas.GeoDataFrame({"code_muni": [1.0, 2.0, 3.0]}, geometry=[box(0, 0, 1, 1), box(1, 0, 2, 1), box(0, 1, 1, 2)])
 
     monkeypatch.setitem(sys.modules, "geobr", Boundaries)
-    page = choropleth.municipal_map(_areas().filter(pl.col("NU_ANO_CENSO") == 2027), Words("pt-BR"))
-    assert page.count("<img") == 2 and "IN_MED municipal map" in page and "IN_INF_CRE municipal map" in page
+    pngs = choropleth.municipal_map(_areas().filter(pl.col("NU_ANO_CENSO") == 2027), Words("pt-BR"))
+    assert set(pngs) == {"IN_MED", "IN_INF_CRE"}
+    image = Image.open(io.BytesIO(pngs["IN_MED"])).convert("RGB")
+    assert len(image.getcolors(maxcolors=1 << 16) or ()) > 10  # coloured polygons and a colour bar, not a blank figure
 
 
 # ----------------------------------------------------------------- the page

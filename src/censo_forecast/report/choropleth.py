@@ -5,8 +5,6 @@ network: the page never needs it (the tile map needs no geometry), and tests nev
 
 from __future__ import annotations
 
-import base64
-import html
 import logging
 
 import polars as pl
@@ -18,33 +16,33 @@ log = logging.getLogger(__name__)
 BOUNDARY_YEAR = 2020  # geobr's municipal boundaries closest to the census years the tool covers
 
 
-def municipal_map(munis: pl.DataFrame, words, boundary_year: int = BOUNDARY_YEAR) -> str:
-    """One PNG per stage of the change to the last forecast year, or '' with a warning in the
+def municipal_map(munis: pl.DataFrame, words, boundary_year: int = BOUNDARY_YEAR) -> dict[str, bytes]:
+    """{stage: PNG} of the change to the forecast year of `munis`, or {} with a warning in the
     log when geobr or its download is unavailable (the report is written either way)."""
     try:
         import geobr  # optional: pulls geopandas and downloads boundaries
     except ImportError:
         log.warning("municipal_map: geobr is not installed (pip install geobr); the report keeps the state tile map only")
-        return ""
+        return {}
     try:
         shapes = geobr.read_municipality(code_muni="all", year=boundary_year)
     except Exception as exc:  # network or server trouble must not cost the user the report
         log.warning("municipal_map: could not fetch municipal boundaries from geobr (%s: %s); the report keeps the state tile map only",
                     type(exc).__name__, exc)
-        return ""
+        return {}
     import matplotlib.pyplot as plt
 
     change = munis.with_columns(pl.when(pl.col(LAST_ENROLLMENT) > 0).then(pl.col(FORECAST) / pl.col(LAST_ENROLLMENT) - 1).alias("change"))
-    images = []
+    images = {}
     for flag in change["etapa"].unique(maintain_order=True):
         values = change.filter(pl.col("etapa") == flag).select("CO_MUNICIPIO", "change").to_pandas()
         joined = shapes.assign(CO_MUNICIPIO=shapes["code_muni"].astype("int64")).merge(values, on="CO_MUNICIPIO", how="left")
-        largest = max(float(values["change"].abs().quantile(0.95) or 0.01), 0.01)
+        spread = float(values["change"].abs().quantile(0.95))  # NaN when no municipality has a change
+        largest = spread if spread > 0.01 else 0.01
         fig, ax = plt.subplots(figsize=(6, 6))
         joined.plot(column="change", cmap="RdBu", vmin=-largest, vmax=largest, linewidth=0, ax=ax, legend=True,
                     missing_kwds={"color": "#eceef2"})
         ax.set_axis_off()
         ax.set_title(f"{words.stage(flag)}: {words('map')}", fontsize=10)
-        images.append(f'<img alt="{html.escape(flag)} municipal map" src="data:image/png;base64,'
-                      f'{base64.b64encode(charts.figure_png(fig)).decode()}">')
-    return f"<div class='municipal-map'>{''.join(images)}</div>"
+        images[flag] = charts.figure_png(fig)
+    return images

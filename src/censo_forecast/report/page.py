@@ -311,7 +311,8 @@ def pictures_section(out: Path, history: pl.DataFrame | None, country: pl.DataFr
         parts += [_img(charts.fan_chart(history, country, flag, words), f"{flag} fan chart") for flag in flags]
     parts.append("</div><div class='maps'>" + tile_map(states, years, words))
     if municipal_map:
-        parts.append(choropleth.municipal_map(munis.filter(pl.col(YEAR) == years[-1]), words))
+        pngs = choropleth.municipal_map(munis.filter(pl.col(YEAR) == years[-1]), words)
+        parts.append("<div class='municipal-map'>" + "".join(_img(png, f"{flag} municipal map") for flag, png in pngs.items()) + "</div>")
     parts.append("</div>" + movers_section(munis, data.schools(out, years[-1]), years[-1], years[0] - 1, words))
     if history is not None:
         parts.append(f"<details><summary>{words('state_fans')}</summary>"

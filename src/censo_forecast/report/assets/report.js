@@ -93,7 +93,8 @@
       out.push(stages[r[1]][1], integer(r[2]));
       years.forEach(function (_, i) {
         var at = 3 + 3 * i;
-        out.push(r[at] === null ? "–" : integer(r[at]) + "<small>" + integer(r[at + 1]) + "–" + integer(r[at + 2]) + "</small>");
+        var range = r[at + 1] === null ? "" : "<small>" + integer(r[at + 1]) + "–" + integer(r[at + 2]) + "</small>";
+        out.push(r[at] === null ? "–" : integer(r[at]) + range);  // a horizon never validated has no range
       });
       out.push(tenths(r[r.length - 1]));
       return out;
