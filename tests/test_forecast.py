@@ -21,8 +21,8 @@ SCHOOL_FORECAST_COLUMNS = ["CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF"
 
 def test_conformal_offsets_are_order_statistics():
     r = np.arange(1.0, 100.0)  # n = 99
-    assert intervals._offsets(r, 0.80) == (10.0, 90.0)  # k = floor(100*0.1), ceil(100*0.9)
-    assert intervals._offsets(r, 0.95) == (2.0, 98.0)  # k = floor(100*0.025), ceil(100*0.975)
+    assert intervals._level_offsets(r)[0.80] == (10.0, 90.0)  # k = floor(100*0.1), ceil(100*0.9)
+    assert intervals._level_offsets(r)[0.95] == (2.0, 98.0)  # k = floor(100*0.025), ceil(100*0.975)
 
 
 def _synthetic_predictions(rng, years=(2020, 2021, 2022), n=6000) -> pl.DataFrame:

@@ -278,7 +278,7 @@ def combine(results: list[validation.StageCV]) -> CVResult:
     coverage = pl.concat([validation.coverage_table(r.predictions) for r in results])
     intervals_and_totals = pl.concat([validation.interval_and_totals_table(r.predictions, coverage.filter(pl.col("etapa") == r.flag))
                                       for r in results])
-    summary = validation.summarize(folds, intervals_and_totals=intervals_and_totals)
+    summary = validation.summarize(folds, intervals_and_totals)
     return CVResult(summary, [r.predictions for r in results], folds, coverage,
                     pl.concat([validation.error_by_size(r.predictions) for r in results]),
                     pl.concat([validation.totals_by_year(r.predictions) for r in results]))

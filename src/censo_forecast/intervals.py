@@ -58,10 +58,6 @@ def _level_offsets(residuals: np.ndarray) -> dict[float, tuple[float, float]]:
     return {level: (float(r[lo - 1]), float(r[hi - 1])) for level, (lo, hi) in ranks.items()}
 
 
-def _offsets(residuals: np.ndarray, level: float) -> tuple[float, float]:
-    return _level_offsets(residuals)[level]
-
-
 def _offset_arrays(residuals: np.ndarray, bins: np.ndarray) -> dict[float, np.ndarray]:
     """Per level, (bins x 2) lower and upper offsets: each size bin's own residuals when it has
     MIN_PER_BIN of them, else the pooled ones."""
@@ -75,11 +71,6 @@ def _offset_arrays(residuals: np.ndarray, bins: np.ndarray) -> dict[float, np.nd
         for level in LEVELS:
             out[level][b] = found[level]
     return out
-
-
-def offsets_by_bin(calibration: pl.DataFrame, level: float) -> dict[int, tuple[float, float]]:
-    table = _offset_arrays(calibration["residual"].to_numpy(), calibration["bin"].to_numpy())[level]
-    return {b: (float(lo), float(hi)) for b, (lo, hi) in enumerate(table)}
 
 
 def _bounds(pred: np.ndarray, bins: np.ndarray, offsets: dict[float, np.ndarray]) -> dict[str, np.ndarray]:

@@ -177,7 +177,7 @@ class Run:
         with self.clock.phase("report"):
             report.build_report(self.out, self.s.report_lang, max_schools=self.s.report_max_schools,
                                 municipal_map=self.s.municipal_map)
-        record = self.write_record(record, forecaster)  # again, with the report's time
+        record = self.write_timings(record)  # again, with the report's time
         for step, seconds in record["timings_s"].items():
             log.info("timing %-28s %8.1fs", step, seconds)
         log.info("report: %s", self.out / outputs.REPORT)
@@ -275,11 +275,16 @@ class Run:
             atomic.write_csv(self.shap_dir / outputs.SHAP_IMPORTANCE, pl.concat(self.importances))
 
     def write_record(self, record: dict, forecaster: EnrollmentForecaster) -> dict:
-        timings = self.clock.timings()
-        record.update({"timings_s": timings, "phases": self.clock.phases, "stages": list(forecaster.stage_cv_),
+        """run_metadata.json before the report: what the report reads, with each file's sha256."""
+        record.update({"stages": list(forecaster.stage_cv_),
                        "forecast_year": forecaster.forecast_years_[0], "forecast_years": forecaster.forecast_years_,
                        "outputs_sha256": {name: storage.sha256(self.out / name)
                                           for name in outputs.report_inputs(forecaster.forecast_years_)}})
+        return self.write_timings(record)
+
+    def write_timings(self, record: dict) -> dict:
+        """The record with the phases timed so far (the report's, once it is written)."""
+        record.update({"timings_s": self.clock.timings(), "phases": self.clock.phases})
         atomic.write_json(self.out / outputs.METADATA, record)
         return record
 

@@ -249,12 +249,11 @@ SEED_COLUMNS = ["etapa", "modelo", "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV
                 "Skill_MAE_vs_Persistencia"]
 
 
-def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, coverage: pl.DataFrame | None = None, *,
-              intervals_and_totals: pl.DataFrame | None = None) -> pl.DataFrame:
+def summarize(folds: pl.DataFrame, intervals_and_totals: pl.DataFrame | None = None) -> pl.DataFrame:
     """resultados_finais.csv: one row per (etapa, modelo, horizonte), means over test years,
     skill vs persistence and vs cohort progression; the seed's columns first. With the
-    predictions (or their `interval_and_totals_table`, computed stage by stage), also
-    interval coverage and the error of municipal and state totals."""
+    predictions' `interval_and_totals_table` (computed stage by stage), also interval
+    coverage and the error of municipal and state totals."""
     keys = ["etapa", "modelo", HORIZON_COLUMN]
     table = folds.group_by(keys, maintain_order=True).agg(
         pl.col("R2").mean().alias("R2_Media_CV"),
@@ -271,8 +270,6 @@ def summarize(folds: pl.DataFrame, predictions: pl.DataFrame | None = None, cove
     best = table.group_by("etapa", HORIZON_COLUMN).agg(pl.col("modelo").sort_by("MAE_Media_CV").first().alias("_best"))
     table = table.join(best, on=["etapa", HORIZON_COLUMN]).with_columns((pl.col("modelo") == pl.col("_best")).alias("Escolhido"))
     columns = [*SEED_COLUMNS, HORIZON_COLUMN, "Skill_MAE_vs_Coorte", "n_folds", "n_amostras"]
-    if predictions is not None and intervals_and_totals is None:
-        intervals_and_totals = interval_and_totals_table(predictions, coverage if coverage is not None else coverage_table(predictions))
     if intervals_and_totals is not None:
         table = table.join(intervals_and_totals, on=keys, how="left")
         columns += ["Cobertura_80_CV", "Cobertura_95_CV", "APE_Municipios_Media_CV", "APE_UFs_Media_CV"]

@@ -9,8 +9,7 @@ import logging
 
 import polars as pl
 
-from censo_forecast.outputs import FORECAST, LAST_ENROLLMENT
-from censo_forecast.report import charts
+from censo_forecast.report import charts, data
 
 log = logging.getLogger(__name__)
 BOUNDARY_YEAR = 2020  # geobr's municipal boundaries closest to the census years the tool covers
@@ -32,15 +31,15 @@ def municipal_map(munis: pl.DataFrame, words, boundary_year: int = BOUNDARY_YEAR
         return {}
     import matplotlib.pyplot as plt
 
-    change = munis.with_columns(pl.when(pl.col(LAST_ENROLLMENT) > 0).then(pl.col(FORECAST) / pl.col(LAST_ENROLLMENT) - 1).alias("change"))
+    change = data.with_change(munis)  # the same change as the tile map and the tables
     images = {}
     for flag in change["etapa"].unique(maintain_order=True):
-        values = change.filter(pl.col("etapa") == flag).select("CO_MUNICIPIO", "change").to_pandas()
+        values = change.filter(pl.col("etapa") == flag).select("CO_MUNICIPIO", "change_pct").to_pandas()
         joined = shapes.assign(CO_MUNICIPIO=shapes["code_muni"].astype("int64")).merge(values, on="CO_MUNICIPIO", how="left")
-        spread = float(values["change"].abs().quantile(0.95))  # NaN when no municipality has a change
+        spread = float(values["change_pct"].abs().quantile(0.95))  # NaN when no municipality has a change
         largest = spread if spread > 0.01 else 0.01
         fig, ax = plt.subplots(figsize=(6, 6))
-        joined.plot(column="change", cmap="RdBu", vmin=-largest, vmax=largest, linewidth=0, ax=ax, legend=True,
+        joined.plot(column="change_pct", cmap="RdBu", vmin=-largest, vmax=largest, linewidth=0, ax=ax, legend=True,
                     missing_kwds={"color": "#eceef2"})
         ax.set_axis_off()
         ax.set_title(f"{words.stage(flag)}: {words('map')}", fontsize=10)
