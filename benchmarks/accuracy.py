@@ -46,7 +46,7 @@ class PerHorizonData(validation.StageData):
     def fit_learners(self, cut, settings, device, jobs, names=models.LEARNERS):
         train = self.training_pairs(cut, settings)
         per_h = {}
-        for (h,), rows in train.group_by(features.HORIZON):
+        for (h,), rows in train.group_by(features.HORIZON_FEATURE):
             per_h[int(h)] = validation.fit_learners(validation.matrix(rows), rows["y_true"].to_numpy(), settings, device, jobs)
         for h in range(1, self.horizons + 1):  # early origins have no pairs that far ahead: the nearest fitted
             per_h.setdefault(h, per_h[min(per_h, key=lambda k: (abs(k - h), k))])

@@ -15,13 +15,14 @@ pytest.importorskip("dask.distributed")
 
 from dask.distributed import Client, LocalCluster, get_task_stream, wait  # noqa: E402
 
-from censo_forecast import features, pipeline, storage, validation  # noqa: E402
+from censo_forecast import features, pipeline, storage  # noqa: E402
 from censo_forecast.config import load_settings  # noqa: E402
-from censo_forecast.engine import EngineError  # noqa: E402
 from censo_forecast.distributed import dask as dask_engine  # noqa: E402
+from censo_forecast.engine import EngineError  # noqa: E402
 from censo_forecast.inep import ingest  # noqa: E402
 from censo_forecast.models import BASELINES, LEARNERS, MODEL_NAMES  # noqa: E402
 from censo_forecast.panel import build_panel  # noqa: E402
+from censo_forecast.stagedata import LocalStageData  # noqa: E402
 from conftest import FAST_RUN  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ def cache(small_census, tmp_path_factory):
 
 
 def _local_rows(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    return features.training_frame(panel, flag, horizons=5)
+    return features.stage_rows(panel, flag, horizons=5)
 
 
 def test_ingest_runs_one_task_per_year_on_the_workers(small_census, client, tmp_path):
@@ -77,7 +78,7 @@ def test_partitioned_features_equal_one_machine(client, cache):
         data = engine.stage_data(panel, flag, horizons=5)
         assert data.rows(pl.lit(True)).equals(_local_rows(panel, flag)), flag
         assert data.height == _local_rows(panel, flag).height
-        assert data.origin_years() == validation.StageData(_local_rows(panel, flag), 5).origin_years()
+        assert data.origin_years() == LocalStageData(_local_rows(panel, flag), 5).origin_years()
 
 
 def test_killed_worker_is_survived_with_the_same_rows(client, cache):

@@ -8,11 +8,13 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from censo_forecast import features, horizons, models, validation
+from censo_forecast import features, horizons, machine, models, outputs, results, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.forecaster import EnrollmentForecaster
 from censo_forecast.inep import catalog, ingest
+from censo_forecast.learners import ModelFactory
 from censo_forecast.panel import build_panel
+from censo_forecast.stagedata import LocalStageData
 
 FAST = ModelSettings(n_estimators=25, num_leaves=15, max_depth=4)
 
@@ -63,7 +65,7 @@ def test_lags_and_truth_never_cross_schools_and_row_order_does_not_matter():
         {"NU_ANO_CENSO": 2019, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 310},
     ])
     panel = build_panel(census)
-    data = features.training_frame(panel, "IN_MED")
+    data = features.stage_rows(panel, "IN_MED")
     rows = {(r["CO_ENTIDADE"], r["origin_year"]): r for r in data.iter_rows(named=True)}
     first_of_2 = rows[2, 2018]
     assert first_of_2["enrollment_lag2"] is None and first_of_2["enrollment_lag3"] is None
@@ -72,7 +74,7 @@ def test_lags_and_truth_never_cross_schools_and_row_order_does_not_matter():
     assert rows[1, 2017]["enrollment_lag2"] == 70 and rows[1, 2016]["y_true_1"] == 80.0
     shuffled = panel[[2, 0, 3, 1]]
     assert not shuffled.equals(panel)
-    assert features.training_frame(shuffled, "IN_MED").equals(data)
+    assert features.stage_rows(shuffled, "IN_MED").equals(data)
 
 
 def test_area_totals_count_every_active_school_with_enrollment():
@@ -112,7 +114,7 @@ def test_population_and_truth_rule():
         {"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 7, "IN_MED": 1, "QT_MAT_MED": 30},  # reopened: was inactive
     ]
     panel = build_panel(census_rows(y0 + y1))
-    data = features.training_frame(panel, "IN_MED")
+    data = features.stage_rows(panel, "IN_MED")
     truth = dict(data.filter(pl.col("target_year") == 2021).select("CO_ENTIDADE", "y_true_1").iter_rows())
     assert truth == {1: 55.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 0.0}
 
@@ -129,10 +131,13 @@ def test_truth_at_every_horizon():
         + year(2020, {1: offers(55), 2: {"IN_MED": 0, "QT_MAT_MED": 0}, 3: offers(31)})  # 2 drops it
         + year(2021, {1: offers(60), 2: offers(45)})  # 2 offers it again; 3 left the census
         + year(2022, {1: offers(62), 3: offers(33)}))  # 3 is back
-    data = features.training_frame(build_panel(census), "IN_MED", horizons=4)
+    data = features.stage_rows(build_panel(census), "IN_MED", horizons=4)
     got = {r["CO_ENTIDADE"]: [r[f"y_true_{h}"] for h in range(1, 5)] for r in data.filter(pl.col("origin_year") == 2019).iter_rows(named=True)}
     assert got == {1: [55.0, 60.0, 62.0, None], 2: [0.0, 45.0, 0.0, None], 3: [31.0, 0.0, 33.0, None]}
-    assert data["origin_year"].max() == 2021  # an origin needs at least one known target
+    last = data.filter(pl.col("origin_year") == 2022)  # the forecast's rows: every truth unknown
+    assert last.height == 2 and all(last[f"y_true_{h}"].null_count() == 2 for h in range(1, 5))
+    # the forecast reads exactly these rows, without truth: one query serves both
+    assert features.forecast_rows(build_panel(census), "IN_MED", horizons=4).equals(last.drop(f"y_true_{h}" for h in range(1, 5)))
 
 
 def _perturb_year(census: pl.DataFrame, year: int, keep: list[str]) -> pl.DataFrame:
@@ -155,11 +160,11 @@ def test_no_leakage_at_any_horizon(small_panel):
     flag, target = "IN_FUND_AI", 2025  # the last year: a multi-table year, its offer flags derived
     census = small_panel.drop("active", "first_year")
     years = list(range(2011, 2026))
-    device = models.select_device("cpu")
+    factory = ModelFactory(FAST, models.select_device("cpu"), 1)
 
     def predictions(panel, origin):
-        data = validation.StageData(features.training_frame(panel, flag, horizons=5), horizons=5)
-        cv = validation.walk_forward(data, flag, years, settings=FAST, device=device, min_train_years=origin - 2010, jobs=1)
+        data = LocalStageData(features.stage_rows(panel, flag, horizons=5), horizons=5)
+        cv = validation.walk_forward(data, flag, years, factory, min_train_years=origin - 2010)
         rows = cv.predictions.filter(pl.col("ano_origem") == origin).sort("horizonte", "CO_ENTIDADE")
         return rows.filter(pl.col("NU_ANO_CENSO") == target), rows
 
@@ -206,8 +211,8 @@ def test_summary_means_skill_and_choice():
         for h, table in ((1, one_year), (2, two_years)) for m, maes in table.items()
         for y, mae in zip((2020, 2021), maes)
     ])
-    table = validation.summarize(folds)
-    assert table.columns[:8] == [*validation.SEED_COLUMNS, "horizonte"]  # the seed's columns first
+    table = results.summarize(folds)
+    assert table.columns[:8] == [*outputs.SEED_COLUMNS, "horizonte"]  # the seed's columns first
     row = {(r["modelo"], r["horizonte"]): r for r in table.iter_rows(named=True)}
     assert row["LightGBM", 1]["MAE_Media_CV"] == pytest.approx(9.0)
     assert row["LightGBM", 1]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 9 / 11)
@@ -215,7 +220,7 @@ def test_summary_means_skill_and_choice():
     assert row["LightGBM", 2]["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 14.5 / 15)  # against its own horizon
     assert row["Voting", 1]["Escolhido"] and not row["LightGBM", 1]["Escolhido"]  # 8.75 < 9.0
     assert row["Persistencia", 1]["n_folds"] == 2 and row["Persistencia", 1]["n_amostras"] == 20
-    assert validation.chosen_models(table) == {"IN_MED": {1: "Voting", 2: "Coorte"}}  # chosen per horizon
+    assert results.chosen_models(table) == {"IN_MED": {1: "Voting", 2: "Coorte"}}  # chosen per horizon
 
 
 def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
@@ -274,8 +279,7 @@ def test_forecaster_follows_the_estimator_contract(small_panel):
     assert clone(fc).get_params()["stages"] == ["IN_MED"]
     with pytest.raises(NotFittedError):
         fc.predict(small_panel)
-    with pytest.raises(NotFittedError):
-        fc.cv_
+    assert not hasattr(fc, "cv_")
     with pytest.raises(TypeError):
         EnrollmentForecaster(["IN_MED"], FAST)  # options are keyword-only
 
@@ -283,13 +287,14 @@ def test_forecaster_follows_the_estimator_contract(small_panel):
 def test_forecaster_api_fit_predict(small_panel):
     fc = EnrollmentForecaster(stages=["IN_INF_PRE"], model=FAST, device="cpu", min_train_years=11, n_jobs=1)
     cv = fc.cross_validate(small_panel)
-    assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES)
+    assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES) and not hasattr(fc, "models_")  # nothing fitted
     assert fc.fit(small_panel) is fc
+    assert fc.cv_.summary.equals(cv.summary)  # fit validates the same way and keeps it
     assert sorted(fc.chosen_["IN_INF_PRE"]) == [1, 2, 3, 4, 5] and set(fc.chosen_["IN_INF_PRE"].values()) <= set(models.MODEL_NAMES)
     forecast = fc.predict(small_panel)
     offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2025) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
     assert forecast.height == 5 * offering.height  # every school, every horizon
-    assert fc.forecast_years_ == [2026, 2027, 2028, 2029, 2030] and (forecast["previsao"] >= 0).all()
+    assert sorted(forecast["NU_ANO_CENSO"].unique()) == [2026, 2027, 2028, 2029, 2030] and (forecast["previsao"] >= 0).all()
     assert (forecast["NU_ANO_CENSO"] - forecast["horizonte"] == 2025).all()
     assert (forecast["limite_inferior_95"] <= forecast["limite_superior_95"]).all()
     assert forecast["NO_ENTIDADE"].null_count() == 0
@@ -303,50 +308,49 @@ def test_forecaster_api_fit_predict(small_panel):
     assert width["limite_superior_80"][-1] > width["limite_superior_80"][0]
 
 
-def test_totals_without_validation_say_what_to_do(small_panel):
-    fc = EnrollmentForecaster(stages=["IN_ESP_CE"], model=FAST, device="cpu", n_jobs=1).fit(small_panel)
+def test_totals_without_residuals_say_what_to_do(small_panel):
+    fc = EnrollmentForecaster(stages=["IN_ESP_CE"], model=FAST, device="cpu", n_jobs=1, min_train_years=12).fit(small_panel)
     schools = fc.predict(small_panel)
-    assert "limite_inferior_80" not in schools.columns  # no calibrated residuals, no intervals
-    with pytest.raises(ValueError, match=r"IN_ESP_CE: totals need calibrated residuals; call cross_validate\(\) before fit\(\)"):
+    fc.calibration_ = {}  # models saved by a version that kept no residuals
+    with pytest.raises(ValueError, match="IN_ESP_CE: totals need the walk-forward residuals, which these models lack; refit them"):
         fc.aggregate(small_panel, schools)
 
 
-def test_training_pairs_end_at_the_cut_and_keep_the_window(small_panel):
-    """A fit for origin `cut` sees pairs with target years <= cut, the last `window` of them;
+def test_training_pairs_end_at_the_origin_and_keep_the_window(small_panel):
+    """A fit for an origin sees pairs with target years <= origin, the last `window` of them;
     truth outside the window cannot move the models; inside it, it does."""
     from dataclasses import replace
 
     flag = "IN_FUND_AI"
-    frame = features.training_frame(small_panel, flag, horizons=3)
-    data = validation.StageData(frame, horizons=3)
+    frame = features.stage_rows(small_panel, flag, horizons=3)
+    data = LocalStageData(frame, horizons=3)
     every = replace(FAST, max_training_rows=0)
-    pairs = lambda cut, window: data.training_pairs(cut, replace(every, train_window_years=window))  # noqa: E731
+    pairs = lambda origin, window: data.training_pairs(origin, window, 0)  # noqa: E731
     three = pairs(2019, 3)
     assert sorted(three["target_year"].unique()) == [2017, 2018, 2019]
     assert sorted(three["horizon"].unique()) == [1.0, 2.0, 3.0]
     assert (three["target_year"] == three["origin_year"] + three["horizon"].cast(pl.Int64)).all()
     assert sorted(pairs(2019, 0)["target_year"].unique()) == list(range(2012, 2020))  # 0: expanding
     # truth outside the window cannot move the models; inside it, it does
-    device, test = models.select_device("cpu"), horizons.stack(data.rows(pl.col("origin_year") == 2019), 3)
-    shifted = validation.StageData(frame.with_columns(
+    device, test = models.select_device("cpu"), horizons.stack(data.origin_rows(2019), [1, 2, 3])
+    shifted = LocalStageData(frame.with_columns(
         pl.when(pl.col("origin_year") + h < 2017).then(pl.col(f"y_true_{h}") + 50).otherwise(pl.col(f"y_true_{h}")).alias(f"y_true_{h}")
         for h in (1, 2, 3)), horizons=3)
     for window, same in ((3, True), (0, False)):
-        settings = replace(every, train_window_years=window)
-        a = data.fit_learners(2019, settings, device, 1)["Voting"].predict(validation.matrix(test))
-        b = shifted.fit_learners(2019, settings, device, 1)["Voting"].predict(validation.matrix(test))
+        factory = ModelFactory(replace(every, train_window_years=window), device, 1)
+        a = data.fit_learners(2019, factory)["Voting"].predict(horizons.matrix(test))
+        b = shifted.fit_learners(2019, factory)["Voting"].predict(horizons.matrix(test))
         assert np.array_equal(a, b) == same, window
 
 
 def test_training_rows_are_sampled_by_a_hash_that_any_partitioning_repeats(small_panel):
     """The cap keeps about max_training_rows pairs, spread over horizons and years, and the
     same pairs whether the rows are held in one frame or split into parts (an engine's)."""
-    from dataclasses import replace
 
-    frame = features.training_frame(small_panel, "IN_FUND_AI", horizons=5)
-    data = validation.StageData(frame, horizons=5)
-    every = data.training_pairs(2024, replace(FAST, max_training_rows=0))
-    capped = data.training_pairs(2024, replace(FAST, max_training_rows=every.height // 4))
+    frame = features.stage_rows(small_panel, "IN_FUND_AI", horizons=5)
+    data = LocalStageData(frame, horizons=5)
+    every = data.training_pairs(2024, FAST.train_window_years, 0)
+    capped = data.training_pairs(2024, FAST.train_window_years, every.height // 4)
     assert abs(capped.height - every.height / 4) < 0.1 * every.height / 4
     share = capped.group_by("horizon").len().join(every.group_by("horizon").len(), on="horizon").select(pl.col("len") / pl.col("len_right"))
     assert share.to_series().is_between(0.15, 0.35).all()  # every horizon keeps about a quarter
@@ -368,13 +372,13 @@ def test_error_by_size_and_totals_by_year_from_hand_computed_rows():
         "etapa": ["IN_MED"] * 4, "horizonte": [1] * 4, "NU_ANO_CENSO": [2023, 2023, 2024, 2024], "y_true": [5.0, 300.0, 7.0, 280.0],
         "Persistencia": [4.0, 310.0, 5.0, 300.0], "Voting": [5.5, 305.0, 6.0, 290.0],
     })
-    errors = validation.error_by_size(preds)
+    errors = results.error_by_size(preds)
     small = errors.filter((pl.col("modelo") == "Voting") & (pl.col("faixa_tamanho") == "<10")).row(0, named=True)
     assert small["n"] == 2 and small["MAE"] == pytest.approx((0.5 + 1.0) / 2)
     big = errors.filter((pl.col("modelo") == "Persistencia") & (pl.col("faixa_tamanho") == "200-399")).row(0, named=True)
     assert big["n"] == 2 and big["MAE"] == pytest.approx((10 + 20) / 2)
     assert errors["modelo"].unique(maintain_order=True).to_list() == ["Persistencia", "Voting"]
-    totals = validation.totals_by_year(preds)
+    totals = results.totals_by_year(preds)
     row = totals.filter((pl.col("modelo") == "Voting") & (pl.col("NU_ANO_CENSO") == 2024)).row(0, named=True)
     assert row["real"] == 287.0 and row["previsao"] == 296.0
 
@@ -423,7 +427,7 @@ def test_cohort_progression_by_hand():
 
 
 def test_cohort_features_before_the_census_had_grades(small_panel):
-    rows = features.training_frame(small_panel, "IN_FUND_AI")
+    rows = features.stage_rows(small_panel, "IN_FUND_AI")
     early, late = rows.filter(pl.col("origin_year") < 2023), rows.filter(pl.col("origin_year") >= 2024)
     for name in ("entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1"):
         assert early[name].null_count() == early.height, name  # the census's own grades only
@@ -433,17 +437,17 @@ def test_cohort_features_before_the_census_had_grades(small_panel):
 
 
 def test_threads_follow_the_cpus_available_and_the_size_of_the_fit(tmp_path, monkeypatch):
-    monkeypatch.setattr(models.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    assert models.available_cpus(tmp_path) == 8  # no quota file
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert machine.available_cpus(tmp_path) == 8  # no quota file
     (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container allowed 1.5 CPUs
-    assert models.available_cpus(tmp_path) == 2
+    assert machine.available_cpus(tmp_path) == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert models.available_cpus(tmp_path) == 8
-    monkeypatch.setattr(models.os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3
-    assert models.available_cpus(tmp_path) == 1
-    monkeypatch.setattr(models, "available_cpus", lambda: 4)
-    assert models.threads_for(models.SMALL_TRAINING_ROWS - 1, 8) == 1  # a small fit: one thread
-    assert models.threads_for(10**6, 8) == 4 and models.threads_for(10**6, 2) == 2
+    assert machine.available_cpus(tmp_path) == 8
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3
+    assert machine.available_cpus(tmp_path) == 1
+    monkeypatch.setattr(machine, "available_cpus", lambda: 4)
+    assert machine.threads_for(machine.SMALL_TRAINING_ROWS - 1, 8) == 1  # a small fit: one thread
+    assert machine.threads_for(10**6, 8) == 4 and machine.threads_for(10**6, 2) == 2
     seen = {}
     monkeypatch.setattr(models.boosters.LightGBMAdapter, "fit", lambda self, X, y, params: seen.update(params) or "booster")
     models.ChangeRegressor("LightGBM", n_jobs=8).fit(np.zeros((500, 3), dtype=np.float32), np.zeros(500))
@@ -451,12 +455,15 @@ def test_threads_follow_the_cpus_available_and_the_size_of_the_fit(tmp_path, mon
 
 
 def test_openmp_waits_passively_unless_the_user_chose():
+    """Set when a boosting library is loaded, not when censo_forecast is imported."""
     import os
     import subprocess
     import sys
 
-    code = "import censo_forecast.boosters, os; print(os.environ['OMP_WAIT_POLICY'])"
+    untouched = "import censo_forecast.pipeline, os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    code = "import censo_forecast.boosters as b, os; b.library('lightgbm'); print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", untouched], env=env, capture_output=True, text=True).stdout.strip() == "unset"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True)
     assert mine.stdout.strip() == "ACTIVE"

@@ -1,7 +1,6 @@
 """One adapter per gradient-boosting library: the only place that knows LightGBM's or
-XGBoost's API (parameters, fit, prediction, SHAP contributions, files, GPU probe and the
-Dask twin). Everything else names a learner by its display name ("LightGBM") and asks
-`adapter(name)`.
+XGBoost's API (parameters, fit, prediction, SHAP contributions, files and the GPU probe). Everything else names a learner by its display name ("LightGBM") and asks
+`adapter(name)`; the Dask twins live with the Dask engine (`distributed/dask.py`).
 
 A fitted learner is always the library's native booster (`lightgbm.Booster`,
 `xgboost.Booster`), whether it was just trained, trained on a Dask cluster or loaded
@@ -10,14 +9,11 @@ from a file, so saving, explaining and predicting never depend on where it came 
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
-
-# OpenMP threads of LightGBM and XGBoost spin while they wait, which on a shared machine
-# steals the cores other processes need (benchmarks/README.md, "busy machine"); passive
-# waiting, unless the user set a policy. Read once, when the libraries load their OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +21,17 @@ import numpy as np
 from censo_forecast.config import ModelSettings
 
 HUBER_DELTA = 2.0  # students: the Huber loss behaves like absolute error beyond this
+# OpenMP threads of LightGBM and XGBoost spin while they wait, which on a shared machine
+# steals the cores other processes need (benchmarks/README.md, "busy machine"): passive
+# waiting, unless the user set a policy. OpenMP reads it once, when a library loads it.
+OPENMP_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def library(package: str) -> ModuleType:
+    """A boosting library, imported with OpenMP's passive wait (unless the user chose a policy)."""
+    for key, value in OPENMP_WAIT.items():
+        os.environ.setdefault(key, value)
+    return importlib.import_module(package)
 
 
 class BoosterAdapter(Protocol):
@@ -38,7 +45,6 @@ class BoosterAdapter(Protocol):
 
     def params(self, settings: ModelSettings, device: str, n_jobs: int) -> dict: ...
     def fit(self, X: np.ndarray, target: np.ndarray, params: dict): ...
-    def fit_dask(self, client, X, target, params: dict): ...
     def predict(self, booster, X: np.ndarray) -> np.ndarray: ...
     def contributions(self, booster, X: np.ndarray) -> np.ndarray: ...
     def save(self, booster, path: Path) -> None: ...
@@ -59,17 +65,10 @@ class LightGBMAdapter:
         )
 
     def fit(self, X, target, params):
-        import lightgbm as lgb
+        lgb = library("lightgbm")
 
         return lgb.LGBMRegressor(**params).fit(X, target).booster_
 
-    def fit_dask(self, client, X, target, params):
-        import lightgbm as lgb
-
-        params = {k: v for k, v in params.items() if k != "n_jobs"}  # each worker uses its own threads
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-            return lgb.DaskLGBMRegressor(client=client, **params).fit(X, target).to_local().booster_
 
     def predict(self, booster, X):
         return booster.predict(X)
@@ -81,12 +80,12 @@ class LightGBMAdapter:
         booster.save_model(str(path))
 
     def load(self, path):
-        import lightgbm as lgb
+        lgb = library("lightgbm")
 
         return lgb.Booster(model_file=str(path))
 
     def gpu_device(self):
-        import lightgbm as lgb
+        lgb = library("lightgbm")
 
         X = np.random.default_rng(0).random((64, 2))
         for device_type in ("cuda", "gpu"):
@@ -113,26 +112,16 @@ class XGBoostAdapter:
         )
 
     def fit(self, X, target, params):
-        import xgboost as xgb
+        xgb = library("xgboost")
 
         return xgb.XGBRegressor(**params).fit(X, target).get_booster()
 
-    def fit_dask(self, client, X, target, params):
-        import xgboost as xgb
-        from xgboost import dask as dxgb
-
-        trained = dxgb.DaskXGBRegressor(**params)
-        trained.client = client
-        trained.fit(X, target)
-        booster = xgb.Booster()
-        booster.load_model(bytearray(trained.get_booster().save_raw("json")))
-        return booster
 
     def predict(self, booster, X):
         return booster.inplace_predict(X)  # float32, as XGBRegressor.predict gives it
 
     def contributions(self, booster, X):
-        import xgboost as xgb
+        xgb = library("xgboost")
 
         # runs on the GPU when the model was trained there
         return np.asarray(booster.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True), dtype=np.float64)
@@ -141,14 +130,14 @@ class XGBoostAdapter:
         Path(path).write_bytes(bytes(booster.save_raw(raw_format="json")))  # JSON whatever the file's name
 
     def load(self, path):
-        import xgboost as xgb
+        xgb = library("xgboost")
 
         booster = xgb.Booster()
         booster.load_model(str(path))
         return booster
 
     def gpu_device(self):
-        import xgboost as xgb
+        xgb = library("xgboost")
 
         return "cuda" if xgb.build_info().get("USE_CUDA") else None
 

@@ -1,9 +1,10 @@
 """Finished stages of a run, kept so that a rerun after a crash or Ctrl-C resumes.
 
-A stage's checkpoint is its walk-forward predictions, per-year metrics and SHAP
-importance, plus a JSON written last (a checkpoint counts only once all its parts are in
-place) holding a fingerprint of the data and the settings (any change redoes the stage)
-and the sha256 of each part: a damaged part is never read, the stage is redone.
+A stage's checkpoint is its walk-forward predictions and per-year metrics (written as
+soon as it is validated: the run's cv_predictions.parquet is made of these files), its
+SHAP importance, and a JSON written last (a checkpoint counts only once all its parts are
+in place) holding a fingerprint of the data and the settings (any change redoes the
+stage) and the sha256 of each part: a damaged part is never read, the stage is redone.
 """
 
 from __future__ import annotations
@@ -65,9 +66,19 @@ def _part(folder: Path, flag: str, part: str) -> Path:
     return folder / f"cv_{flag}_{part}.parquet"
 
 
-def save(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
-    frames = {"predictions": cv.predictions, "folds": cv.folds, "shap": importance}
-    for part, frame in frames.items():
-        atomic.write_parquet(_part(folder, cv.flag, part), frame)
+def predictions_file(folder: Path, flag: str) -> Path:
+    """The stage's walk-forward predictions, as `save_predictions` wrote them."""
+    return _part(folder, flag, "predictions")
+
+
+def save_predictions(folder: Path, cv: StageCV) -> None:
+    """A validated stage's predictions and metrics; the checkpoint counts once `commit` adds the rest."""
+    atomic.write_parquet(_part(folder, cv.flag, "predictions"), cv.predictions)
+    atomic.write_parquet(_part(folder, cv.flag, "folds"), cv.folds)
+
+
+def commit(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:
+    """The SHAP part, then the JSON that makes the stage's checkpoint count."""
+    atomic.write_parquet(_part(folder, cv.flag, "shap"), importance)
     hashes = {part: storage.sha256(_part(folder, cv.flag, part)) for part in PARTS}
     atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds, "sha256": hashes})

@@ -1,4 +1,9 @@
-"""One typed settings object for every step, read from a TOML file and overridden by the CLI."""
+"""One typed settings object for every step, read from a TOML file and overridden by the CLI.
+
+Every default lives here: the CLI reads its defaults and help from these fields
+(`describe`), and `EnrollmentForecaster` checks its parameters with the same rules
+(`check_*`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from censo_forecast import storage
+from censo_forecast import machine, storage
 from censo_forecast.inep import catalog
 
 if sys.version_info >= (3, 11):
@@ -20,6 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 LOCAL_ENGINE = "local"
 MAX_HORIZONS = 10  # years ahead; the census's 15 years leave few walk-forward origins beyond that
 REPORT_LANGUAGES = ("pt-BR", "en")  # report.html: Brazilian Portuguese (the default) or English
+DEVICES = ("auto", "cpu", "cuda")
 _EXPECTED = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text", "Path": "a path",
              "list[int]": "a list of years", "list[str]": "a list of texts"}
 
@@ -89,45 +95,104 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         _check_fields(self, "model.")
-        if self.train_window_years < 0:
-            raise ValueError("train_window_years must be 0 (every earlier year) or a positive number of years")
-        if self.max_training_rows < 0:
-            raise ValueError("max_training_rows must be 0 (every row) or a positive number of rows")
+        ranges = {  # what both libraries accept, said before any work rather than as their traceback
+            "n_estimators": (self.n_estimators >= 1, "at least 1"),
+            "learning_rate": (self.learning_rate > 0, "above 0"),
+            "num_leaves": (self.num_leaves >= 2, "at least 2"),
+            "max_depth": (self.max_depth >= 1, "at least 1"),
+            "min_child_samples": (self.min_child_samples >= 1, "at least 1"),
+            "subsample": (0 < self.subsample <= 1, "above 0 and at most 1"),
+            "colsample": (0 < self.colsample <= 1, "above 0 and at most 1"),
+            "max_bin": (self.max_bin >= 2, "at least 2"),
+            "train_window_years": (self.train_window_years >= 0, "0 (every earlier year) or a positive number of years"),
+            "max_training_rows": (self.max_training_rows >= 0, "0 (every row) or a positive number of rows"),
+            "seed": (self.seed >= 0, "0 or more"),
+        }
+        for name, (ok, rule) in ranges.items():
+            if not ok:
+                raise ValueError(f"setting model.{name} must be {rule}, not {getattr(self, name)!r}")
+
+    # scikit-learn's nested parameters (EnrollmentForecaster(model=...).set_params(model__learning_rate=...))
+    def get_params(self, deep: bool = True) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> ModelSettings:
+        """A checked copy with some settings changed (the original is never mutated)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown [model] setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def __sklearn_clone__(self) -> ModelSettings:
+        return dataclasses.replace(self)
+
+
+def check_stages(stages) -> list[str]:
+    """Known offer flags, at least one."""
+    if not stages:
+        raise ValueError("setting stages: no stage given; name one or more offer flags (IN_MED,IN_FUND_AI) or leave it out for all ten")
+    for flag in stages:
+        catalog.stage(flag)
+    return list(stages)
+
+
+def check_horizons(horizons) -> int:
+    if isinstance(horizons, bool) or not isinstance(horizons, int) or not 1 <= horizons <= MAX_HORIZONS:
+        raise ValueError(f"horizons must be between 1 and {MAX_HORIZONS} years ahead, not {horizons!r}")
+    return horizons
+
+
+def check_device(device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, not {device!r}")
+    return device
+
+
+def check_min_train_years(years) -> int:
+    if isinstance(years, bool) or not isinstance(years, int) or years < 1:
+        raise ValueError(f"min_train_years must be at least 1 census year, not {years!r}")
+    return years
+
+
+def _setting(default=dataclasses.MISSING, help: str = "", **kwargs):
+    """A settings field with its help text: the CLI's `--option` reads both (`describe`)."""
+    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 @dataclass
 class Settings:
-    raw_dir: Path = Path("data/raw")
-    cache_dir: Path | None = None  # default: <raw_dir>/../cache
-    out_dir: Path = Path("outputs")
-    years: list[int] | None = None  # None: every available year
-    stages: list[str] = field(default_factory=lambda: [s.flag for s in catalog.STAGES])
-    device: str = "auto"  # auto | cpu | cuda
-    jobs: int = 2
+    raw_dir: Path = _setting(Path("data/raw"), "Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip.")
+    cache_dir: Path | None = _setting(None, "Parquet cache, folder or fsspec URL (default: beside the raw folder).")
+    out_dir: Path = _setting(Path("outputs"), "Output folder.")
+    years: list[int] | None = _setting(None, "Years: '2011-2021', '2015,2017' or 'all' (default: every available year).")
+    stages: list[str] = _setting(help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten.",
+                                 default_factory=lambda: [s.flag for s in catalog.STAGES])
+    device: str = _setting("auto", "auto | cpu | cuda: where the boosters train.")
+    jobs: int = _setting(2, "Years ingested and downloaded in parallel, and threads per model (-1: every CPU).")
     # engine: where the heavy steps run (local: this process; dask: a Dask cluster)
-    engine: str = "local"
-    scheduler: str | None = None  # tcp://host:port of a running scheduler; None: start a LocalCluster
-    workers: int = 2  # LocalCluster workers (one thread each) when no scheduler is given
-    offline: bool = False
-    fresh: bool = False
+    engine: str = _setting("local", "local | dask: ingest, features and training on a Dask cluster.")
+    scheduler: str | None = _setting(None, "Dask scheduler address (tcp://host:8786); default: start a LocalCluster.")
+    workers: int = _setting(2, "LocalCluster workers (one thread each) when no --scheduler is given.")
+    offline: bool = _setting(False, "Use only the zips already in --raw-dir.")
+    fresh: bool = _setting(False, "Ignore checkpoints of an earlier run and start over.")
     # download
-    base_url: str = catalog.BASE_URL
-    listing_url: str = catalog.LISTING_URL
-    ca_bundle: Path | None = None
-    insecure: bool = False
-    retries: int = 8
-    timeout_s: float = 60.0
-    # forecast years after the last census year (T+1 .. T+horizons), each validated walk-forward
-    horizons: int = 5
+    base_url: str = _setting(catalog.BASE_URL, "Where the zips live (a mirror; http:// is fine on this machine).")
+    listing_url: str = _setting(catalog.LISTING_URL, "Page listing the zips; 'none' to skip discovery.")
+    ca_bundle: Path | None = _setting(None, "Extra CA certificates (PEM) to trust.")
+    insecure: bool = _setting(False, "Turn TLS verification OFF (never the default; warns every time).")
+    retries: int = _setting(8, "Consecutive failures without progress before a download gives up.")
+    timeout_s: float = _setting(60.0, "Seconds to wait for a server per request; a file gives up after 3 such waits without a byte.")
+    horizons: int = _setting(5, f"Forecast years after the last census year, each validated walk-forward (at most {MAX_HORIZONS}).")
     # validation and explanation
-    min_train_years: int = 3
-    shap_sample: int = 2000  # held-out rows of the last test year explained per stage
-    model: ModelSettings = field(default_factory=ModelSettings)
+    min_train_years: int = _setting(3, "Census years before the first walk-forward test year.")
+    shap_sample: int = _setting(2000, "Held-out rows of the last origin explained with SHAP per stage.")
+    model: ModelSettings = _setting(help="Boosting hyper-parameters and training window ([model] table).",
+                                    default_factory=ModelSettings)
     # report.html: its language (pt-BR or en), the most schools its school table holds (above:
     # it points to the forecast files), and the optional municipal map (needs geobr and a network)
-    report_lang: str = "pt-BR"
-    report_max_schools: int = 10_000
-    municipal_map: bool = False
+    report_lang: str = _setting("pt-BR", "Language of report.html: pt-BR or en.")
+    report_max_schools: int = _setting(10_000, "Most schools the report's school table holds (0: none; above: it points to the files).")
+    municipal_map: bool = _setting(False, "Add a municipal map to the report (needs geobr installed and a network).")
 
     def __post_init__(self) -> None:
         if isinstance(self.years, str):  # '2011-2021', as on the command line
@@ -135,8 +200,7 @@ class Settings:
         if isinstance(self.stages, str):  # 'IN_MED,IN_FUND_AI'
             self.stages = catalog.parse_stages(self.stages)
         _check_fields(self)
-        if not self.stages:
-            raise ValueError("setting stages: no stage given; name one or more offer flags (IN_MED,IN_FUND_AI) or leave it out for all ten")
+        check_stages(self.stages)
         self.raw_dir = storage.normalize(self.raw_dir)  # a path, or an fsspec URL for cluster storage
         self.out_dir = Path(self.out_dir)
         if self.cache_dir is not None:
@@ -150,14 +214,16 @@ class Settings:
             self.model = ModelSettings(**self.model)
         if not isinstance(self.model, ModelSettings):
             raise ValueError(f"setting model: expected a [model] table, got {self.model!r} ({type(self.model).__name__})")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        for flag in self.stages:
-            catalog.stage(flag)
-        if self.jobs < 1:
-            raise ValueError("jobs must be at least 1")
-        if not 1 <= self.horizons <= MAX_HORIZONS:
-            raise ValueError(f"horizons must be between 1 and {MAX_HORIZONS} years ahead, not {self.horizons}")
+        check_device(self.device)
+        machine.effective_jobs(self.jobs)
+        check_horizons(self.horizons)
+        check_min_train_years(self.min_train_years)
+        if self.shap_sample < 1:
+            raise ValueError(f"shap_sample must be at least 1 row, not {self.shap_sample}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be above 0 seconds, not {self.timeout_s}")
         if not engine_exists(self.engine):
             raise ValueError(f"engine must be local or a module of censo_forecast.distributed (dask), not {self.engine!r}")
         if self.scheduler and self.engine == LOCAL_ENGINE:
@@ -170,6 +236,11 @@ class Settings:
             raise ValueError("report_max_schools must be 0 (no school table) or a positive number of schools")
 
     @property
+    def threads(self) -> int:
+        """`jobs` as a positive count (-1: every available CPU)."""
+        return machine.effective_jobs(self.jobs)
+
+    @property
     def cache(self):
         if self.cache_dir is not None:
             return self.cache_dir
@@ -179,6 +250,20 @@ class Settings:
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def default(name: str):
+    """A setting's default value (the CLI's, the forecaster's and the report's)."""
+    f = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def describe(name: str) -> str:
+    """A setting's help text with its default, for the CLI."""
+    f = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    value = default(name)
+    shown = "" if value is None or isinstance(value, (bool, list, ModelSettings)) else f" [default: {value}]"
+    return f.metadata["help"] + shown
 
 
 def load_settings(path: Path | None = None, **overrides) -> Settings:

@@ -2,9 +2,10 @@
 at the edge (`censo_forecast/distributed/<name>.py`).
 
 An engine does four things: ingest census years into the cache, hold a stage's feature
-rows and train learners on them (`stage_data`, a `validation.StageData`), say which
+rows and train learners on them (`stage_data`, a `stagedata.StageData`), say which
 device the learners train on, and describe itself for the run record. Callers always
-get an engine and never ask which one it is.
+get an engine and never ask which one it is. An engine is a connection: copying it (as
+`sklearn.base.clone` copies a forecaster's parameters) gives the same engine.
 
 A new engine is one module, `distributed/<name>.py`, with a `connect(settings)` context
 manager that yields an object with these methods; `--engine <name>` then finds it.
@@ -18,9 +19,10 @@ from typing import Callable, Iterator, Protocol
 
 import polars as pl
 
-from censo_forecast import features, models, validation
+from censo_forecast import features, models
 from censo_forecast.config import LOCAL_ENGINE
 from censo_forecast.inep import ingest as ingest_mod
+from censo_forecast.stagedata import LocalStageData, StageData
 
 
 class EngineError(Exception):
@@ -28,10 +30,10 @@ class EngineError(Exception):
 
 
 class Engine(Protocol):
-    def ingest(self, raw_dir, cache_dir, years: list[int], *, jobs: int = 2, force: bool = False,
+    def ingest(self, raw_dir, cache_dir, years: list[int], *, jobs: int, force: bool = False,
                progress: Callable[[int], None] | None = None) -> ingest_mod.IngestReport: ...
 
-    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> validation.StageData: ...
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int) -> StageData: ...
 
     def select_device(self, requested: str) -> models.Device: ...
 
@@ -41,17 +43,20 @@ class Engine(Protocol):
 class LocalEngine:
     """Everything in this process: years on a thread pool, a stage's rows in one polars frame."""
 
-    def ingest(self, raw_dir, cache_dir, years, *, jobs=2, force=False, progress=None):
+    def ingest(self, raw_dir, cache_dir, years, *, jobs, force=False, progress=None):
         return ingest_mod.ingest(raw_dir, cache_dir, years, jobs=jobs, force=force, progress=progress)
 
-    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> validation.StageData:
-        return validation.StageData(features.training_frame(panel, flag, horizons=horizons), horizons)
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int) -> StageData:
+        return LocalStageData(features.stage_rows(panel, flag, horizons=horizons), horizons)
 
     def select_device(self, requested: str) -> models.Device:
         return models.select_device(requested)
 
     def describe(self) -> str:
         return LOCAL_ENGINE
+
+    def __deepcopy__(self, memo) -> LocalEngine:
+        return self
 
 
 @contextmanager

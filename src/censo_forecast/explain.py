@@ -12,18 +12,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-
-from censo_forecast import atomic  # noqa: E402
-from censo_forecast.features import FEATURES, READABLE  # noqa: E402
-from censo_forecast.models import ENSEMBLE, LEARNERS  # noqa: E402
-from censo_forecast.outputs import shap_png  # noqa: E402
-from censo_forecast.validation import LastFold  # noqa: E402
+from censo_forecast import atomic
+from censo_forecast.features import FEATURES, READABLE
+from censo_forecast.models import ENSEMBLE, LEARNERS
+from censo_forecast.outputs import (
+    FEATURE,
+    FEATURE_LABEL,
+    MEAN_ABS_SHAP,
+    MODEL,
+    ORIGIN,
+    SHAP_ROWS,
+    STAGE,
+    shap_png,
+)
+from censo_forecast.validation import LastFold
 
 log = logging.getLogger(__name__)
 MAX_DISPLAY = 20
@@ -58,37 +64,42 @@ def explain_stage(flag: str, fold: LastFold, shap_dir: Path, sample: int = 2000,
             raise RuntimeError(f"SHAP values of {flag}/{model_name} do not add up to the model output")
         mean_abs = np.abs(values).mean(axis=0)
         importance.append(pl.DataFrame({
-            "etapa": flag, "modelo": model_name, "feature": list(FEATURES), "feature_label": names,
-            "mean_abs_shap": mean_abs, "n_rows": len(rows), "ano_origem": fold.year,
+            STAGE: flag, MODEL: model_name, FEATURE: list(FEATURES), FEATURE_LABEL: names,
+            MEAN_ABS_SHAP: mean_abs, SHAP_ROWS: len(rows), ORIGIN: fold.year,
         }))
         _beeswarm(values, X, names, shap_dir / shap_png("summary", flag, model_name), f"{flag} - {model_name} ({fold.year})")
         _bar(mean_abs, names, shap_dir / shap_png("bar", flag, model_name), f"{flag} - {model_name}: mean |SHAP| ({fold.year})")
     log.info("%s: SHAP on %d held-out rows of origin %d written to %s", flag, len(rows), fold.year, shap_dir)
-    return pl.concat(importance).sort(["modelo", "mean_abs_shap"], descending=[False, True])
+    return pl.concat(importance).sort([MODEL, MEAN_ABS_SHAP], descending=[False, True])
 
 
 def _save(fig, path: Path) -> None:
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _beeswarm(values: np.ndarray, X: np.ndarray, names: list[str], path: Path, title: str) -> None:
+    """SHAP's own beeswarm, which draws through pyplot on its current figure: the figure is
+    closed once saved, and the user's backend is left as it was."""
+    import matplotlib.pyplot as plt
     import shap
 
     order = np.argsort(-np.abs(values).mean(axis=0))[:MAX_DISPLAY]
-    plt.figure(figsize=(8, 0.35 * len(order) + 1.5))
-    shap.summary_plot(values[:, order], X[:, order], feature_names=[names[i] for i in order], show=False,
-                      max_display=MAX_DISPLAY, plot_size=None, color_bar_label="feature value")
-    fig = plt.gcf()
-    fig.axes[0].set_title(title, fontsize=11)
-    fig.axes[0].set_xlabel("SHAP value (students of change from the origin year)")
-    _save(fig, path)
+    fig = plt.figure(figsize=(8, 0.35 * len(order) + 1.5))
+    try:
+        shap.summary_plot(values[:, order], X[:, order], feature_names=[names[i] for i in order], show=False,
+                          max_display=MAX_DISPLAY, plot_size=None, color_bar_label="feature value")
+        fig.axes[0].set_title(title, fontsize=11)
+        fig.axes[0].set_xlabel("SHAP value (students of change from the origin year)")
+        _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _bar(mean_abs: np.ndarray, names: list[str], path: Path, title: str) -> None:
     order = np.argsort(-mean_abs)[:MAX_DISPLAY][::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(order) + 1.2))
+    fig = Figure(figsize=(8, 0.35 * len(order) + 1.2))
+    ax = fig.subplots()
     ax.barh([names[i] for i in order], mean_abs[order], color="#3b6ea8")
     ax.set_xlabel("mean |SHAP value| (students)")
     ax.set_title(title, fontsize=11)

@@ -4,8 +4,10 @@ Every feature of an origin row (school, o) comes from the panel at calendar year
 and o-2 of that school (a missing year is a gap, not the row before it). An origin row
 forecasts o + 1 .. o + H; what differs by horizon h (the truth in o + h, `y_true_h`, and
 the Coorte forecast h years ahead) is held in columns per horizon, which `horizons.stack`
-turns into one row per (origin, horizon). Only `training_frame` adds truth. Nothing here
-knows about models.
+turns into one row per (origin, horizon). One lazy query (`origin_query`) makes the rows of
+every origin: training reads the origins whose truth is known, the forecast the last
+census year's (`stage_rows`, `forecast_rows`). Only the truth reads a later year. Nothing
+here knows about models.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ AGE_FEATURES = {band: "age_" + band.removeprefix("QT_MAT_BAS_").lower() + "_lag1
 INFRA_FEATURES = {flag: "has_" + flag.removeprefix("IN_").lower() + "_lag1" for flag in catalog.INFRASTRUCTURE_FLAGS}
 
 COHORT_FEATURE = cohort.forecast_column(1)  # the Coorte baseline's forecast (cohort.py), at the row's horizon
-HORIZON = "horizon"
+HORIZON_FEATURE = "horizon"
 FEATURES: tuple[str, ...] = (
     *(f"{c}_lag{k}" for c in COUNTS for k in LAGS),
     "enrollment_mean2", "enrollment_mean3", "enrollment_diff1", "enrollment_diff2", "enrollment_growth1",
@@ -36,10 +38,13 @@ FEATURES: tuple[str, ...] = (
     # the cohort carried into the stage, and the Coorte forecast itself
     "entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1", "feeder_leaving_lag1",
     "muni_feeder_leaving_lag1", "cohort_ratio", "intake_share", COHORT_FEATURE,
-    HORIZON,  # years ahead of the origin: one model serves every horizon (horizons.stack)
+    HORIZON_FEATURE,  # years ahead of the origin: one model serves every horizon (horizons.stack)
 )
 ORIGIN_FEATURES = FEATURES[:-1]  # what an origin row holds before it is stacked by horizon
 ANCHOR = "enrollment_lag1"  # last observed enrollment: persistence, and the base the models add a change to
+# column indexes of the model matrix that the baselines and the boosters' change target read
+ANCHOR_INDEX, COHORT_INDEX, HORIZON_INDEX = (FEATURES.index(f) for f in (ANCHOR, COHORT_FEATURE, HORIZON_FEATURE))
+ORIGIN_YEAR, TARGET_YEAR = "origin_year", "target_year"  # an origin row's census year and its first target year
 READABLE = {  # labels for plots and reports
     "enrollment_lag1": "enrollment last year", "enrollment_lag2": "enrollment 2 years ago",
     "enrollment_lag3": "enrollment 3 years ago", "teachers_lag1": "teachers last year",
@@ -60,7 +65,7 @@ READABLE = {  # labels for plots and reports
     "grade_progression_lag1": "grade progression ratio (census grades)", "feeder_leaving_lag1": "cohort leaving the feeding stage",
     "muni_feeder_leaving_lag1": "municipal cohort leaving the feeding stage", "cohort_ratio": "cohort progression ratio",
     "intake_share": "share of the municipal intake", COHORT_FEATURE: "cohort-progression forecast (Coorte)",
-    HORIZON: "years ahead",
+    HORIZON_FEATURE: "years ahead",
     **{v: k.removeprefix("QT_MAT_BAS_").replace("_MAIS", "+").replace("_", "-") + " year-olds in school" for k, v in AGE_FEATURES.items()},
     **{v: v.removeprefix("has_").removesuffix("_lag1").replace("_", " ") for v in INFRA_FEATURES.values()},
 }
@@ -71,8 +76,8 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den > 0).then(num / den).otherwise(None)
 
 
-def _back(column: str | pl.Expr, years: int) -> pl.Expr:
-    """`column` at calendar year o - years (o + |years| when negative) of the same school.
+def _at_offset(column: str | pl.Expr, years: int) -> pl.Expr:
+    """`column` at calendar year o + years of the same school.
 
     The view holds one row per (school, year), sorted, so that row, when the school has
     it, lies at most |years| rows away; a shifted row counts only when its school and year
@@ -81,13 +86,25 @@ def _back(column: str | pl.Expr, years: int) -> pl.Expr:
     value = pl.col(column) if isinstance(column, str) else column
     if years == 0:
         return value
-    step = 1 if years > 0 else -1
+    step = -1 if years > 0 else 1  # a later year lies below in the sorted view: a negative shift
     candidates = [
-        pl.when((pl.col(SCHOOL).shift(i) == pl.col(SCHOOL)) & (pl.col(YEAR).shift(i) == pl.col(YEAR) - years))
+        pl.when((pl.col(SCHOOL).shift(i) == pl.col(SCHOOL)) & (pl.col(YEAR).shift(i) == pl.col(YEAR) + years))
         .then(value.shift(i))
-        for i in range(step, years + step, step)
+        for i in range(step, -years + step, step)
     ]
     return candidates[0] if len(candidates) == 1 else pl.coalesce(candidates)
+
+
+def _back(column: str | pl.Expr, years: int) -> pl.Expr:
+    """`column` at calendar year o - years of the same school: what every feature reads."""
+    if years < 0:
+        raise ValueError("features read only earlier census years; the truth reads later ones (_ahead)")
+    return _at_offset(column, -years)
+
+
+def _ahead(column: str | pl.Expr, years: int) -> pl.Expr:
+    """`column` at calendar year o + years of the same school: only the truth reads this."""
+    return _at_offset(column, years)
 
 
 def _sorted(view: pl.DataFrame) -> pl.DataFrame:
@@ -144,23 +161,35 @@ def _area_features(totals: pl.DataFrame, key: str) -> pl.DataFrame:
     ).join(cohort.area_features(totals, key, prefix), on=[key, YEAR], how="left")
 
 
+def enrolled() -> pl.Expr:
+    """The truth rule, on a stage view's row: its enrollment when the school offers the stage,
+    0 when it is active without it or closed (a school missing from the census counts 0 too)."""
+    return pl.when(pl.col("offers")).then(pl.col("enrollment")).otherwise(0)
+
+
 def truth_column(horizon: int) -> str:
     """The stage's enrollment h years after the origin (0 when the school no longer offers it)."""
     return f"y_true_{horizon}"
 
 
-def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth_until: int | None,
+def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None, truth_until: int | None,
                  horizons: int) -> pl.LazyFrame:
-    """One lazy pass over the stage's view: calendar lags by row shifts, then the offering rows
-    (with the truth of target years up to `truth_until`, the census's last, when given)."""
+    """The stage's origin rows as one lazy query: calendar lags by row shifts, then the
+    offering rows (with the truth of target years up to `truth_until`, the census's last,
+    when given; a truth beyond it is null). Training and forecasting filter this query.
+
+    `sums`: area sums over every school (an engine's combined partitions); default: this
+    panel's. Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF,
+    ORIGIN_FEATURES, the Coorte forecast for horizons 2 .. `horizons` and the truth columns,
+    sorted by school and origin year.
+    """
     view = _with_flows(stage_view(panel, flag))  # once, for the area sums and the rows alike
     sums = sums if sums is not None else area_sums(view)
     lagged = [_back(c, k - 1).alias(f"{c}_lag{k}") for c in (*COUNTS, "offers") for k in LAGS[1:]]
     lagged += [_back("feeder_enrollment", 1).alias("feeder_enrollment_lag2"), *cohort.school_windows(_back)]
     truth = truth_until is not None
     if truth:  # the school's stage enrollment in o + h: 0 when it closed, dropped the stage or left
-        enrolled = pl.when(pl.col("offers")).then(pl.col("enrollment")).otherwise(0)
-        lagged += [pl.when(pl.col(YEAR) + h <= truth_until).then(_back(enrolled, -h).fill_null(0)).cast(pl.Float64)
+        lagged += [pl.when(pl.col(YEAR) + h <= truth_until).then(_ahead(enrolled(), h).fill_null(0)).cast(pl.Float64)
                    .alias(truth_column(h)) for h in range(1, horizons + 1)]
     rows = (
         view.lazy()
@@ -205,8 +234,8 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     )
     return out.select(
         SCHOOL,
-        pl.col(YEAR).alias("origin_year"),
-        (pl.col(YEAR) + 1).alias("target_year"),
+        pl.col(YEAR).alias(ORIGIN_YEAR),
+        (pl.col(YEAR) + 1).alias(TARGET_YEAR),
         "CO_MUNICIPIO",
         "CO_UF",
         *(pl.col(f).cast(pl.Float32) for f in ORIGIN_FEATURES),
@@ -217,20 +246,21 @@ def _origin_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
 
 def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None, *,
                     horizons: int = 1) -> pl.DataFrame:
-    """Feature rows for every origin year o: schools active and offering the stage at o.
-
-    Columns: CO_ENTIDADE, origin_year, target_year (= o + 1), CO_MUNICIPIO, CO_UF,
-    ORIGIN_FEATURES and the Coorte forecast for horizons 2 .. `horizons`, sorted by school
-    and origin year. `sums`: area sums over every school (an engine's combined
-    partitions); default: this panel's.
-    """
-    return _origin_rows(panel, flag, sums, None, horizons).collect(engine=ENGINE)
+    """Feature rows for every origin year o (schools active and offering the stage at o), without truth."""
+    return origin_query(panel, flag, sums, None, horizons).collect(engine=ENGINE)
 
 
-def training_frame(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
-                   last_year: int | None = None, *, horizons: int = 1) -> pl.DataFrame:
-    """`origin_features` with the truth h = 1 .. `horizons` years ahead (`truth_column`), for
-    the origins before the last census year (default: the panel's last; an engine's
-    partition passes the whole census's); a truth beyond the census is null."""
+def stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
+               last_year: int | None = None, *, horizons: int = 1) -> pl.DataFrame:
+    """Every origin's rows with the truth h = 1 .. `horizons` years ahead (`truth_column`) known
+    by `last_year` (default: the panel's last; an engine's partition passes the whole
+    census's): what an engine holds for a stage. The origins before `last_year` train and
+    validate; the rows of `last_year` itself are what the forecast reads."""
     last = last_year if last_year is not None else panel.select(pl.col(YEAR).max()).item()
-    return _origin_rows(panel, flag, sums, last, horizons).filter(pl.col("origin_year") < last).collect(engine=ENGINE)
+    return origin_query(panel, flag, sums, last, horizons).collect(engine=ENGINE)
+
+
+def forecast_rows(panel: pl.DataFrame, flag: str, *, horizons: int = 1) -> pl.DataFrame:
+    """The rows of the panel's last census year: what a forecast from it reads."""
+    last = panel.select(pl.col(YEAR).max()).item()
+    return origin_query(panel, flag, None, None, horizons).filter(pl.col(ORIGIN_YEAR) == last).collect(engine=ENGINE)

@@ -1,6 +1,7 @@
-"""Forecast files for each forecast year: per school with intervals, and summed to
-municipality, state and country with intervals from resampled residuals (never by adding
-bounds), plus the enrollment expected in offerings that will open (new schools or stages).
+"""Forecasts for each forecast year: per school with intervals (`school_forecasts`, from the
+origin rows of the last census year), and summed to municipality, state and country with
+intervals from resampled residuals (never by adding bounds), plus the enrollment expected
+in offerings that will open (new schools or stages); and the files that hold them.
 """
 
 from __future__ import annotations
@@ -12,27 +13,82 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, intervals
+from censo_forecast import atomic, intervals, models
+from censo_forecast import horizons as horizons_mod
+from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
-from censo_forecast.outputs import AREA_LEVELS, FORECAST, HORIZON, LAST_ENROLLMENT, SCHOOL_FORECAST_COLUMNS, forecast_file
-from censo_forecast.panel import SCHOOL, YEAR
+from censo_forecast.outputs import (
+    AGGREGATION_ADJUSTMENT,
+    COUNTRY,
+    COUNTRY_KEY,
+    ENROLLMENT,
+    FORECAST,
+    HORIZON,
+    INTERVAL_LEVELS,
+    LAST_ENROLLMENT,
+    MODEL,
+    MUNICIPALITIES,
+    NEW_OFFERINGS_FORECAST,
+    SCHOOL_FORECAST_COLUMNS,
+    SCHOOLS_FORECAST,
+    STAGE,
+    STATES,
+    bound,
+    forecast_file,
+)
+from censo_forecast.panel import SCHOOL, YEAR, offers
+from censo_forecast.validation import by_horizon
 
 log = logging.getLogger(__name__)
 NEW_OFFERINGS_WINDOW = 3
 DRAWS = 400
 
 
+def school_forecasts(rows: pl.DataFrame, flag: str, model: models.ByHorizon, chosen: dict[int, str],
+                     calibration: pl.DataFrame | None) -> pl.DataFrame:
+    """A stage's forecast per school and horizon from the origin rows of the last census year
+    (`features.forecast_rows`), with 80 % and 95 % intervals where `calibration` holds that
+    horizon's residuals: CO_ENTIDADE, CO_MUNICIPIO, CO_UF, etapa, horizonte, NU_ANO_CENSO
+    (the forecast year), matriculas_ultimo_ano, modelo, previsao and the bounds."""
+    stacked = horizons_mod.stack(rows, sorted(model.models), truth=False)
+    frame = stacked.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias(STAGE),
+                           pl.col(HORIZON_FEATURE).cast(pl.Int32).alias(HORIZON),
+                           pl.col(TARGET_YEAR).alias(YEAR),
+                           pl.col(ANCHOR).cast(pl.Float64).alias(LAST_ENROLLMENT))
+    frame = frame.with_columns(
+        pl.col(HORIZON).replace_strict(chosen, return_dtype=pl.String).alias(MODEL),
+        pl.Series(FORECAST, np.asarray(model.predict(horizons_mod.matrix(stacked)), dtype=np.float64)))
+    if calibration is None:
+        return frame
+    return pl.concat([_with_bounds(part, calibration.filter(pl.col(HORIZON) == h)) for h, part in by_horizon(frame)],
+                     how="diagonal")
+
+
+def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame:
+    """One horizon's school forecasts with their intervals (none when it has no residuals)."""
+    if calibration.height == 0:
+        return frame
+    pred, last_year = frame[FORECAST].to_numpy(), frame[LAST_ENROLLMENT].to_numpy()
+    return frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
+
+
+def with_school_names(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
+    """School forecasts with NO_ENTIDADE as the last census year spells it."""
+    last = panel.select(pl.col(YEAR).max()).item()
+    return schools.join(panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE"), on=SCHOOL, how="left")
+
+
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:
     """Per municipality and year: enrollment in schools that offer the stage this year but
     did not the year before (new schools included). The last `window` years."""
     stage = catalog.stage(flag)
-    offers = panel.filter(pl.col("active") & (pl.col(stage.flag) == 1)).select(SCHOOL, YEAR, "CO_MUNICIPIO", "CO_UF", stage.enrollment)
-    before = offers.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("offered_before"))
+    offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_MUNICIPIO", "CO_UF", stage.enrollment)
+    before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("offered_before"))
     last = int(panel[YEAR].max())
     first = int(panel[YEAR].min())
     years = [y for y in range(last - window + 1, last + 1) if y > first]
     fresh = (
-        offers.filter(pl.col(YEAR).is_in(years))
+        offering.filter(pl.col(YEAR).is_in(years))
         .join(before, on=[SCHOOL, YEAR], how="left")
         .filter(pl.col("offered_before").is_null())
         .group_by("CO_MUNICIPIO", "CO_UF", YEAR)
@@ -49,14 +105,13 @@ def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_
     (none when the horizon has no residuals)."""
     totals = schools + adjust_draws + new_draws
     adjust = adjust_draws.mean(axis=0)
-    out = {key_name: keys, LAST_ENROLLMENT: last, "previsao_escolas": schools, "ajuste_agregacao": adjust,
-           "previsao_novas_ofertas": new_expected, FORECAST: schools + adjust + new_expected}
-    for level in intervals.LEVELS:
-        pct = int(round(level * 100))
-        a = (1 - level) / 2
+    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, AGGREGATION_ADJUSTMENT: adjust,
+           NEW_OFFERINGS_FORECAST: new_expected, FORECAST: schools + adjust + new_expected}
+    for level in INTERVAL_LEVELS:
+        a = (1 - level / 100) / 2
         nothing = np.full(len(keys), np.nan)
-        out[f"limite_inferior_{pct}"] = np.quantile(totals, a, axis=0) if bounded else nothing
-        out[f"limite_superior_{pct}"] = np.quantile(totals, 1 - a, axis=0) if bounded else nothing
+        out[bound("inferior", level)] = np.quantile(totals, a, axis=0) if bounded else nothing
+        out[bound("superior", level)] = np.quantile(totals, 1 - a, axis=0) if bounded else nothing
     return pl.DataFrame(out).fill_nan(None)
 
 
@@ -107,21 +162,19 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)
 
-    municipalities, states, country = AREA_LEVELS
     levels = {
-        municipalities: (np.array(munis), "CO_MUNICIPIO", lambda v: v),
-        states: (np.array(ufs), "CO_UF", to_ufs),
-        country: (np.array(["BR"]), "pais", lambda v: to_country(to_ufs(v))),
+        MUNICIPALITIES: (np.array(munis), "CO_MUNICIPIO", lambda v: v),
+        STATES: (np.array(ufs), "CO_UF", to_ufs),
+        COUNTRY: (np.array(["BR"]), COUNTRY_KEY, lambda v: to_country(to_ufs(v))),
     }
     per_muni = (to_munis(last), to_munis(pred), to_munis(net_error), new_draws)
     out = {}
     for name, (keys, key_name, up) in levels.items():
         last_a, pred_a, err_a, new_a = (up(v) for v in per_muni)
         out[name] = _area_table(keys, last_a, pred_a, err_a, up(years_ahead * per_year.mean(axis=0)), new_a, key_name, bounded)
-    out[municipalities] = out[municipalities].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
-    abbr = {code: a for code, a, _, _ in catalog.UFS}
-    out[states] = out[states].with_columns(pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
-    return {k: v.with_columns(pl.lit(flag).alias("etapa"), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))
+    out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
+    out[STATES] = out[STATES].with_columns(_uf_abbreviation(pl.col("CO_UF")))
+    return {k: v.with_columns(pl.lit(flag).alias(STAGE), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))
             for k, v in out.items()}
 
 
@@ -129,14 +182,14 @@ def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str
     """previsoes_{year}.parquet/.csv and the _municipios, _ufs, _brasil CSVs, atomically
     (the school rows and area totals of one forecast year)."""
     written = []
-    schools = schools.select(SCHOOL_FORECAST_COLUMNS).sort("etapa", SCHOOL)
+    schools = schools.select(SCHOOL_FORECAST_COLUMNS).sort(STAGE, SCHOOL)
     for suffix, write in ((".parquet", atomic.write_parquet), (".csv", atomic.write_csv)):
         path = Path(out) / forecast_file(year, suffix=suffix)
         write(path, schools)
         written.append(path)
     for name, frame in areas.items():
         path = Path(out) / forecast_file(year, name)
-        first = [c for c in ("etapa", HORIZON, "CO_UF", "SG_UF", "CO_MUNICIPIO", "NO_MUNICIPIO", "pais") if c in frame.columns]
+        first = [c for c in (STAGE, HORIZON, "CO_UF", "SG_UF", "CO_MUNICIPIO", "NO_MUNICIPIO", COUNTRY_KEY) if c in frame.columns]
         atomic.write_csv(path, frame.select(*first, *[c for c in frame.columns if c not in first]))
         written.append(path)
     return written
@@ -145,25 +198,28 @@ def write_forecasts(out: Path, year: int, schools: pl.DataFrame, areas: dict[str
 def municipality_names(panel: pl.DataFrame) -> pl.DataFrame:
     """CO_MUNICIPIO -> NO_MUNICIPIO (its latest spelling in the census) and SG_UF: the names a
     planner searches the report and the municipal files by."""
-    abbr = {code: a for code, a, _, _ in catalog.UFS}
     names = (panel.select("CO_MUNICIPIO", "CO_UF", YEAR, pl.col("NO_MUNICIPIO").cast(pl.String) if "NO_MUNICIPIO" in panel.columns
                           else pl.lit(None, dtype=pl.String).alias("NO_MUNICIPIO"))
              .sort(YEAR).group_by("CO_MUNICIPIO").agg(pl.col("CO_UF").last(), pl.col("NO_MUNICIPIO").drop_nulls().last()))
     return names.select("CO_MUNICIPIO", "NO_MUNICIPIO",
-                        pl.col("CO_UF").replace_strict(abbr, default=None, return_dtype=pl.String).alias("SG_UF"))
+                        _uf_abbreviation(pl.col("CO_UF")))
 
 
 def history(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
     """Census enrollment per stage, state and year, and the country's (CO_UF 0, SG_UF "BR"):
     the actual path the report draws before the forecast years (historico_matriculas.csv)."""
-    abbr = {code: a for code, a, _, _ in catalog.UFS}
     frames = []
     for flag in flags:
         stage = catalog.stage(flag)
-        offering = panel.filter(pl.col("active") & (pl.col(stage.flag) == 1))
-        states = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).fill_null(0).sum().cast(pl.Float64).alias("matriculas"))
-        country = states.group_by(YEAR).agg(pl.col("matriculas").sum()).with_columns(pl.lit(0, dtype=states.schema["CO_UF"]).alias("CO_UF"))
-        frames.append(pl.concat([states, country.select(states.columns)]).with_columns(pl.lit(flag).alias("etapa")))
-    table = pl.concat(frames).with_columns(
-        pl.col("CO_UF").replace_strict({**abbr, 0: "BR"}, default=None, return_dtype=pl.String).alias("SG_UF"))
-    return table.sort("etapa", "CO_UF", YEAR).select("etapa", "CO_UF", "SG_UF", YEAR, "matriculas")
+        offering = panel.filter(offers(stage.flag))
+        states = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).fill_null(0).sum().cast(pl.Float64).alias(ENROLLMENT))
+        country = states.group_by(YEAR).agg(pl.col(ENROLLMENT).sum()).with_columns(pl.lit(0, dtype=states.schema["CO_UF"]).alias("CO_UF"))
+        frames.append(pl.concat([states, country.select(states.columns)]).with_columns(pl.lit(flag).alias(STAGE)))
+    table = pl.concat(frames).with_columns(_uf_abbreviation(pl.col("CO_UF"), country="BR"))
+    return table.sort(STAGE, "CO_UF", YEAR).select(STAGE, "CO_UF", "SG_UF", YEAR, ENROLLMENT)
+
+
+def _uf_abbreviation(code: pl.Expr, country: str | None = None) -> pl.Expr:
+    """SG_UF of an IBGE state code (CO_UF 0, the country's rows, as `country`)."""
+    lookup = {**catalog.UF_ABBREVIATIONS, **({0: country} if country else {})}
+    return code.replace_strict(lookup, default=None, return_dtype=pl.String).alias("SG_UF")

@@ -11,10 +11,19 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from censo_forecast.outputs import PERSISTENCE
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.outputs import (
+    ACTUAL,
+    INTERVAL_LEVELS,
+    MODEL,
+    PERSISTENCE,
+    ROWS,
+    bound,
+    coverage_column,
+)
 
 SIZE_EDGES = (10, 25, 50, 100, 200, 400)  # bins: <10, 10-24, 25-49, ..., 400+
-LEVELS = (0.80, 0.95)
+LEVELS = tuple(level / 100 for level in INTERVAL_LEVELS)  # 0.8, 0.95
 MIN_PER_BIN = 30
 
 
@@ -37,8 +46,8 @@ def calibration_table(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
     """(bin, NU_ANO_CENSO, residual) from walk-forward predictions of one model."""
     return predictions.select(
         pl.Series("bin", cv_size_bins(predictions), dtype=pl.Int8),
-        "NU_ANO_CENSO",
-        (pl.col("y_true") - pl.col(model)).alias("residual"),
+        YEAR,
+        (pl.col(ACTUAL) - pl.col(model)).alias("residual"),
     )
 
 
@@ -77,13 +86,13 @@ def _bounds(pred: np.ndarray, bins: np.ndarray, offsets: dict[float, np.ndarray]
     out = {}
     for level, table in offsets.items():
         pct = int(round(level * 100))
-        out[f"limite_inferior_{pct}"] = np.maximum(pred + table[bins, 0], 0.0)
-        out[f"limite_superior_{pct}"] = np.maximum(pred + table[bins, 1], 0.0)
+        out[bound("inferior", pct)] = np.maximum(pred + table[bins, 0], 0.0)
+        out[bound("superior", pct)] = np.maximum(pred + table[bins, 1], 0.0)
     return out
 
 
 def bounds(pred: np.ndarray, last_year: np.ndarray, calibration: pl.DataFrame) -> dict[str, np.ndarray]:
-    """limite_inferior_XX / limite_superior_XX per level, never below zero."""
+    """The bounds (`outputs.bound`) of every level, never below zero."""
     offsets = _offset_arrays(calibration["residual"].to_numpy(), calibration["bin"].to_numpy())
     return _bounds(np.asarray(pred, dtype=np.float64), size_bin(last_year), offsets)
 
@@ -91,9 +100,9 @@ def bounds(pred: np.ndarray, last_year: np.ndarray, calibration: pl.DataFrame) -
 def coverage_by_year(predictions: pl.DataFrame, model: str, horizon: int = 1) -> pl.DataFrame:
     """Empirical coverage per test year of one horizon's rows, each year Y calibrated only on
     the residuals known at its origin: target years <= Y - horizon."""
-    years = predictions["NU_ANO_CENSO"].to_numpy()
+    years = predictions[YEAR].to_numpy()
     pred = predictions[model].to_numpy().astype(np.float64)
-    y = predictions["y_true"].to_numpy().astype(np.float64)
+    y = predictions[ACTUAL].to_numpy().astype(np.float64)
     bins, residuals = cv_size_bins(predictions), y - pred
     rows = []
     for year in sorted(set(years.tolist())):
@@ -102,11 +111,10 @@ def coverage_by_year(predictions: pl.DataFrame, model: str, horizon: int = 1) ->
             continue
         test = years == year
         b = _bounds(pred[test], bins[test], _offset_arrays(residuals[known], bins[known]))
-        row = {"modelo": model, "NU_ANO_CENSO": year, "n": int(test.sum())}
-        for level in LEVELS:
-            pct = int(round(level * 100))
-            inside = (y[test] >= b[f"limite_inferior_{pct}"]) & (y[test] <= b[f"limite_superior_{pct}"])
-            row[f"Cobertura_{pct}"] = float(np.mean(inside))
+        row = {MODEL: model, YEAR: year, ROWS: int(test.sum())}
+        for pct in INTERVAL_LEVELS:
+            inside = (y[test] >= b[bound("inferior", pct)]) & (y[test] <= b[bound("superior", pct)])
+            row[coverage_column(pct)] = float(np.mean(inside))
         rows.append(row)
     return pl.DataFrame(rows)
 
@@ -114,7 +122,7 @@ def coverage_by_year(predictions: pl.DataFrame, model: str, horizon: int = 1) ->
 def sample_residuals(calibration: pl.DataFrame, bins: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
     """draws x n residuals (float32): each draw picks one calibration year (keeping that year's
     common shock) and, per school, a residual of its size bin in that year (pooled bin if too few)."""
-    years_of = calibration["NU_ANO_CENSO"].to_numpy()
+    years_of = calibration[YEAR].to_numpy()
     residuals = calibration["residual"].to_numpy().astype(np.float32)
     bins_of = calibration["bin"].to_numpy()
     years = sorted(set(years_of.tolist()))

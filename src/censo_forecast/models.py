@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import boosters
+from censo_forecast import boosters, machine
 from censo_forecast.config import ModelSettings
 from censo_forecast.outputs import COHORT, DRIFT, ENSEMBLE, PERSISTENCE
 
@@ -38,34 +35,6 @@ class Device:
 
     def of(self, learner: str) -> str:
         return self.learners.get(learner, "cpu")
-
-
-SMALL_TRAINING_ROWS = 20_000  # below this a second thread only waits (benchmarks/README.md, "busy machine")
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity mask and, in a container, its cgroup quota
-    (cgroup v2 `cpu.max`, or v1 `cpu/cpu.cfs_quota_us` over `cpu.cfs_period_us`)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    try:
-        if (cgroup / "cpu.max").exists():
-            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-        else:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        if quota not in ("max", "-1"):
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass  # no quota readable: the affinity mask alone
-    return max(1, cpus)
-
-
-def threads_for(rows: int, requested: int) -> int:
-    """Threads for one fit: no more than asked for or available, and one for a small training set."""
-    return 1 if rows < SMALL_TRAINING_ROWS else max(1, min(requested, available_cpus()))
 
 
 def _cuda_devices() -> int:
@@ -130,21 +99,17 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
         return self.adapter.params(self.settings or ModelSettings(), self.device, self.n_jobs)
 
     def change(self, X, y) -> np.ndarray:
-        """Training target: next year's change from the anchor (lazy on dask arrays)."""
+        """Training target: next year's change from the anchor (lazy on dask arrays too)."""
         return y - np.nan_to_num(X[:, self.anchor])
 
     def fit(self, X, y):
         X = np.asarray(X, dtype=np.float32)
         target = self.change(X, np.asarray(y, dtype=np.float64))
-        params = {**self.booster_params(), "n_jobs": threads_for(len(X), self.n_jobs)}
+        params = {**self.booster_params(), "n_jobs": machine.threads_for(len(X), self.n_jobs)}
         return self.set_booster(self.adapter.fit(X, target, params), X.shape[1])
 
-    def fit_dask(self, client, X, y):
-        """The same fit with the library's Dask estimator, on dask arrays spread over a cluster."""
-        return self.set_booster(self.adapter.fit_dask(client, X, self.change(X, y), self.booster_params()), X.shape[1])
-
     def set_booster(self, booster, n_features: int) -> "ChangeRegressor":
-        """Adopt a native booster trained elsewhere (a cluster) or loaded from a file."""
+        """Adopt a native booster trained elsewhere (a cluster) or loaded from a file; returns self."""
         self.booster_, self.n_features_in_ = booster, n_features
         return self
 

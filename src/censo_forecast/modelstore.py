@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, boosters, models, storage
+from censo_forecast import atomic, boosters, learners, models, storage
 from censo_forecast.features import FEATURES
-from censo_forecast.validation import ANCHOR_INDEX, COHORT_INDEX, HORIZON_INDEX
 
 FORMAT_VERSION = 3  # 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon
 METADATA = "metadata.json"
@@ -167,30 +165,20 @@ def _chosen(folder: Path, entry: dict) -> dict[int, str]:
 
 
 def _restore(folder: Path, entry: dict, hashes: dict) -> models.ByHorizon:
-    learners = {}
+    fitted = {}
     for name, file in entry["files"].items():
         if name not in models.LEARNERS:
             raise ModelStoreError(f"{folder / METADATA}: unknown learner {name!r}")
-        est = models.ChangeRegressor(name, ANCHOR_INDEX)
-        learners[name] = est.set_booster(est.adapter.load(_verified(folder, file, hashes)), len(FEATURES))
+        fitted[name] = learners.restore_learner(name, boosters.adapter(name).load(_verified(folder, file, hashes)))
+    fitted = learners.with_ensemble(fitted)
     by_horizon = {}
     for h, name in _chosen(folder, entry).items():
-        needed = set(models.LEARNERS) if name == models.ENSEMBLE else {name} & set(models.LEARNERS)
-        if not needed <= set(learners) or (name == models.DRIFT and not isinstance(entry.get("drift_ratio"), (int, float))):
+        if name in models.BASELINES:
+            if name == models.DRIFT and not isinstance(entry.get("drift_ratio"), (int, float)):
+                raise _damaged(folder, entry)
+            by_horizon[h] = learners.restore_baseline(name, entry.get("drift_ratio"))
+        elif name in fitted:
+            by_horizon[h] = fitted[name]
+        else:
             raise _damaged(folder, entry)
-        by_horizon[h] = _model(name, learners, entry)
-    return models.ByHorizon(by_horizon, HORIZON_INDEX)
-
-
-def _model(name: str, learners: dict, entry: dict):
-    if name == models.ENSEMBLE:
-        return models.Voting([learners[n] for n in models.LEARNERS])
-    if name in learners:
-        return learners[name]
-    if name == models.DRIFT:
-        drift = models.Drift(ANCHOR_INDEX, HORIZON_INDEX)
-        drift.ratio_ = entry["drift_ratio"]
-        return drift
-    if name == models.COHORT:
-        return models.CohortProgression(COHORT_INDEX).fit(np.empty((0, len(FEATURES))))
-    return models.Persistence(ANCHOR_INDEX)
+    return learners.by_horizon(by_horizon)

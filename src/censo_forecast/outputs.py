@@ -1,12 +1,18 @@
-"""The names of what a run writes, in one place: the pipeline writes these files, the
-report reads them, and the README documents them.
+"""The names of what a run writes, in one place: the pipeline writes these files and
+columns, the report reads them, and the README documents them.
 
 File and column names are Portuguese where planners read them (the seed's
-`resultados_finais.csv` and its columns); the rest of the code is English.
+`resultados_finais.csv` and its columns); the rest of the code is English. INEP's own
+column names (CO_ENTIDADE, NU_ANO_CENSO, ...) keep INEP's spelling and live in
+`inep.catalog`. `tests/test_outputs.py` fails when a name below is spelled as a literal
+anywhere else in the package.
 """
 
 from __future__ import annotations
 
+from censo_forecast.inep.catalog import SCHOOL
+
+# ------------------------------------------------------------------ files
 RESULTS = "resultados_finais.csv"
 CV_PREDICTIONS = "cv_predictions.parquet"
 COVERAGE = "cobertura_intervalos_cv.csv"
@@ -20,21 +26,76 @@ MODELS = "models"
 CHECKPOINTS = "checkpoints"
 SHAP = "shap"
 SHAP_IMPORTANCE = "shap_importance.csv"
-AREA_LEVELS = ("municipios", "ufs", "brasil")
+MUNICIPALITIES, STATES, COUNTRY = AREA_LEVELS = ("municipios", "ufs", "brasil")
 
+# ------------------------------------------------------------------ models
 # Values of the `modelo` column besides the boosters' names (boosters.LEARNERS).
 PERSISTENCE, DRIFT, COHORT, ENSEMBLE = "Persistencia", "Deriva", "Coorte", "Voting"
 
-# Last census year's enrollment of a school's stage (the persistence forecast) in the
-# forecast files; the feature the models read it from is features.ANCHOR.
+# ------------------------------------------------------------------ columns every table shares
+STAGE = "etapa"  # the stage's offer flag (IN_MED)
+MODEL = "modelo"
+HORIZON = "horizonte"  # years ahead of the last census year (cv_predictions: of the origin year)
+ORIGIN = "ano_origem"  # cv_predictions, shap_importance: the census year the forecast was made from
+ROWS = "n"  # rows (schools) a metric was computed on
+
+# ------------------------------------------------------------------ forecast files
+# Last census year's enrollment of a school's stage (the persistence forecast); the feature
+# the models read it from is features.ANCHOR.
 LAST_ENROLLMENT = "matriculas_ultimo_ano"
 FORECAST = "previsao"
-HORIZON = "horizonte"  # years ahead of the last census year (cv_predictions: of the origin year)
-ORIGIN = "ano_origem"  # cv_predictions: the census year the forecast was made from
+INTERVAL_LEVELS = (80, 95)  # per cent: the central intervals every forecast carries
+
+
+def bound(side: str, level: int) -> str:
+    """limite_inferior_80, limite_superior_95, ...: `side` is "inferior" or "superior"."""
+    if side not in ("inferior", "superior"):
+        raise ValueError(f"bound side must be inferior or superior, not {side!r}")
+    return f"limite_{side}_{level}"
+
+
+LOWER_80, UPPER_80, LOWER_95, UPPER_95 = (bound(side, level) for level in INTERVAL_LEVELS for side in ("inferior", "superior"))
+BOUNDS = (LOWER_80, UPPER_80, LOWER_95, UPPER_95)
 SCHOOL_FORECAST_COLUMNS = (
-    "CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", "etapa", "modelo", LAST_ENROLLMENT, FORECAST,
-    "limite_inferior_80", "limite_superior_80", "limite_inferior_95", "limite_superior_95", HORIZON,
+    SCHOOL, "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", STAGE, MODEL, LAST_ENROLLMENT, FORECAST, *BOUNDS, HORIZON,
 )
+# area files: the sum of the school forecasts, the aggregation's mean net error, and the
+# enrollment expected in offerings that will open
+SCHOOLS_FORECAST = "previsao_escolas"
+AGGREGATION_ADJUSTMENT = "ajuste_agregacao"
+NEW_OFFERINGS_FORECAST = "previsao_novas_ofertas"
+COUNTRY_KEY = "pais"  # the national file's key column ("BR")
+
+# ------------------------------------------------------------------ cv_predictions.parquet
+ACTUAL = "y_true"  # the census enrollment a walk-forward forecast is scored against
+
+# ------------------------------------------------------------------ resultados_finais.csv
+R2_MEAN, RMSE_MEAN, MAE_MEAN, WAPE_MEAN = "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV"
+SKILL_VS_PERSISTENCE = "Skill_MAE_vs_Persistencia"
+SKILL_VS_COHORT = "Skill_MAE_vs_Coorte"
+FOLDS = "n_folds"
+SAMPLES = "n_amostras"
+COVERAGE_80_MEAN, COVERAGE_95_MEAN = "Cobertura_80_CV", "Cobertura_95_CV"
+APE_MUNICIPALITIES, APE_STATES = "APE_Municipios_Media_CV", "APE_UFs_Media_CV"
+CHOSEN = "Escolhido"
+SEED_COLUMNS = (STAGE, MODEL, R2_MEAN, RMSE_MEAN, MAE_MEAN, WAPE_MEAN, SKILL_VS_PERSISTENCE)
+# per (horizon, test year) fold metrics, in students
+MAE, RMSE, R2, WAPE = "MAE", "RMSE", "R2", "WAPE"
+
+# ------------------------------------------------------------------ the other validation tables
+
+
+def coverage_column(level: int) -> str:
+    """cobertura_intervalos_cv.csv: the share of truths inside the interval of `level` per cent."""
+    return f"Cobertura_{level}"
+
+
+COVERAGE_80, COVERAGE_95 = (coverage_column(level) for level in INTERVAL_LEVELS)
+SIZE_BIN, SIZE_LABEL = "faixa", "faixa_tamanho"  # erro_por_tamanho_cv.csv
+ACTUAL_TOTAL = "real"  # totais_cv.csv: the census total (beside FORECAST)
+ENROLLMENT = "matriculas"  # historico_matriculas.csv
+# shap_importance.csv
+FEATURE, FEATURE_LABEL, MEAN_ABS_SHAP, SHAP_ROWS = "feature", "feature_label", "mean_abs_shap", "n_rows"
 
 
 def forecast_file(year: int | str, level: str | None = None, suffix: str = ".csv") -> str:

@@ -12,11 +12,10 @@ import logging
 import polars as pl
 
 from censo_forecast.inep import catalog
+from censo_forecast.inep.catalog import SCHOOL, YEAR
 
 log = logging.getLogger(__name__)
 
-YEAR = "NU_ANO_CENSO"
-SCHOOL = "CO_ENTIDADE"
 # school-level columns every stage view carries (the features read them)
 SCHOOL_ATTRIBUTES = (
     "CO_MUNICIPIO", "CO_UF", "TP_DEPENDENCIA", "TP_LOCALIZACAO", "QT_MAT_BAS",
@@ -36,6 +35,12 @@ def build_panel(census: pl.DataFrame) -> pl.DataFrame:
     ).sort(SCHOOL, YEAR)
 
 
+def offers(flag: str) -> pl.Expr:
+    """Whether a (school, year) row offers the stage: an active school with the stage's offer
+    flag set (never null)."""
+    return (pl.col("active") & (pl.col(flag) == 1)).fill_null(False)
+
+
 def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
     """(school, year) rows for one stage: whether it is offered and its counts.
 
@@ -52,7 +57,7 @@ def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
         "active",
         "first_year",
         *SCHOOL_ATTRIBUTES,
-        (active & (pl.col(stage.flag) == 1)).fill_null(False).alias("offers"),
+        offers(stage.flag).alias("offers"),
         count(stage.enrollment).cast(pl.Float32).alias("enrollment"),
         count(stage.teachers).cast(pl.Float32).alias("teachers"),
         count(stage.classes).cast(pl.Float32).alias("classes"),

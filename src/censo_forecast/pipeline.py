@@ -1,8 +1,10 @@
 """`run` and `predict`: download -> ingest -> panel -> features -> validation -> outputs.
 
-`run` is a sequence of named steps (`Run.execute`); each finished stage is checkpointed
-(`checkpoints`), so a rerun after a crash or Ctrl-C resumes without redoing it, and
-`fresh` starts over. Every output is written atomically.
+`run` is a sequence of named steps (`Run.execute`); the stages go through the same loop as
+`EnrollmentForecaster.fit` (`runner`), with the run's own steps added around each stage
+(`Run` is the loop's `Hooks`): each validated stage is checkpointed (`checkpoints`), so a
+rerun after a crash or Ctrl-C resumes without redoing it, and `fresh` starts over; SHAP
+explains it; its forecast is made from the rows in hand. Every output is written atomically.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import polars as pl
 from censo_forecast import atomic, checkpoints, explain, forecast, outputs, report, runlog, storage
 from censo_forecast.config import Settings
 from censo_forecast.engine import Engine, open_engine
-from censo_forecast.forecaster import CVResult, EnrollmentForecaster
-from censo_forecast.inep import catalog, ingest
-from censo_forecast.panel import YEAR
+from censo_forecast.forecaster import EnrollmentForecaster
+from censo_forecast.inep import ingest
+from censo_forecast.outputs import CHOSEN, MAE_MEAN, MODEL, SKILL_VS_PERSISTENCE, STAGE
+from censo_forecast.panel import YEAR, build_panel
+from censo_forecast.results import CVResult
+from censo_forecast.runner import Hooks, StageFit
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,7 @@ def download_options(s: Settings):
 
     listing = None if (s.listing_url or "").lower() == "none" else s.listing_url
     return dl.DownloadOptions(base_url=s.base_url, listing_url=listing, ca_bundle=s.ca_bundle, insecure=s.insecure,
-                              retries=s.retries, timeout_s=s.timeout_s, jobs=s.jobs)
+                              retries=s.retries, timeout_s=s.timeout_s, jobs=s.threads)
 
 
 def ensure_raw(s: Settings) -> list[int]:
@@ -79,15 +84,21 @@ def writable_folder(out: Path) -> Path:
 
 
 def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
-    engine.ingest(s.raw_dir, s.cache, years, jobs=s.jobs).raise_for_failures()
+    engine.ingest(s.raw_dir, s.cache, years, jobs=s.threads).raise_for_failures()
 
 
-def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, out: Path, seed: int) -> list[Path]:
+def forecast_years(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> list[int]:
+    """The years after the panel's last census year that the forecaster forecasts."""
+    last = panel.select(pl.col(YEAR).max()).item()
+    return [last + h for h in range(1, forecaster.horizons + 1)]
+
+
+def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, schools: pl.DataFrame, out: Path,
+                    seed: int) -> list[Path]:
     """Each forecast year's school forecasts and area totals, from a fitted forecaster."""
-    schools = forecaster.predict(panel)
     areas = forecaster.aggregate(panel, schools, seed=seed)
     written = []
-    for year in forecaster.forecast_years_:
+    for year in forecast_years(forecaster, panel):
         written += forecast.write_forecasts(out, year, schools.filter(pl.col(YEAR) == year), areas[year])
     return written
 
@@ -106,8 +117,9 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
         with open_engine(s) as engine:
             _ingest(s, engine, years)
         runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
-        written = _write_forecast(forecaster, forecaster.panel(ingest.load_cache(s.cache, years)), out, s.model.seed)
-    log.info("forecast for %s from saved models: %d files", _years_text(forecaster.forecast_years_), len(written))
+        panel = build_panel(ingest.load_cache(s.cache, years))
+        written = _write_forecast(forecaster, panel, forecaster.predict(panel), out, s.model.seed)
+    log.info("forecast for %s from saved models: %d files", _years_text(forecast_years(forecaster, panel)), len(written))
     return written
 
 
@@ -147,8 +159,9 @@ class _Clock:
         return {p["phase"]: p["seconds"] for p in self.phases} | {"total": round(time.perf_counter() - self.started, 2)}
 
 
-class Run:
-    """One `run`, step by step; each step's name says what it does."""
+class Run(Hooks):
+    """One `run`, step by step; each step's name says what it does. As the stage loop's hooks
+    it resumes stages from checkpoints, explains and checkpoints them, and forecasts them."""
 
     def __init__(self, s: Settings, engine: Engine):
         self.s, self.engine = s, engine
@@ -158,22 +171,27 @@ class Run:
         self.shap_dir = self.out / outputs.SHAP
         self.importances: list[pl.DataFrame] = []
         self.shap_failures: dict[str, str] = {}
+        self.schools: list[pl.DataFrame] = []  # each stage's forecast per school, made from the rows in hand
+        self.years: list[int] = []
 
     def execute(self) -> dict:
         self.prepare_output()
-        years = self.fetch_and_ingest()
+        self.years = self.fetch_and_ingest()
         forecaster = EnrollmentForecaster(self.s.stages, horizons=self.s.horizons, model=self.s.model, device=self.s.device,
                                           min_train_years=self.s.min_train_years, n_jobs=self.s.jobs, engine=self.engine)
-        device = forecaster.resolve_device()
-        record = runlog.run_header("run", self.s.to_dict(), {"years": years, "device": f"{device.name} ({device.reason})",
+        device = self.engine.select_device(self.s.device)
+        record = runlog.run_header("run", self.s.to_dict(), {"years": self.years, "device": f"{device.name} ({device.reason})",
                                                              "engine": self.engine.describe()})
         with self.clock.phase("panel"):
-            panel = forecaster.panel(ingest.load_cache(self.s.cache, years))
-        self.validate_and_fit_stages(forecaster, panel, years)
-        cv = self.write_validation(forecaster)
+            panel = build_panel(ingest.load_cache(self.s.cache, self.years))
+        try:
+            fits = forecaster._fit_panel(panel, hooks=self, device=device)
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
+        cv = self.write_validation(forecaster, fits)
         self.write_forecast(forecaster, panel)
         self.write_explanations()
-        record = self.write_record(record, forecaster)
+        record = self.write_record(record, forecaster, panel)
         with self.clock.phase("report"):
             report.build_report(self.out, self.s.report_lang, max_schools=self.s.report_max_schools,
                                 municipal_map=self.s.municipal_map)
@@ -204,59 +222,45 @@ class Run:
             _ingest(self.s, self.engine, years)
         return years
 
-    def validate_and_fit_stages(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame, years: list[int]) -> None:
-        """Per stage: validation (or its checkpoint), SHAP, then the refit on the latest years."""
-        with runlog.Progress("stages", len(self.s.stages), unit="stage") as progress:
-            for flag in self.s.stages:
-                fingerprint = checkpoints.fingerprint(self.s, years, flag)
-                resumed = checkpoints.load(self.checkpoints, flag, fingerprint, self.shap_dir)
-                data = None
-                if resumed is not None:
-                    cv, importance = resumed
-                    forecaster.record_cv(cv)
-                    log.info("%s: validation resumed from checkpoint", flag)
-                else:
-                    with self.clock.phase(f"features {flag}"):
-                        data = forecaster.stage_data(panel, flag)
-                    cv = self.validate_stage(forecaster, panel, flag, data)
-                    if cv is None:
-                        progress.update()
-                        continue
-                    importance = self.explain_stage(cv)
-                    if importance is not None:
-                        checkpoints.save(self.checkpoints, cv, importance, fingerprint)
-                if importance is not None:
-                    self.importances.append(importance)
-                with self.clock.phase(f"refit {flag}"):
-                    forecaster.fit_stage(panel, flag, data=data)  # the stage's features are reused, then freed
-                del data
-                progress.update()
-        if not getattr(forecaster, "stage_cv_", None):
-            raise PipelineError("no stage could be validated")
+    # ----------------------------------------------------------- the stage loop's hooks
+    def phase(self, name: str):
+        return self.clock.phase(name)
 
-    def validate_stage(self, forecaster, panel, flag: str, data) -> StageCV | None:
-        try:
-            with self.clock.phase(f"validate {flag}"):
-                cv = forecaster.cross_validate_stage(panel, flag, data=data)
-        except ValueError as exc:
-            log.warning("%s skipped: %s", flag, exc)
+    def resumed(self, flag: str) -> StageCV | None:
+        found = checkpoints.load(self.checkpoints, flag, self._fingerprint(flag), self.shap_dir)
+        if found is None:
             return None
-        log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
+        cv, importance = found
+        self.importances.append(importance)
         return cv
 
-    def explain_stage(self, cv: StageCV) -> pl.DataFrame | None:
+    def validated(self, cv: StageCV) -> None:
+        """The walk-forward's predictions kept at once (cv_predictions.parquet is made of them),
+        then SHAP; the checkpoint counts once SHAP is in it too."""
+        checkpoints.save_predictions(self.checkpoints, cv)
         with self.clock.phase(f"shap {cv.flag}"):
             try:
-                return explain.explain_stage(cv.flag, cv.last_fold, self.shap_dir, self.s.shap_sample, self.s.model.seed)
+                importance = explain.explain_stage(cv.flag, cv.last_fold, self.shap_dir, self.s.shap_sample, self.s.model.seed)
             except Exception as exc:  # reported at the end and in the exit code, never swallowed
                 log.exception("%s: SHAP explanation failed", cv.flag)
                 self.shap_failures[cv.flag] = f"{type(exc).__name__}: {exc}"
-                return None
+                return
+        checkpoints.commit(self.checkpoints, cv, importance, self._fingerprint(cv.flag))
+        self.importances.append(importance)
 
-    def write_validation(self, forecaster: EnrollmentForecaster) -> CVResult:
+    def refitted(self, fit: StageFit, forecast_rows: pl.DataFrame) -> None:
+        with self.clock.phase(f"forecast {fit.flag}"):
+            self.schools.append(forecast.school_forecasts(forecast_rows, fit.flag, fit.model, fit.chosen, fit.calibration))
+
+    def _fingerprint(self, flag: str) -> str:
+        return checkpoints.fingerprint(self.s, self.years, flag)
+
+    # ----------------------------------------------------------- outputs
+    def write_validation(self, forecaster: EnrollmentForecaster, fits: list[StageFit]) -> CVResult:
         cv = forecaster.cv_
         atomic.write_csv(self.out / outputs.RESULTS, cv.summary)
-        atomic.write_parquet_parts(self.out / outputs.CV_PREDICTIONS, cv.stage_predictions)
+        atomic.concat_parquet(self.out / outputs.CV_PREDICTIONS,
+                              [checkpoints.predictions_file(self.checkpoints, fit.flag) for fit in fits])
         atomic.write_csv(self.out / outputs.COVERAGE, cv.coverage)
         atomic.write_csv(self.out / outputs.ERROR_BY_SIZE, cv.error_by_size)
         atomic.write_csv(self.out / outputs.CV_TOTALS, cv.totals)
@@ -264,22 +268,22 @@ class Run:
 
     def write_forecast(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> None:
         with self.clock.phase("forecast"):
-            written = _write_forecast(forecaster, panel, self.out, self.s.model.seed)
+            schools = forecast.with_school_names(pl.concat(self.schools, how="diagonal"), panel)
+            written = _write_forecast(forecaster, panel, schools, self.out, self.s.model.seed)
             atomic.write_csv(self.out / outputs.HISTORY, forecast.history(panel, list(forecaster.models_)))
             forecaster.save(self.out / outputs.MODELS)
-        log.info("forecast for %s: %d files; models saved in %s", _years_text(forecaster.forecast_years_),
+        log.info("forecast for %s: %d files; models saved in %s", _years_text(forecast_years(forecaster, panel)),
                  len(written), self.out / outputs.MODELS)
 
     def write_explanations(self) -> None:
         if self.importances:
             atomic.write_csv(self.shap_dir / outputs.SHAP_IMPORTANCE, pl.concat(self.importances))
 
-    def write_record(self, record: dict, forecaster: EnrollmentForecaster) -> dict:
+    def write_record(self, record: dict, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> dict:
         """run_metadata.json before the report: what the report reads, with each file's sha256."""
-        record.update({"stages": list(forecaster.stage_cv_),
-                       "forecast_year": forecaster.forecast_years_[0], "forecast_years": forecaster.forecast_years_,
-                       "outputs_sha256": {name: storage.sha256(self.out / name)
-                                          for name in outputs.report_inputs(forecaster.forecast_years_)}})
+        years = forecast_years(forecaster, panel)
+        record.update({"stages": list(forecaster.models_), "forecast_year": years[0], "forecast_years": years,
+                       "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)
 
     def write_timings(self, record: dict) -> dict:
@@ -290,6 +294,6 @@ class Run:
 
 
 def _log_table(summary: pl.DataFrame) -> None:
-    for row in summary.filter(pl.col("Escolhido")).iter_rows(named=True):
-        log.info("%-12s best %-12s MAE %8.2f  skill vs persistence %+6.1f%%", row["etapa"], row["modelo"],
-                 row["MAE_Media_CV"], 100 * row["Skill_MAE_vs_Persistencia"])
+    for row in summary.filter(pl.col(CHOSEN)).iter_rows(named=True):
+        log.info("%-12s best %-12s MAE %8.2f  skill vs persistence %+6.1f%%", row[STAGE], row[MODEL],
+                 row[MAE_MEAN], 100 * row[SKILL_VS_PERSISTENCE])

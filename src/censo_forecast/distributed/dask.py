@@ -7,9 +7,9 @@ What runs where:
   seen in) into partitions that stay in the workers' memory; each partition builds its
   panel from the cache and its feature rows; municipal and state sums are added up
   across partitions on the client, so they equal one machine's exactly;
-- training: each learner's Dask twin (`boosters`: `lightgbm.dask`, `xgboost.dask`) on the
-  partitions where they lie; the fitted boosters come back to the client as native
-  boosters, like any other;
+- training: each learner's Dask twin (`lightgbm.dask`, `xgboost.dask`, `DASK_TRAINERS`
+  below) on the partitions where they lie; the fitted boosters come back to the client
+  as native boosters, like any other;
 - the client keeps what is small: one test year's rows at a time, predictions, SHAP,
   the forecast year's features, totals and the report.
 
@@ -23,19 +23,22 @@ from __future__ import annotations
 
 import logging
 import operator
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import polars as pl
 
-from censo_forecast import features, models, storage
+from censo_forecast import boosters, features, models, storage
 from censo_forecast import horizons as horizons_mod
-from censo_forecast.config import ModelSettings
 from censo_forecast.engine import EngineError
+from censo_forecast.features import ORIGIN_YEAR
 from censo_forecast.inep import ingest
+from censo_forecast.learners import ModelFactory, with_ensemble
+from censo_forecast.outputs import ACTUAL
 from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
-from censo_forecast.validation import ANCHOR_INDEX, StageData, matrix
+from censo_forecast.stagedata import StageData
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = "30s"  # how long to try reaching a --scheduler
@@ -65,8 +68,9 @@ def _client(scheduler: str | None, workers: int) -> Iterator:
         finally:
             client.close()
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    # the workers load the boosters' OpenMP with the same passive wait as this process
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env=dict(boosters.OPENMP_WAIT)) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -81,16 +85,41 @@ def _stage_sums(panel: pl.DataFrame, flag: str) -> dict[str, pl.DataFrame]:
 
 
 def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int, horizons: int) -> pl.DataFrame:
-    return features.training_frame(panel, flag, sums, last_year, horizons=horizons)
+    return features.stage_rows(panel, flag, sums, last_year, horizons=horizons)
 
 
 def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
     return rows.filter(predicate)
 
 
-def _xy(rows: pl.DataFrame, cut: int, window_years: int, horizons: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    train = horizons_mod.training_pairs(rows, cut, window_years, horizons, fraction)
-    return matrix(train), train["y_true"].to_numpy().astype(np.float64)
+def _xy(rows: pl.DataFrame, origin: int, window_years: int, horizons: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    train = horizons_mod.training_pairs(rows, origin, window_years, horizons, fraction)
+    return horizons_mod.matrix(train), train[ACTUAL].to_numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------ the boosters' Dask twins
+def _lightgbm_dask(client, X, target, params: dict):
+    lgb = boosters.library("lightgbm")
+    params = {k: v for k, v in params.items() if k != "n_jobs"}  # each worker uses its own threads
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        return lgb.DaskLGBMRegressor(client=client, **params).fit(X, target).to_local().booster_
+
+
+def _xgboost_dask(client, X, target, params: dict):
+    xgb = boosters.library("xgboost")
+    from xgboost import dask as dxgb
+
+    trained = dxgb.DaskXGBRegressor(**params)
+    trained.client = client
+    trained.fit(X, target)
+    booster = xgb.Booster()
+    booster.load_model(bytearray(trained.get_booster().save_raw("json")))
+    return booster
+
+
+# learner name -> training on dask arrays spread over a cluster; returns the native booster
+DASK_TRAINERS = {"LightGBM": _lightgbm_dask, "XGBoost": _xgboost_dask}
 
 
 # ------------------------------------------------------------------ engine
@@ -102,14 +131,17 @@ class DaskEngine:
         self.cache_dir = storage.normalize(cache_dir)
         self._parts: dict[tuple[int, ...], list] = {}
 
-    def ingest(self, raw_dir, cache_dir, years, *, jobs=2, force=False, progress=None) -> ingest.IngestReport:
-        """One task per year on the workers; the client keeps the manifest."""
+    def ingest(self, raw_dir, cache_dir, years, *, jobs=None, force=False, progress=None) -> ingest.IngestReport:
+        """One task per year on the workers (`jobs` does not apply); the client keeps the manifest."""
         return ingest.ingest(raw_dir, cache_dir, years, force=force, progress=progress,
                              executor=self.client.get_executor())
 
     def select_device(self, requested: str) -> models.Device:
         """The device as a worker sees it: that is where the boosters train."""
         return self.client.submit(models.select_device, requested, pure=False).result()
+
+    def __deepcopy__(self, memo) -> DaskEngine:
+        return self  # a connection to the cluster, shared by copies
 
     def describe(self) -> str:
         workers = self.client.scheduler_info().get("workers", {})
@@ -136,7 +168,7 @@ class DaskEngine:
                      len(self.client.scheduler_info().get("workers", {})))
         return self._parts[key]
 
-    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int = 1) -> "DaskStageData":
+    def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int) -> DaskStageData:
         """The stage's feature rows, per partition, where the partitions lie.
 
         `panel` is the client's copy: the workers build the same years from the cache.
@@ -152,7 +184,7 @@ class DaskEngine:
 class DaskStageData(StageData):
     """A stage's rows as futures, one per partition; only filtered slices come to the client."""
 
-    def __init__(self, engine: DaskEngine, parts: list, horizons: int = 1):
+    def __init__(self, engine: DaskEngine, parts: list, horizons: int):
         self.engine = engine
         self.horizons = horizons
         self.client = engine.client
@@ -165,25 +197,25 @@ class DaskStageData(StageData):
 
     def origin_years(self) -> list[int]:
         if self._years is None:
-            years = self.client.gather(self.client.map(lambda r: r["origin_year"].unique().to_list(), self.parts))
+            years = self.client.gather(self.client.map(lambda r: r[ORIGIN_YEAR].unique().to_list(), self.parts))
             self._years = sorted({y for part in years for y in part})
         return self._years
 
     def rows(self, predicate: pl.Expr) -> pl.DataFrame:
         found = self.client.gather(self.client.map(_filter, self.parts, predicate=predicate))
-        return pl.concat(found).sort(SCHOOL, "origin_year")
+        return pl.concat(found).sort(SCHOOL, ORIGIN_YEAR)
 
-    def fit_learners(self, cut: int, settings: ModelSettings, device: models.Device, jobs: int,
-                     names: tuple[str, ...] = models.LEARNERS) -> dict:
+    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = models.LEARNERS) -> dict:
         """The learners fitted where the rows lie, on the same sampled pairs as one machine's
         (the fraction comes from every partition's count; the sample is a hash of the rows)."""
         import dask.array as da
         from dask import delayed
 
-        window = settings.train_window_years
-        counts = self.client.map(horizons_mod.pairs_in_window, self.parts, cut=cut, window_years=window, horizons=self.horizons)
-        fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), settings.max_training_rows)
-        pairs = self.client.map(_xy, self.parts, cut=cut, window_years=window, horizons=self.horizons, fraction=fraction)
+        window = factory.settings.train_window_years
+        counts = self.client.map(horizons_mod.pairs_in_window, self.parts, origin=origin, window_years=window,
+                                 horizons=self.horizons)
+        fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), factory.settings.max_training_rows)
+        pairs = self.client.map(_xy, self.parts, origin=origin, window_years=window, horizons=self.horizons, fraction=fraction)
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)
         X_parts, y_parts = [], []
@@ -192,11 +224,11 @@ class DaskStageData(StageData):
                 X_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 0), shape=(n, width), dtype=np.float32))
                 y_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 1), shape=(n,), dtype=np.float64))
         if not X_parts:
-            raise ValueError("no training rows")
+            raise ValueError(f"no training pairs with a target year <= {origin}")
         X, y = da.concatenate(X_parts), da.concatenate(y_parts)
-        threads = self.engine.threads_per_worker
-        fitted = {name: models.ChangeRegressor(name, ANCHOR_INDEX, settings, device.of(name), threads)
-                  .fit_dask(self.client, X, y) for name in names}
-        if set(names) == set(models.LEARNERS):
-            fitted[models.ENSEMBLE] = models.Voting([fitted[n] for n in models.LEARNERS])
-        return fitted
+        fitted = {}
+        for name in names:
+            learner = factory.learner(name, jobs=self.engine.threads_per_worker)
+            booster = DASK_TRAINERS[name](self.client, X, learner.change(X, y), learner.booster_params())
+            fitted[name] = learner.set_booster(booster, width)
+        return with_ensemble(fitted)

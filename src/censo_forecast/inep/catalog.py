@@ -26,6 +26,10 @@ INEP_HOST = "download.inep.gov.br"
 # Links on the listing page; a trailing underscore marks a re-publication (2025's multi-table layout).
 LISTING_LINK_RE = re.compile(r"microdados_censo_escolar_(\d{4})(_?)\.zip", re.IGNORECASE)
 
+# INEP's column names the code reads as keys (spelled here once; CACHE_SCHEMA types them).
+YEAR = "NU_ANO_CENSO"
+SCHOOL = "CO_ENTIDADE"
+
 # The CSV dialect of every year: ';', latin-1 (cp1252 superset is harmless for reading), no quoting.
 CSV_SEPARATOR = ";"
 CSV_ENCODING = "latin-1"
@@ -232,6 +236,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("IN_ESP_CE", "special education, exclusive classes", "Educação especial, classes exclusivas", grades=4),
 )
 STAGE_BY_FLAG = {s.flag: s for s in STAGES}
+# The five stages most pupils are in: what headline figures (the report's, the benchmarks')
+# are weighted over.
+MAJOR_STAGES = ("IN_INF_CRE", "IN_INF_PRE", "IN_FUND_AI", "IN_FUND_AF", "IN_MED")
 
 
 def stage(flag: str) -> Stage:
@@ -275,11 +282,11 @@ OFFER_FLAGS: tuple[str, ...] = tuple(s.flag for s in STAGES)
 # Columns the pipeline cannot do without: a year missing one is rejected (offer flags are
 # derived when absent, so they are required in the cache, not in the files).
 REQUIRED_COLUMNS: dict[str, pl.DataType] = {
-    "NU_ANO_CENSO": pl.Int16(),
+    YEAR: pl.Int16(),
     "CO_REGIAO": _CODE,
     "CO_UF": _CODE,
     "CO_MUNICIPIO": pl.Int32(),
-    "CO_ENTIDADE": pl.Int32(),
+    SCHOOL: pl.Int32(),
     "TP_DEPENDENCIA": _CODE,
     "TP_LOCALIZACAO": _CODE,
     "TP_SITUACAO_FUNCIONAMENTO": _CODE,
@@ -353,6 +360,7 @@ UFS: tuple[tuple[int, str, str, int], ...] = (
     (50, "MS", "Mato Grosso do Sul", 5), (51, "MT", "Mato Grosso", 5), (52, "GO", "Goiás", 5),
     (53, "DF", "Distrito Federal", 5),
 )
+UF_ABBREVIATIONS: dict[int, str] = {code: abbreviation for code, abbreviation, _, _ in UFS}
 REGIONS = {1: "Norte", 2: "Nordeste", 3: "Sudeste", 4: "Sul", 5: "Centro-Oeste"}
 
 

@@ -28,11 +28,12 @@ from pathlib import Path
 import polars as pl
 
 from censo_forecast.inep import archive, catalog, csvread
+from censo_forecast.inep.catalog import SCHOOL, YEAR
 from censo_forecast.inep.csvread import IngestError
 
 log = logging.getLogger(__name__)
 
-KEY = "CO_ENTIDADE"
+KEY = SCHOOL
 # what is read: the cache's columns, and the per-track grade columns that add up to a harmonised grade
 SOURCE_TYPES: dict[str, pl.DataType] = {**catalog.CACHE_SCHEMA, **{c: pl.Int32() for c in catalog.GRADE_SOURCES}}
 
@@ -64,9 +65,9 @@ def _member_bytes(zip_path: Path, member: zipfile.ZipInfo, year: int) -> tuple[b
 
 def _read(raw: bytes, types: dict, where: str, required, year: int) -> pl.DataFrame:
     frame = csvread.read_table(raw, types, where, required=tuple(required))
-    wrong_year = frame.filter(pl.col("NU_ANO_CENSO") != year)
+    wrong_year = frame.filter(pl.col(YEAR) != year)
     if wrong_year.height:
-        raise IngestError(f"{where}: NU_ANO_CENSO is {wrong_year['NU_ANO_CENSO'][0]} on {wrong_year.height} row(s), "
+        raise IngestError(f"{where}: NU_ANO_CENSO is {wrong_year[YEAR][0]} on {wrong_year.height} row(s), "
                           f"expected {year}")
     return frame
 
@@ -74,11 +75,11 @@ def _read(raw: bytes, types: dict, where: str, required, year: int) -> pl.DataFr
 def _table_frame(zip_path: Path, member: zipfile.ZipInfo, table: str, year: int) -> tuple[pl.DataFrame, str]:
     """One table's own columns (each column family lives in one table), CO_ENTIDADE and the year."""
     raw, where = _member_bytes(zip_path, member, year)
-    own = {c: t for c, t in SOURCE_TYPES.items() if catalog.table_of(c) == table or c in (KEY, "NU_ANO_CENSO")}
-    required = [c for c in catalog.REQUIRED_IN_FILES if catalog.table_of(c) == table] + [KEY, "NU_ANO_CENSO"]
+    own = {c: t for c, t in SOURCE_TYPES.items() if catalog.table_of(c) == table or c in (KEY, YEAR)}
+    required = [c for c in catalog.REQUIRED_IN_FILES if catalog.table_of(c) == table] + [KEY, YEAR]
     frame = _read(raw, own, where, dict.fromkeys(required), year)
     if table != catalog.SCHOOL_TABLE:
-        frame = frame.drop("NU_ANO_CENSO")
+        frame = frame.drop(YEAR)
         repeated = frame.filter(pl.col(KEY).is_duplicated())[KEY].unique().sort()
         if len(repeated):
             raise IngestError(f"{where}: column {KEY}: {len(repeated)} school(s) appear more than once in a table that "

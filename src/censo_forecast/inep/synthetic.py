@@ -28,6 +28,8 @@ import polars as pl
 
 from censo_forecast import atomic
 from censo_forecast.inep import catalog
+from censo_forecast.inep.catalog import SCHOOL, YEAR
+from censo_forecast.outputs import STAGE
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +431,7 @@ class _Renderer:
         uf = sim.muni_uf[muni]
         uf_info = {code: (abbr, name, region) for code, abbr, name, region in catalog.UFS}
         known: dict[str, pl.Series] = {
-            "NU_ANO_CENSO": pl.Series(np.full(self.n, year)),
+            YEAR: pl.Series(np.full(self.n, year)),
             "NO_REGIAO": self._text([catalog.REGIONS[uf_info[u][2]] for u in uf]),
             "CO_REGIAO": pl.Series([uf_info[u][2] for u in uf]),
             "NO_UF": self._text([uf_info[u][1] for u in uf]),
@@ -438,7 +440,7 @@ class _Renderer:
             "NO_MUNICIPIO": self._text([sim.muni_name[m] for m in muni]),
             "CO_MUNICIPIO": pl.Series(sim.muni_code[muni]),
             "CO_DISTRITO": pl.Series(sim.muni_code[muni] * 100 + 5),
-            "CO_ENTIDADE": pl.Series(sim.code[rows]),
+            SCHOOL: pl.Series(sim.code[rows]),
             "NO_ENTIDADE": self._text([sim.names[i] for i in rows]),
             "TP_DEPENDENCIA": pl.Series(sim.dep[rows]),
             "TP_LOCALIZACAO": pl.Series(sim.loc[rows]),
@@ -633,7 +635,7 @@ def generate(out_dir: Path, settings: SynthSettings, jobs: int = 2) -> dict[int,
         for f in futures:
             f.result()
     rows = [
-        {"NU_ANO_CENSO": y, "etapa": flag, **vals}
+        {YEAR: y, STAGE: flag, **vals}
         for y, per_stage in truths.items()
         for flag, vals in per_stage.items()
     ]

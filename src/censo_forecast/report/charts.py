@@ -6,20 +6,35 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+from PIL import Image  # a matplotlib dependency
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-from PIL import Image  # noqa: E402  (a matplotlib dependency)
-
-from censo_forecast.outputs import COHORT, DRIFT, FORECAST, HORIZON, PERSISTENCE  # noqa: E402
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.outputs import (
+    ACTUAL_TOTAL,
+    COHORT,
+    DRIFT,
+    ENROLLMENT,
+    FORECAST,
+    HORIZON,
+    MAE,
+    MODEL,
+    PERSISTENCE,
+    ROWS,
+    SIZE_BIN,
+    SIZE_LABEL,
+    SKILL_VS_COHORT,
+    SKILL_VS_PERSISTENCE,
+    STAGE,
+    bound,
+)
+from censo_forecast.report.data import at
 
 BANDS = ((95, "#c9d9ee"), (80, "#8fb1db"))  # interval level, fill colour: the fan
 HISTORY_YEARS = 8  # census years drawn before the forecast
 PALETTE_COLOURS = 128
-YEAR = "NU_ANO_CENSO"
 
 
 def compact_png(data: bytes) -> bytes:
@@ -31,11 +46,16 @@ def compact_png(data: bytes) -> bytes:
     return buffer.getvalue() if buffer.tell() < len(data) else data
 
 
+def subplots(rows: int = 1, columns: int = 1, **kwargs):
+    """(figure, axes) drawn without pyplot: no backend is chosen or changed for the user's process."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(rows, columns, **kwargs)
+
+
 def figure_png(fig, dpi: int = 100, tight: bool = True) -> bytes:
     """tight: crop to the drawn area (one more layout pass; small multiples set their margins instead)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
-    plt.close(fig)
     return compact_png(buffer.getvalue())
 
 
@@ -48,13 +68,13 @@ def _fan(ax, past: pl.DataFrame, ahead: pl.DataFrame, title: str, words, fontsiz
     past = past.sort(YEAR).tail(HISTORY_YEARS)
     ahead = ahead.sort(HORIZON)
     years = ahead[YEAR].to_list()
-    anchor = [past["matriculas"][-1]] if past.height else []  # the bands start where the census ends
+    anchor = [past[ENROLLMENT][-1]] if past.height else []  # the bands start where the census ends
     joined = ([past[YEAR][-1]] if past.height else []) + years
     for level, colour in BANDS:  # a horizon never validated has no bounds: a gap in the band
-        low, high = (anchor + ahead[f"limite_{side}_{level}"].cast(pl.Float64).fill_null(float("nan")).to_list()
+        low, high = (anchor + ahead[bound(side, level)].cast(pl.Float64).fill_null(float("nan")).to_list()
                      for side in ("inferior", "superior"))
         ax.fill_between(joined, low, high, color=colour, label=f"{level} %", linewidth=0)
-    ax.plot(past[YEAR], past["matriculas"], "o-", color="#1d2330", markersize=3, label=words("census_line"))
+    ax.plot(past[YEAR], past[ENROLLMENT], "o-", color="#1d2330", markersize=3, label=words("census_line"))
     ax.plot(joined, anchor + ahead[FORECAST].to_list(), "o--", color="#1f4e8c", markersize=3, label=words("forecast_line"))
     ax.set_title(title, fontsize=fontsize)
     ax.grid(alpha=0.3)
@@ -63,8 +83,8 @@ def _fan(ax, past: pl.DataFrame, ahead: pl.DataFrame, title: str, words, fontsiz
 
 def fan_chart(history: pl.DataFrame, country: pl.DataFrame, flag: str, words) -> bytes:
     """The country's (or covered area's) path for one stage."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    _fan(ax, history.filter((pl.col("etapa") == flag) & (pl.col("SG_UF") == "BR")), country.filter(pl.col("etapa") == flag),
+    fig, ax = subplots(figsize=(5.5, 3.2))
+    _fan(ax, history.filter((pl.col(STAGE) == flag) & (pl.col("SG_UF") == "BR")), country.filter(pl.col(STAGE) == flag),
          words.stage(flag), words)
     ax.set_ylabel(words("students"))
     ax.legend(fontsize=7, loc="best")
@@ -73,13 +93,13 @@ def fan_chart(history: pl.DataFrame, country: pl.DataFrame, flag: str, words) ->
 
 def state_fans(history: pl.DataFrame, states: pl.DataFrame, flag: str, words) -> bytes:
     """Each state's path for one stage, small multiples in one picture."""
-    ufs = states.filter(pl.col("etapa") == flag).select("CO_UF", "SG_UF").unique().sort("CO_UF")
+    ufs = states.filter(pl.col(STAGE) == flag).select("CO_UF", "SG_UF").unique().sort("CO_UF")
     columns = 6
     rows = max(1, -(-ufs.height // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(12, 1.9 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(12, 1.9 * rows), squeeze=False)
     for ax, (code, abbr) in zip(axes.flat, ufs.iter_rows()):
-        _fan(ax, history.filter((pl.col("etapa") == flag) & (pl.col("CO_UF") == code)),
-             states.filter((pl.col("etapa") == flag) & (pl.col("CO_UF") == code)), abbr, words, fontsize=8)
+        _fan(ax, history.filter((pl.col(STAGE) == flag) & (pl.col("CO_UF") == code)),
+             states.filter((pl.col(STAGE) == flag) & (pl.col("CO_UF") == code)), abbr, words, fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[ufs.height:]:
         ax.axis("off")
@@ -91,15 +111,15 @@ def state_fans(history: pl.DataFrame, states: pl.DataFrame, flag: str, words) ->
 def skill_chart(quality: pl.DataFrame, horizons: list[int], words) -> bytes:
     """The one chart of "how good": per stage, how much the chosen model cuts the error of
     Persistencia and of Coorte, one year ahead and at the last horizon."""
-    stages = quality["etapa"].to_list()
-    series = [(base, h) for h in horizons for base in (PERSISTENCE, COHORT)
-              if f"Skill_MAE_vs_{base}_{h}" in quality.columns]
+    stages = quality[STAGE].to_list()
+    skill = {PERSISTENCE: SKILL_VS_PERSISTENCE, COHORT: SKILL_VS_COHORT}
+    series = [(base, h) for h in horizons for base in (PERSISTENCE, COHORT) if at(skill[base], h) in quality.columns]
     colours = {(PERSISTENCE, horizons[0]): "#1f4e8c", (COHORT, horizons[0]): "#8fb1db",
                (PERSISTENCE, horizons[-1]): "#b5651d", (COHORT, horizons[-1]): "#e8b07a"}
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 + 0.55 * len(stages)))
+    fig, ax = subplots(figsize=(7.5, 0.5 + 0.55 * len(stages)))
     height = 0.8 / max(len(series), 1)
     for i, (base, h) in enumerate(series):
-        values = [100 * (v or 0.0) for v in quality[f"Skill_MAE_vs_{base}_{h}"].to_list()]
+        values = [100 * (v or 0.0) for v in quality[at(skill[base], h)].to_list()]
         ax.barh([s + i * height for s in range(len(stages))], values, height=height, color=colours.get((base, h)),
                 label=words("skill_vs", baseline=base, h=h))
     ax.set_yticks([s + 0.4 - height / 2 for s in range(len(stages))], [words.stage(f) for f in stages], fontsize=8)
@@ -113,8 +133,8 @@ def skill_chart(quality: pl.DataFrame, horizons: list[int], words) -> bytes:
 
 def horizon_plot(table: pl.DataFrame, flag: str, words) -> bytes:
     """MAE by years ahead: the chosen model against Persistencia and Coorte."""
-    rows = table.filter(pl.col("etapa") == flag).sort(HORIZON)
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    rows = table.filter(pl.col(STAGE) == flag).sort(HORIZON)
+    fig, ax = subplots(figsize=(5.5, 3.2))
     for label, style in (("escolhido", "o-"), (PERSISTENCE, "s--"), (COHORT, "^:")):
         ax.plot(rows[HORIZON], rows[f"MAE_{label}"], style, label=words("chosen") if label == "escolhido" else label)
     ax.set_xticks(rows[HORIZON].to_list())
@@ -130,12 +150,12 @@ def totals_plot(totals: pl.DataFrame, flag: str, chosen: str, words) -> bytes:
     """Actual stage totals per test year against persistence's and the chosen model's (one year ahead)."""
     totals = totals.filter(pl.col(HORIZON) == 1) if HORIZON in totals.columns else totals
     shown = [PERSISTENCE] if chosen == PERSISTENCE else [PERSISTENCE, chosen]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    actual = totals.filter(pl.col("modelo") == PERSISTENCE).sort(YEAR)
-    ax.plot(actual[YEAR], actual["real"], "o-", color="#1d2330", label=words("actual"))
+    fig, ax = subplots(figsize=(5.5, 3.2))
+    actual = totals.filter(pl.col(MODEL) == PERSISTENCE).sort(YEAR)
+    ax.plot(actual[YEAR], actual[ACTUAL_TOTAL], "o-", color="#1d2330", label=words("actual"))
     for m, style in zip(shown, ("s--", "^-")):
-        rows = totals.filter(pl.col("modelo") == m).sort(YEAR)
-        ax.plot(rows[YEAR], rows["previsao"], style, label=m)
+        rows = totals.filter(pl.col(MODEL) == m).sort(YEAR)
+        ax.plot(rows[YEAR], rows[FORECAST], style, label=m)
     ax.set_title(words("totals_title", stage=words.stage(flag)), fontsize=10)
     ax.set_xlabel(words("test_year"))
     ax.yaxis.set_major_formatter(_thousands(words))
@@ -147,15 +167,15 @@ def totals_plot(totals: pl.DataFrame, flag: str, chosen: str, words) -> bytes:
 def error_by_size_plot(errors: pl.DataFrame, flag: str, words) -> bytes:
     """MAE per size bin of last year's enrollment, one year ahead (erro_por_tamanho_cv.csv)."""
     errors = errors.filter(pl.col(HORIZON) == 1) if HORIZON in errors.columns else errors
-    shown = [m for m in errors["modelo"].unique(maintain_order=True) if m != DRIFT]
-    bins = errors.select("faixa", "faixa_tamanho", "n").unique("faixa").sort("faixa")
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    shown = [m for m in errors[MODEL].unique(maintain_order=True) if m != DRIFT]
+    bins = errors.select(SIZE_BIN, SIZE_LABEL, ROWS).unique(SIZE_BIN).sort(SIZE_BIN)
+    fig, ax = subplots(figsize=(5.5, 3.2))
     width = 0.8 / max(len(shown), 1)
     for i, m in enumerate(shown):
-        mae = bins.join(errors.filter(pl.col("modelo") == m), on="faixa", how="left")["MAE"]
+        mae = bins.join(errors.filter(pl.col(MODEL) == m), on=SIZE_BIN, how="left")[MAE]
         ax.bar([x + i * width for x in range(bins.height)], mae, width=width, label=m)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(bins.height)],
-                  [f"{s}\n(n={words.integer(n)})" for s, n in zip(bins["faixa_tamanho"], bins["n"])], fontsize=7)
+                  [f"{s}\n(n={words.integer(n)})" for s, n in zip(bins[SIZE_LABEL], bins[ROWS])], fontsize=7)
     ax.set_ylabel(words("mae_axis"))
     ax.set_title(words("size_title", stage=words.stage(flag)), fontsize=10)
     ax.legend(fontsize=7)

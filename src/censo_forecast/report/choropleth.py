@@ -9,6 +9,7 @@ import logging
 
 import polars as pl
 
+from censo_forecast.outputs import STAGE
 from censo_forecast.report import charts, data
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,14 @@ def municipal_map(munis: pl.DataFrame, words, boundary_year: int = BOUNDARY_YEAR
         log.warning("municipal_map: could not fetch municipal boundaries from geobr (%s: %s); the report keeps the state tile map only",
                     type(exc).__name__, exc)
         return {}
-    import matplotlib.pyplot as plt
-
     change = data.with_change(munis)  # the same change as the tile map and the tables
     images = {}
-    for flag in change["etapa"].unique(maintain_order=True):
-        values = change.filter(pl.col("etapa") == flag).select("CO_MUNICIPIO", "change_pct").to_pandas()
+    for flag in change[STAGE].unique(maintain_order=True):
+        values = change.filter(pl.col(STAGE) == flag).select("CO_MUNICIPIO", "change_pct").to_pandas()
         joined = shapes.assign(CO_MUNICIPIO=shapes["code_muni"].astype("int64")).merge(values, on="CO_MUNICIPIO", how="left")
         spread = float(values["change_pct"].abs().quantile(0.95))  # NaN when no municipality has a change
         largest = spread if spread > 0.01 else 0.01
-        fig, ax = plt.subplots(figsize=(6, 6))
+        fig, ax = charts.subplots(figsize=(6, 6))
         joined.plot(column="change_pct", cmap="RdBu", vmin=-largest, vmax=largest, linewidth=0, ax=ax, legend=True,
                     missing_kwds={"color": "#eceef2"})
         ax.set_axis_off()

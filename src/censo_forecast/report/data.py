@@ -10,12 +10,27 @@ from pathlib import Path
 import polars as pl
 
 from censo_forecast import outputs, storage
-from censo_forecast.outputs import COHORT, FORECAST, HORIZON, LAST_ENROLLMENT, PERSISTENCE
+from censo_forecast.inep.catalog import MAJOR_STAGES, SCHOOL, YEAR
+from censo_forecast.outputs import (
+    BOUNDS,
+    CHOSEN,
+    COVERAGE_80_MEAN,
+    COVERAGE_95_MEAN,
+    ENROLLMENT,
+    FORECAST,
+    HORIZON,
+    LAST_ENROLLMENT,
+    LOWER_80,
+    MAE_MEAN,
+    MODEL,
+    SAMPLES,
+    SKILL_VS_COHORT,
+    SKILL_VS_PERSISTENCE,
+    STAGE,
+    UPPER_80,
+)
 from censo_forecast.report.i18n import round_half_up
 
-YEAR = "NU_ANO_CENSO"
-BOUNDS = tuple(f"limite_{side}_{level}" for level in (80, 95) for side in ("inferior", "superior"))
-MAJOR_STAGES = ("IN_INF_CRE", "IN_INF_PRE", "IN_FUND_AI", "IN_FUND_AF", "IN_MED")  # the issue's "major stages"
 MOVERS = 10  # municipalities and schools listed per stage, growing and shrinking
 
 
@@ -53,7 +68,7 @@ def forecast_years(out: Path, meta: dict) -> list[int]:
 
 def areas(out: Path, years: list[int], level: str) -> pl.DataFrame:
     """The forecast files of one area level for every forecast year, with the year as a column."""
-    numbers = {name: pl.Float64 for name in BOUNDS}
+    numbers = dict.fromkeys(BOUNDS, pl.Float64)
     return pl.concat([pl.read_csv(out / outputs.forecast_file(y, level), schema_overrides=numbers)
                       .with_columns(pl.lit(y).alias(YEAR)) for y in years], how="diagonal")
 
@@ -67,14 +82,14 @@ def headline(country: pl.DataFrame, history: pl.DataFrame | None) -> list[dict]:
     """Per stage: the last census total, the forecast with its 80 % range per year, and the
     census path before it (for the sparkline)."""
     rows = []
-    for flag in country["etapa"].unique(maintain_order=True):
-        ahead = country.filter(pl.col("etapa") == flag).sort(YEAR)
-        past = (history.filter((pl.col("etapa") == flag) & (pl.col("SG_UF") == "BR")).sort(YEAR)
-                if history is not None else pl.DataFrame({YEAR: [], "matriculas": []}))
+    for flag in country[STAGE].unique(maintain_order=True):
+        ahead = country.filter(pl.col(STAGE) == flag).sort(YEAR)
+        past = (history.filter((pl.col(STAGE) == flag) & (pl.col("SG_UF") == "BR")).sort(YEAR)
+                if history is not None else pl.DataFrame({YEAR: [], ENROLLMENT: []}))
         rows.append({"flag": flag, "last": ahead[LAST_ENROLLMENT][0], "years": ahead[YEAR].to_list(),
-                     "forecast": ahead[FORECAST].to_list(), "low": ahead["limite_inferior_80"].to_list(),
-                     "high": ahead["limite_superior_80"].to_list(),
-                     "past_years": past[YEAR].to_list(), "past": past["matriculas"].to_list()})
+                     "forecast": ahead[FORECAST].to_list(), "low": ahead[LOWER_80].to_list(),
+                     "high": ahead[UPPER_80].to_list(),
+                     "past_years": past[YEAR].to_list(), "past": past[ENROLLMENT].to_list()})
     return rows
 
 
@@ -90,8 +105,8 @@ def movers(frame: pl.DataFrame, n: int = MOVERS) -> dict[str, tuple[pl.DataFrame
     decline, in students (a planner builds seats for students, not for percentages)."""
     frame = with_change(frame)
     out = {}
-    for flag in frame["etapa"].unique(maintain_order=True):
-        rows = frame.filter(pl.col("etapa") == flag)
+    for flag in frame[STAGE].unique(maintain_order=True):
+        rows = frame.filter(pl.col(STAGE) == flag)
         out[flag] = (rows.filter(pl.col("change") > 0).sort("change", descending=True).head(n),
                      rows.filter(pl.col("change") < 0).sort("change").head(n))
     return out
@@ -102,7 +117,7 @@ def state_map(states: pl.DataFrame, words) -> dict:
     values, written here so the page shows the file's numbers exactly as the tables do."""
     table: dict = {}
     for row in with_change(states).iter_rows(named=True):
-        table.setdefault(row["etapa"], {}).setdefault(str(row[YEAR]), {})[row["SG_UF"]] = [
+        table.setdefault(row[STAGE], {}).setdefault(str(row[YEAR]), {})[row["SG_UF"]] = [
             words.integer(row[FORECAST]), words.percent(row["change_pct"]), row["change_pct"]]
     return table
 
@@ -120,16 +135,16 @@ def table_records(frame: pl.DataFrame, key: str, years: list[int], stages: list[
     change to the last year in tenths of a per cent], whole numbers rounded half up: what the
     page's script shows, sorts and downloads. A place and stage whose numbers all round to 0
     (a municipality without the stage) has no row."""
-    wide = frame.select(key, "etapa", LAST_ENROLLMENT, YEAR, FORECAST, "limite_inferior_80", "limite_superior_80")
+    wide = frame.select(key, STAGE, LAST_ENROLLMENT, YEAR, FORECAST, LOWER_80, UPPER_80)
     index = {flag: i for i, flag in enumerate(stages)}
     rows: dict[tuple, list] = {}
     change: dict[tuple, int | None] = {}
-    for r in wide.sort(key, "etapa", YEAR).iter_rows(named=True):
-        row = rows.setdefault((r[key], r["etapa"]), [r[key], index[r["etapa"]], _whole(r[LAST_ENROLLMENT])] + [None] * (3 * len(years)))
+    for r in wide.sort(key, STAGE, YEAR).iter_rows(named=True):
+        row = rows.setdefault((r[key], r[STAGE]), [r[key], index[r[STAGE]], _whole(r[LAST_ENROLLMENT])] + [None] * (3 * len(years)))
         at = 3 + 3 * years.index(r[YEAR])
-        row[at:at + 3] = [_whole(r[FORECAST]), _whole(r["limite_inferior_80"]), _whole(r["limite_superior_80"])]
+        row[at:at + 3] = [_whole(r[FORECAST]), _whole(r[LOWER_80]), _whole(r[UPPER_80])]
         if r[YEAR] == years[-1]:  # the change from the file's values, as the headline and the map give it
-            change[(r[key], r["etapa"])] = _tenths(r[LAST_ENROLLMENT], r[FORECAST])
+            change[(r[key], r[STAGE])] = _tenths(r[LAST_ENROLLMENT], r[FORECAST])
     # no students in the census and none expected (a municipality without the stage): no line
     return [row + [change.get(k)] for k, row in rows.items() if any(row[2:])]
 
@@ -150,14 +165,14 @@ def school_table(out: Path, years: list[int], stages: list[str], munis: dict, li
     """Every school's forecast by stage and year when the run has at most `limit` schools;
     (None, number of schools) above it."""
     count = pl.scan_parquet(out / outputs.forecast_file(years[0], suffix=".parquet")).select(
-        pl.col("CO_ENTIDADE").n_unique()).collect().item()  # every forecast year has the same schools
+        pl.col(SCHOOL).n_unique()).collect().item()  # every forecast year has the same schools
     if count > limit:
         return None, count
     frame = pl.concat([schools(out, y).with_columns(pl.lit(y).alias(YEAR)) for y in years], how="diagonal")
     muni_index = {place[0]: i for i, place in enumerate(munis["places"])}
-    places = frame.select("CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO").unique("CO_ENTIDADE").sort("CO_ENTIDADE")
-    position = {code: i for i, code in enumerate(places["CO_ENTIDADE"].to_list())}
-    rows = table_records(frame, "CO_ENTIDADE", years, stages)
+    places = frame.select(SCHOOL, "NO_ENTIDADE", "CO_MUNICIPIO").unique(SCHOOL).sort(SCHOOL)
+    position = {code: i for i, code in enumerate(places[SCHOOL].to_list())}
+    rows = table_records(frame, SCHOOL, years, stages)
     for row in rows:
         row[0] = position[row[0]]
     return {"places": [[c, n or "", muni_index.get(m, -1)] for c, n, m in places.iter_rows()], "rows": rows}, count
@@ -168,30 +183,31 @@ def quality(results: pl.DataFrame) -> pl.DataFrame:
     against Persistencia and Coorte, and its interval coverage (resultados_finais.csv)."""
     if HORIZON not in results.columns:
         results = results.with_columns(pl.lit(1).alias(HORIZON))
-    chosen = results.filter(pl.col("Escolhido"))
+    chosen = results.filter(pl.col(CHOSEN))
     last_h = int(results[HORIZON].max())
-    keep = {"modelo", "MAE_Media_CV", "Skill_MAE_vs_Persistencia", "Skill_MAE_vs_Coorte", "Cobertura_80_CV", "Cobertura_95_CV", "n_amostras"}
+    keep = {MODEL, MAE_MEAN, SKILL_VS_PERSISTENCE, SKILL_VS_COHORT, COVERAGE_80_MEAN, COVERAGE_95_MEAN, SAMPLES}
     frames = []
     for h in sorted({1, last_h}):
-        part = chosen.filter(pl.col(HORIZON) == h).select("etapa", *[c for c in chosen.columns if c in keep])
-        frames.append(part.rename({c: f"{c}_{h}" for c in part.columns if c != "etapa"}))
+        part = chosen.filter(pl.col(HORIZON) == h).select(STAGE, *[c for c in chosen.columns if c in keep])
+        frames.append(part.rename({c: at(c, h) for c in part.columns if c != STAGE}))
     table = frames[0]
     for frame in frames[1:]:
-        table = table.join(frame, on="etapa", how="left")
+        table = table.join(frame, on=STAGE, how="left")
     return table
 
 
-def weighted(table: pl.DataFrame, column: str, stages=MAJOR_STAGES) -> float | None:
-    """Mean of a quality column over the major stages present, weighted by their tested rows."""
-    h = column.rsplit("_", 1)[1]
-    rows = table.filter(pl.col("etapa").is_in(list(stages)) & pl.col(column).is_not_null())
+def at(column: str, h: int) -> str:
+    """The `quality` table's column of a resultados_finais column at h years ahead."""
+    return f"{column}_{h}"
+
+
+def weighted(table: pl.DataFrame, column: str, h: int, stages=MAJOR_STAGES) -> float | None:
+    """Mean of a quality column at h years ahead over the major stages present, weighted by their tested rows."""
+    column = at(column, h)
+    rows = table.filter(pl.col(STAGE).is_in(list(stages)) & pl.col(column).is_not_null())
     if rows.height == 0:
         rows = table.filter(pl.col(column).is_not_null())
     if rows.height == 0:
         return None
-    weights = rows[f"n_amostras_{h}"].cast(pl.Float64)
+    weights = rows[at(SAMPLES, h)].cast(pl.Float64)
     return float((rows[column] * weights).sum() / weights.sum())
-
-
-def baselines_present(results: pl.DataFrame) -> list[str]:
-    return [m for m in (PERSISTENCE, COHORT) if m in set(results["modelo"].to_list())]

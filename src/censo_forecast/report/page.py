@@ -15,9 +15,33 @@ from pathlib import Path
 import polars as pl
 
 from censo_forecast import atomic, outputs
-from censo_forecast.outputs import COHORT, ENSEMBLE, FORECAST, HORIZON, LAST_ENROLLMENT, PERSISTENCE
+from censo_forecast.inep.catalog import SCHOOL, YEAR
+from censo_forecast.outputs import (
+    AGGREGATION_ADJUSTMENT,
+    APE_STATES,
+    CHOSEN,
+    COHORT,
+    COVERAGE_80_MEAN,
+    COVERAGE_95_MEAN,
+    ENSEMBLE,
+    FORECAST,
+    HORIZON,
+    LAST_ENROLLMENT,
+    LOWER_80,
+    LOWER_95,
+    MAE_MEAN,
+    MODEL,
+    NEW_OFFERINGS_FORECAST,
+    PERSISTENCE,
+    SCHOOLS_FORECAST,
+    SKILL_VS_COHORT,
+    SKILL_VS_PERSISTENCE,
+    STAGE,
+    UPPER_80,
+    UPPER_95,
+)
 from censo_forecast.report import charts, choropleth, data
-from censo_forecast.report.data import YEAR, DamagedOutput
+from censo_forecast.report.data import DamagedOutput
 from censo_forecast.report.i18n import DEFAULT_LANGUAGE, TILES, Words
 
 MAX_SCHOOLS = 10_000  # above this many schools the page points to the forecast files instead of a school table
@@ -48,11 +72,11 @@ def metrics_table(frame: pl.DataFrame, words: Words, table_id: str, decimals: in
         cells = []
         for col, value in r.items():
             cls = ""
-            if col.startswith("Skill_MAE_vs_") and value is not None:
+            if col in (SKILL_VS_PERSISTENCE, SKILL_VS_COHORT) and value is not None:
                 cls = ' class="pos"' if value > 0.0005 else (' class="neg"' if value < -0.0005 else "")
             text = words.number(value, decimals) if isinstance(value, float) else html.escape("" if value is None else str(value))
             cells.append(f"<td{cls}>{text}</td>")
-        rows.append(f'<tr{" class=chosen" if r.get("Escolhido") else ""}>{"".join(cells)}</tr>')
+        rows.append(f'<tr{" class=chosen" if r.get(CHOSEN) else ""}>{"".join(cells)}</tr>')
     return f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
@@ -118,8 +142,8 @@ def _movers_table(frame: pl.DataFrame, label, words: Words, year: int, census_ye
             f"<th>{words('forecast_in', year=year)}</th><th>{words('students_change')}</th>")
     rows = []
     for r in frame.iter_rows(named=True):
-        band = words("range80", low=words.integer(r["limite_inferior_80"]), high=words.integer(r["limite_superior_80"])) \
-            if r["limite_inferior_80"] is not None else ""
+        band = words("range80", low=words.integer(r[LOWER_80]), high=words.integer(r[UPPER_80])) \
+            if r[LOWER_80] is not None else ""
         name, where = label[1](r)
         rows.append(f"<tr><td>{html.escape(name)}<small class='who'>{html.escape(where)}</small></td><td>{words.integer(r[LAST_ENROLLMENT])}</td>"
                     f"<td>{words.integer(r[FORECAST])}<small>{band}</small></td>{_change_cell(words, r['change'], r['change_pct'])}</tr>")
@@ -137,7 +161,7 @@ def movers_section(munis: pl.DataFrame, school_rows: pl.DataFrame, year: int, ce
         return f"{names.get(code) or code}/{ufs.get(code) or ''}"
 
     muni_label = (words("municipality"), lambda r: (place(r["CO_MUNICIPIO"]), str(r["CO_MUNICIPIO"])))
-    school_label = (words("school"), lambda r: (r["NO_ENTIDADE"] or str(r["CO_ENTIDADE"]), f"{r['CO_ENTIDADE']} · {place(r['CO_MUNICIPIO'])}"))
+    school_label = (words("school"), lambda r: (r["NO_ENTIDADE"] or str(r[SCHOOL]), f"{r[SCHOOL]} · {place(r['CO_MUNICIPIO'])}"))
     by_muni = data.movers(munis.filter(pl.col(YEAR) == year))
     by_school = data.movers(school_rows) if school_rows.height else {}
     flags = list(by_muni)
@@ -159,7 +183,7 @@ def movers_section(munis: pl.DataFrame, school_rows: pl.DataFrame, year: int, ce
 
 def _finder(kind: str, payload: dict, words: Words, years: list[int], stages: list[str], ufs: list[str]) -> str:
     schools = kind == "escolas"
-    columns = [("code", "CO_ENTIDADE" if schools else "CO_MUNICIPIO"), ("name", words("school" if schools else "municipality"))]
+    columns = [("code", SCHOOL if schools else "CO_MUNICIPIO"), ("name", words("school" if schools else "municipality"))]
     columns += [("muni", words("municipality")), ("uf", words("uf"))] if schools else [("uf", words("uf"))]
     columns += [("stage", words("stage")), ("last", words("census", year=years[0] - 1))]
     columns += [(f"y{y}", str(y)) for y in years] + [("change", words("change", year=years[-1]))]
@@ -176,11 +200,15 @@ def _finder(kind: str, payload: dict, words: Words, years: list[int], stages: li
             f"<p class='count'></p><noscript><p>{html.escape(words('needs_script'))}</p></noscript>"
             f"<div class='scroll'><table class='finder-table' id='{kind}-table'><thead><tr>{head}</tr></thead><tbody></tbody></table></div>"
             f"<button class='more' type='button' hidden>{words('more')}</button>"
-            f"{_json_block({'kind': kind, 'years': years, 'stages': [[f, words.stage(f)] for f in stages], **payload}, 'finder-data')}</div>")
+            f"{_json_block({'kind': kind, 'years': years, 'stages': [[f, words.stage(f)] for f in stages], 'csv_columns': CSV_COLUMNS, **payload}, 'finder-data')}</div>")
+
+
+# the forecast columns of the finder's CSV download, as the forecast files name them
+CSV_COLUMNS = [STAGE, YEAR, LAST_ENROLLMENT, FORECAST, LOWER_80, UPPER_80]
 
 
 def finder_section(out: Path, munis: pl.DataFrame, years: list[int], words: Words, max_schools: int) -> str:
-    stages = list(munis["etapa"].unique(maintain_order=True))
+    stages = list(munis[STAGE].unique(maintain_order=True))
     ufs = sorted(u for u in munis["SG_UF"].unique().to_list() if u) if "SG_UF" in munis.columns else []
     muni_payload = data.municipality_table(munis, years, stages)
     school_payload, count = data.school_table(out, years, stages, muni_payload, max_schools)
@@ -198,14 +226,14 @@ def finder_section(out: Path, munis: pl.DataFrame, years: list[int], words: Word
 
 def horizon_table(results: pl.DataFrame) -> pl.DataFrame:
     """Per stage and horizon: MAE and state-total error of the chosen model, Persistencia and Coorte."""
-    chosen = results.filter(pl.col("Escolhido")).select("etapa", HORIZON, pl.col("modelo").alias("escolhido"))
+    chosen = results.filter(pl.col(CHOSEN)).select(STAGE, HORIZON, pl.col(MODEL).alias("escolhido"))
     wide = chosen
     for label, pick in (("escolhido", None), (PERSISTENCE, PERSISTENCE), (COHORT, COHORT)):
-        rows = (results.join(chosen, on=["etapa", HORIZON]).filter(pl.col("modelo") == pl.col("escolhido"))
-                if pick is None else results.filter(pl.col("modelo") == pick))
-        wide = wide.join(rows.select("etapa", HORIZON, pl.col("MAE_Media_CV").alias(f"MAE_{label}"),
-                                     pl.col("APE_UFs_Media_CV").alias(f"APE_UFs_{label}")), on=["etapa", HORIZON], how="left")
-    return wide.sort("etapa", HORIZON, maintain_order=True)
+        rows = (results.join(chosen, on=[STAGE, HORIZON]).filter(pl.col(MODEL) == pl.col("escolhido"))
+                if pick is None else results.filter(pl.col(MODEL) == pick))
+        wide = wide.join(rows.select(STAGE, HORIZON, pl.col(MAE_MEAN).alias(f"MAE_{label}"),
+                                     pl.col(APE_STATES).alias(f"APE_UFs_{label}")), on=[STAGE, HORIZON], how="left")
+    return wide.sort(STAGE, HORIZON, maintain_order=True)
 
 
 def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -> str:
@@ -214,35 +242,37 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
     horizons = sorted({1, int(results[HORIZON].max())}) if HORIZON in results.columns else [1]
     h = horizons[-1]
 
-    def versus(column: str) -> str:
-        value = data.weighted(table, column)
+    def versus(column: str, h: int = 1) -> str:
+        value = data.weighted(table, column, h)
         if value is None:
             return "–"
         return words("less_error" if value >= 0 else "more_error", pct=words.percent(abs(value), signed=False))
 
     tested = totals[YEAR].unique().sort().to_list() if YEAR in totals.columns else []
     summary = words("quality_words", first=tested[0] if tested else "", last=tested[-1] if tested else "",
-                    mae=words.number(data.weighted(table, "MAE_Media_CV_1") or float("nan")),
-                    vs_p=versus("Skill_MAE_vs_Persistencia_1"), vs_c=versus("Skill_MAE_vs_Coorte_1"), h=h,
-                    vs_p_h=versus(f"Skill_MAE_vs_Persistencia_{h}"), vs_c_h=versus(f"Skill_MAE_vs_Coorte_{h}"),
-                    cov80=words.percent(data.weighted(table, "Cobertura_80_CV_1"), signed=False),
-                    cov95=words.percent(data.weighted(table, "Cobertura_95_CV_1"), signed=False))
+                    mae=words.number(data.weighted(table, MAE_MEAN, 1) or float("nan")),
+                    vs_p=versus(SKILL_VS_PERSISTENCE), vs_c=versus(SKILL_VS_COHORT), h=h,
+                    vs_p_h=versus(SKILL_VS_PERSISTENCE, h), vs_c_h=versus(SKILL_VS_COHORT, h),
+                    cov80=words.percent(data.weighted(table, COVERAGE_80_MEAN, 1), signed=False),
+                    cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
     header = [words("stage"), words("model")]
     columns = []
     for hh in horizons:
-        columns += [(f"MAE_Media_CV_{hh}", words("error_h", h=hh), "n"), (f"Skill_MAE_vs_Persistencia_{hh}", words("vs_p_h", h=hh), "p"),
-                    (f"Skill_MAE_vs_Coorte_{hh}", words("vs_c_h", h=hh), "p")]
-    columns += [("Cobertura_80_CV_1", words("coverage", level=80), "c"), ("Cobertura_95_CV_1", words("coverage", level=95), "c")]
+        columns += [(data.at(MAE_MEAN, hh), words("error_h", h=hh), "num"),
+                    (data.at(SKILL_VS_PERSISTENCE, hh), words("vs_p_h", h=hh), "p"),
+                    (data.at(SKILL_VS_COHORT, hh), words("vs_c_h", h=hh), "p")]
+    columns += [(data.at(COVERAGE_80_MEAN, 1), words("coverage", level=80), "c"),
+                (data.at(COVERAGE_95_MEAN, 1), words("coverage", level=95), "c")]
     rows = []
     for r in table.iter_rows(named=True):
-        chosen = dict.fromkeys(str(r.get(f"modelo_{hh}") or "") for hh in horizons)  # one year ahead / last horizon
-        cells = [f"<td>{html.escape(words.stage(r['etapa']))}</td><td>{html.escape(' / '.join(m for m in chosen if m))}</td>"]
+        chosen = dict.fromkeys(str(r.get(data.at(MODEL, hh)) or "") for hh in horizons)  # one year ahead / last horizon
+        cells = [f"<td>{html.escape(words.stage(r[STAGE]))}</td><td>{html.escape(' / '.join(m for m in chosen if m))}</td>"]
         for column, _, kind in columns:
             value = r.get(column)
             css = ""
             if kind == "p" and value is not None:
                 css = ' class="pos"' if value > 0.0005 else (' class="neg"' if value < -0.0005 else "")
-            text = words.number(value, 2) if kind == "n" else words.percent(value, signed=kind == "p")
+            text = words.number(value, 2) if kind == "num" else words.percent(value, signed=kind == "p")
             cells.append(f"<td{css}>{text}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     head = "".join(f"<th>{html.escape(t)}</th>" for t in header + [c[1] for c in columns])
@@ -250,7 +280,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
     horizons_part = ""
     if detail is not None:
         plots = "".join(_img(charts.horizon_plot(detail, flag, words), f"{flag} error by horizon")
-                        for flag in detail["etapa"].unique(maintain_order=True))
+                        for flag in detail[STAGE].unique(maintain_order=True))
         horizons_part = (f"<details id='horizons-section'><summary>{words('horizons')}</summary>"
                          f"<p class='muted'>{html.escape(words('horizons_note'))}</p>"
                          f"{metrics_table(detail, words, 'horizons', decimals=3)}<div class='grid'>{plots}</div></details>")
@@ -278,10 +308,10 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
                     country: pl.DataFrame, states: pl.DataFrame, words: Words) -> str:
     """Everything the analyst had before, collapsed: metrics, the area tables, per-stage
     validation plots and SHAP, and the run's configuration and timings."""
-    bounds = ["limite_inferior_95", "limite_inferior_80", FORECAST, "limite_superior_80", "limite_superior_95"]
-    national = country.select("etapa", YEAR, LAST_ENROLLMENT, "previsao_escolas", "ajuste_agregacao",
-                              "previsao_novas_ofertas", *bounds).sort("etapa", YEAR, maintain_order=True)
-    state_table = states.select("etapa", YEAR, "SG_UF", LAST_ENROLLMENT, *bounds).sort("etapa", YEAR, "SG_UF")
+    bounds = [LOWER_95, LOWER_80, FORECAST, UPPER_80, UPPER_95]
+    national = country.select(STAGE, YEAR, LAST_ENROLLMENT, SCHOOLS_FORECAST, AGGREGATION_ADJUSTMENT,
+                              NEW_OFFERINGS_FORECAST, *bounds).sort(STAGE, YEAR, maintain_order=True)
+    state_table = states.select(STAGE, YEAR, "SG_UF", LAST_ENROLLMENT, *bounds).sort(STAGE, YEAR, "SG_UF")
     parts = ["<section id='analyst-section' class='analyst'>", f"<h2>{words('analyst')}</h2>",
              f"<details><summary>{words('metrics')}</summary>{metrics_table(results, words, 'metrics')}</details>",
              f"<details><summary>{outputs.forecast_file('{ano}', 'brasil')}</summary>"
@@ -289,10 +319,10 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
              f"<details><summary>{outputs.forecast_file('{ano}', 'ufs')}</summary>"
              f"{metrics_table(state_table, words, 'forecast-states', decimals=0)}</details>"]
     one_year = results.filter(pl.col(HORIZON) == 1) if HORIZON in results.columns else results
-    chosen = dict(one_year.filter(pl.col("Escolhido")).select("etapa", "modelo").iter_rows()) if "Escolhido" in results.columns else {}
-    for flag in results["etapa"].unique(maintain_order=True):
-        images = [_img(charts.totals_plot(totals.filter(pl.col("etapa") == flag), flag, chosen.get(flag, ENSEMBLE), words), f"{flag} totals"),
-                  _img(charts.error_by_size_plot(errors.filter(pl.col("etapa") == flag), flag, words), f"{flag} error by size")]
+    chosen = dict(one_year.filter(pl.col(CHOSEN)).select(STAGE, MODEL).iter_rows()) if CHOSEN in results.columns else {}
+    for flag in results[STAGE].unique(maintain_order=True):
+        images = [_img(charts.totals_plot(totals.filter(pl.col(STAGE) == flag), flag, chosen.get(flag, ENSEMBLE), words), f"{flag} totals"),
+                  _img(charts.error_by_size_plot(errors.filter(pl.col(STAGE) == flag), flag, words), f"{flag} error by size")]
         shap_pngs = sorted((out / outputs.SHAP).glob(outputs.shap_png("*", flag, "*")))
         shap_part = (f"<h3>{words('shap')}</h3><div class='grid'>" + "".join(_img(charts.compact_png(p.read_bytes()), p.stem) for p in shap_pngs)
                      + "</div>") if shap_pngs else ""
@@ -305,7 +335,7 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
 def pictures_section(out: Path, history: pl.DataFrame | None, country: pl.DataFrame, states: pl.DataFrame,
                      munis: pl.DataFrame, years: list[int], words: Words, municipal_map: bool) -> str:
     """Where it grows and where it shrinks: fan charts, the state map, the largest changes."""
-    flags = list(country["etapa"].unique(maintain_order=True))
+    flags = list(country[STAGE].unique(maintain_order=True))
     parts = [f"<section id='pictures-section'><h2>{words('pictures')}</h2><h3>{words('fans')}</h3><div class='grid'>"]
     if history is not None:
         parts += [_img(charts.fan_chart(history, country, flag, words), f"{flag} fan chart") for flag in flags]

@@ -125,7 +125,7 @@
       var head = schools
         ? ["CO_ENTIDADE", "NO_ENTIDADE", "CO_MUNICIPIO", "NO_MUNICIPIO", "SG_UF"]
         : ["CO_MUNICIPIO", "NO_MUNICIPIO", "SG_UF"];
-      head = head.concat(["etapa", "NU_ANO_CENSO", "matriculas_ultimo_ano", "previsao", "limite_inferior_80", "limite_superior_80"]);
+      head = head.concat(data.csv_columns);
       var lines = [head.join(",")];
       matches.forEach(function (r) {
         var p = places[r[0]];

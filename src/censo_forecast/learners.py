@@ -1,0 +1,91 @@
+"""The one place that builds a stage's models: learners (with their settings, device and
+threads) and baselines (with the feature columns they read).
+
+A `ModelFactory` is made once per stage by whoever fits it (the walk-forward, the refit,
+an engine's distributed training), so settings, device and threads travel as one object;
+`restore_learner` and `restore_baseline` rebuild saved models the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from censo_forecast import horizons as horizons_mod
+from censo_forecast import models
+from censo_forecast.config import ModelSettings
+from censo_forecast.features import ANCHOR_INDEX, COHORT_INDEX, FEATURES, HORIZON_INDEX
+from censo_forecast.outputs import ACTUAL, COHORT, DRIFT, ENSEMBLE, PERSISTENCE
+
+if TYPE_CHECKING:
+    from censo_forecast.stagedata import StageData
+
+
+@dataclass(frozen=True)
+class ModelFactory:
+    """Builds and fits a stage's models. `jobs`: threads per fit (already resolved: positive)."""
+
+    settings: ModelSettings
+    device: models.Device
+    jobs: int = 1
+
+    def learner(self, name: str, jobs: int | None = None) -> models.ChangeRegressor:
+        """An unfitted boosted model ("LightGBM" or "XGBoost") on this factory's device."""
+        return models.ChangeRegressor(name, ANCHOR_INDEX, self.settings, self.device.of(name),
+                                      self.jobs if jobs is None else jobs)
+
+    def fit_learners(self, X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = models.LEARNERS) -> dict:
+        """The named learners fitted on the same rows, and their Voting mean when both are named."""
+        return with_ensemble({name: self.learner(name).fit(X, y) for name in names})
+
+    def baseline(self, name: str, data: StageData, origin: int):
+        """A baseline fitted for forecasts from `origin`: Persistencia; Coorte (computed with the
+        features); or Deriva, the stage's aggregate one-year change into `origin` (the pairs
+        of the latest earlier origin at one year ahead), compounded over the horizon."""
+        if name != DRIFT:
+            return restore_baseline(name)
+        latest = max((o for o in data.origin_years() if o < origin), default=None)
+        rows = horizons_mod.stack(data.origin_rows(latest), [1]) if latest is not None else None
+        if rows is None or rows.height == 0:
+            return _drift().fit(np.empty((0, len(FEATURES)), dtype=np.float32), np.empty(0))
+        return _drift().fit(horizons_mod.matrix(rows), rows[ACTUAL].to_numpy())
+
+
+def with_ensemble(fitted: dict) -> dict:
+    """The fitted learners, and Voting over them when every learner is there."""
+    if set(models.LEARNERS) <= set(fitted):
+        return {**fitted, ENSEMBLE: models.Voting([fitted[n] for n in models.LEARNERS])}
+    return fitted
+
+
+def _drift() -> models.Drift:
+    return models.Drift(ANCHOR_INDEX, HORIZON_INDEX)
+
+
+def restore_baseline(name: str, drift_ratio: float | None = None):
+    """A baseline ready to predict: Persistencia, Coorte, or Deriva with a known ratio."""
+    empty = np.empty((0, len(FEATURES)), dtype=np.float32)
+    if name == PERSISTENCE:
+        return models.Persistence(ANCHOR_INDEX).fit(empty)
+    if name == COHORT:
+        return models.CohortProgression(COHORT_INDEX).fit(empty)
+    if name == DRIFT:
+        drift = _drift()
+        drift.ratio_ = 1.0 if drift_ratio is None else float(drift_ratio)
+        drift.n_features_in_ = len(FEATURES)
+        return drift
+    raise ValueError(f"unknown baseline {name!r}; known: {', '.join(models.BASELINES)}")
+
+
+def restore_learner(name: str, booster) -> models.ChangeRegressor:
+    """A boosted model around a native booster loaded from a file or trained elsewhere."""
+    if name not in models.LEARNERS:
+        raise ValueError(f"unknown learner {name!r}; known: {', '.join(models.LEARNERS)}")
+    return models.ChangeRegressor(name, ANCHOR_INDEX).set_booster(booster, len(FEATURES))
+
+
+def by_horizon(chosen: dict[int, object]) -> models.ByHorizon:
+    """A stage's forecaster from the model fitted for each horizon."""
+    return models.ByHorizon(chosen, HORIZON_INDEX)

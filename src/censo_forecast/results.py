@@ -1,0 +1,198 @@
+"""The tables a walk-forward's predictions make, stage by stage: resultados_finais.csv (with
+the choice of model per stage and horizon), interval coverage, error by school size and
+stage totals. A stage's tables are computed once (`stage_results`) and the run's are their
+concatenation (`combine`): the predictions of all stages are never copied into one frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from censo_forecast import intervals, models
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.outputs import (
+    ACTUAL,
+    ACTUAL_TOTAL,
+    APE_MUNICIPALITIES,
+    APE_STATES,
+    CHOSEN,
+    COVERAGE_80,
+    COVERAGE_80_MEAN,
+    COVERAGE_95,
+    COVERAGE_95_MEAN,
+    FOLDS,
+    FORECAST,
+    HORIZON,
+    MAE,
+    MAE_MEAN,
+    MODEL,
+    R2,
+    R2_MEAN,
+    RMSE,
+    RMSE_MEAN,
+    ROWS,
+    SAMPLES,
+    SEED_COLUMNS,
+    SIZE_BIN,
+    SIZE_LABEL,
+    SKILL_VS_COHORT,
+    SKILL_VS_PERSISTENCE,
+    STAGE,
+    WAPE,
+    WAPE_MEAN,
+)
+from censo_forecast.validation import StageCV, by_horizon
+
+
+@dataclass
+class StageResults:
+    """One stage's tables."""
+
+    summary: pl.DataFrame  # its rows of resultados_finais.csv, the choice included
+    coverage: pl.DataFrame  # interval coverage per model, horizon and test year
+    error_by_size: pl.DataFrame  # MAE per model, horizon and school-size bin
+    totals: pl.DataFrame  # actual and forecast stage totals per horizon, test year and model
+
+    @property
+    def chosen(self) -> dict[int, str]:
+        """{years ahead: the model chosen}."""
+        return next(iter(chosen_models(self.summary).values()), {})
+
+
+def stage_results(cv: StageCV) -> StageResults:
+    coverage = coverage_table(cv.predictions)
+    summary = summarize(cv.folds, interval_and_totals_table(cv.predictions, coverage))
+    return StageResults(summary, coverage, error_by_size(cv.predictions), totals_by_year(cv.predictions))
+
+
+@dataclass
+class CVResult:
+    """Every validated stage's walk-forward, as the tables a run writes."""
+
+    summary: pl.DataFrame  # resultados_finais
+    stage_predictions: list[pl.DataFrame]  # cv_predictions, one frame per stage (nationally tens of millions of rows)
+    folds: pl.DataFrame  # per horizon and test year metrics
+    coverage: pl.DataFrame  # interval coverage per stage, model, horizon and test year
+    error_by_size: pl.DataFrame  # MAE per stage, model, horizon and school-size bin
+    totals: pl.DataFrame  # actual and forecast stage totals per horizon, test year and model
+
+    @property
+    def predictions(self) -> pl.DataFrame:
+        """Every stage's walk-forward predictions in one frame (a copy: large nationally)."""
+        return pl.concat(self.stage_predictions, how="diagonal")
+
+
+def combine(stages: list[tuple[StageCV, StageResults]]) -> CVResult:
+    """The stages' results as one CVResult; resultados_finais is ordered by horizon, then stage."""
+    return CVResult(
+        pl.concat([r.summary for _, r in stages]).sort(HORIZON, maintain_order=True),
+        [cv.predictions for cv, _ in stages],
+        pl.concat([cv.folds for cv, _ in stages]),
+        pl.concat([r.coverage for _, r in stages]),
+        pl.concat([r.error_by_size for _, r in stages]),
+        pl.concat([r.totals for _, r in stages]),
+    )
+
+
+def totals_error(predictions: pl.DataFrame, model: str) -> dict[str, float]:
+    """Mean absolute percentage error of municipal and state totals over the test years
+    (the rows of one horizon)."""
+    out = {}
+    for key, label in (("CO_MUNICIPIO", APE_MUNICIPALITIES), ("CO_UF", APE_STATES)):
+        sums = (predictions.group_by(key, YEAR).agg(pl.col(ACTUAL).sum(), pl.col(model).sum())
+                .filter(pl.col(ACTUAL) > 0).sort(key, YEAR))  # sorted: a reproducible float sum
+        out[label] = float(((sums[model] - sums[ACTUAL]).abs() / sums[ACTUAL]).mean()) if sums.height else None
+    return out
+
+
+def coverage_table(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Interval coverage per stage, model, horizon and test year, each test year Y at horizon h
+    calibrated only on the residuals known at its origin (target years <= Y - h)."""
+    frames = [
+        intervals.coverage_by_year(rows, model, h).with_columns(pl.lit(flag).alias(STAGE), pl.lit(h).alias(HORIZON))
+        for flag in predictions[STAGE].unique(maintain_order=True)
+        for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag))
+        for model in models.MODEL_NAMES
+    ]
+    schema = {STAGE: pl.String, MODEL: pl.String, HORIZON: pl.Int32, YEAR: pl.Int64,
+              COVERAGE_80: pl.Float64, COVERAGE_95: pl.Float64, ROWS: pl.Int64}
+    frames = [f.select(list(schema)).cast(schema) for f in frames if f.height]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def interval_and_totals_table(predictions: pl.DataFrame, coverage: pl.DataFrame) -> pl.DataFrame:
+    """Per (etapa, modelo, horizonte): mean interval coverage over test years and the error
+    of municipal and state totals."""
+    totals = pl.DataFrame(
+        [{STAGE: flag, MODEL: model, HORIZON: h, **totals_error(rows, model)}
+         for flag in predictions[STAGE].unique(maintain_order=True)
+         for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag)) for model in models.MODEL_NAMES],
+        schema={STAGE: pl.String, MODEL: pl.String, HORIZON: pl.Int32,
+                APE_MUNICIPALITIES: pl.Float64, APE_STATES: pl.Float64},
+    )
+    means = coverage.group_by(STAGE, MODEL, HORIZON).agg(
+        pl.col(COVERAGE_80).mean().alias(COVERAGE_80_MEAN), pl.col(COVERAGE_95).mean().alias(COVERAGE_95_MEAN))
+    return totals.join(means, on=[STAGE, MODEL, HORIZON], how="left")
+
+
+def summarize(folds: pl.DataFrame, intervals_and_totals: pl.DataFrame | None = None) -> pl.DataFrame:
+    """resultados_finais.csv: one row per (etapa, modelo, horizonte), means over test years,
+    skill vs persistence and vs cohort progression, and the model chosen (`Escolhido`); the
+    seed's columns first. With the predictions' `interval_and_totals_table`, also interval
+    coverage and the error of municipal and state totals."""
+    keys = [STAGE, MODEL, HORIZON]
+    table = folds.group_by(keys, maintain_order=True).agg(
+        pl.col(R2).mean().alias(R2_MEAN),
+        pl.col(RMSE).mean().alias(RMSE_MEAN),
+        pl.col(MAE).mean().alias(MAE_MEAN),
+        pl.col(WAPE).mean().alias(WAPE_MEAN),
+        pl.len().alias(FOLDS),
+        pl.col(ROWS).sum().alias(SAMPLES),
+    )
+    for baseline, column in ((models.PERSISTENCE, SKILL_VS_PERSISTENCE), (models.COHORT, SKILL_VS_COHORT)):
+        reference = table.filter(pl.col(MODEL) == baseline).select(STAGE, HORIZON, pl.col(MAE_MEAN).alias("_mae_b"))
+        table = table.join(reference, on=[STAGE, HORIZON], how="left").with_columns(
+            (1 - pl.col(MAE_MEAN) / pl.col("_mae_b")).alias(column)).drop("_mae_b")
+    best = table.group_by(STAGE, HORIZON).agg(pl.col(MODEL).sort_by(MAE_MEAN).first().alias("_best"))
+    table = table.join(best, on=[STAGE, HORIZON], maintain_order="left").with_columns((pl.col(MODEL) == pl.col("_best")).alias(CHOSEN))
+    columns = [*SEED_COLUMNS, HORIZON, SKILL_VS_COHORT, FOLDS, SAMPLES]
+    if intervals_and_totals is not None:
+        table = table.join(intervals_and_totals, on=keys, how="left", maintain_order="left")
+        columns += [COVERAGE_80_MEAN, COVERAGE_95_MEAN, APE_MUNICIPALITIES, APE_STATES]
+    return table.sort(HORIZON, maintain_order=True).select(*columns, CHOSEN)
+
+
+def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
+    """MAE per stage, model, horizon and school-size bin (intervals' bins of the origin year's enrollment)."""
+    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    binned = predictions.select(STAGE, HORIZON, ACTUAL, *names,
+                                pl.Series(SIZE_BIN, intervals.cv_size_bins(predictions), dtype=pl.Int8))
+    wide = binned.group_by(STAGE, HORIZON, SIZE_BIN).agg(
+        *((pl.col(m) - pl.col(ACTUAL)).abs().mean().alias(m) for m in names), pl.len().cast(pl.Int64).alias(ROWS))
+    table = wide.unpivot(index=[STAGE, HORIZON, SIZE_BIN, ROWS], on=names, variable_name=MODEL, value_name=MAE)
+    table = table.with_columns(pl.col(SIZE_BIN).replace_strict(dict(enumerate(intervals.size_labels())),
+                                                              return_dtype=pl.String).alias(SIZE_LABEL))
+    order = pl.col(MODEL).replace_strict({m: i for i, m in enumerate(models.MODEL_NAMES)}, return_dtype=pl.Int8)
+    return (table.sort(STAGE, HORIZON, order, SIZE_BIN)
+            .select(STAGE, MODEL, HORIZON, SIZE_BIN, SIZE_LABEL, ROWS, pl.col(MAE).cast(pl.Float64)))
+
+
+def totals_by_year(predictions: pl.DataFrame) -> pl.DataFrame:
+    """Actual and forecast stage totals per horizon, test year and model (sums of the school rows)."""
+    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    index = [STAGE, HORIZON, YEAR]
+    wide = predictions.group_by(index).agg(pl.col(ACTUAL, *names).sum())
+    return (wide.unpivot(index=[*index, ACTUAL], on=names, variable_name=MODEL, value_name=FORECAST)
+            .rename({ACTUAL: ACTUAL_TOTAL}).sort(index, maintain_order=True)
+            .select(STAGE, MODEL, HORIZON, YEAR, ACTUAL_TOTAL, FORECAST))
+
+
+def chosen_models(summary: pl.DataFrame) -> dict[str, dict[int, str]]:
+    """Per stage and horizon, the model `summarize` chose (the best CV MAE, baselines
+    included: never worse than persistence or cohort progression at any horizon)."""
+    chosen: dict[str, dict[int, str]] = {}
+    for flag, h, name in summary.filter(pl.col(CHOSEN)).select(STAGE, HORIZON, MODEL).iter_rows():
+        chosen.setdefault(flag, {})[int(h)] = name
+    return chosen

@@ -1,0 +1,132 @@
+"""The per-stage loop that `EnrollmentForecaster.fit` and `pipeline.run` share (internal).
+
+For each stage: its origin rows, where the engine keeps them; the walk-forward (or a
+checkpoint of it); its tables, with the choice of model per horizon, made once; the refit
+of the chosen models on the latest years; the calibration of their intervals. A caller
+adds its own steps around a stage through `Hooks` (the pipeline: checkpoints, SHAP,
+timings, the forecast from the rows in hand).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import polars as pl
+
+from censo_forecast import horizons as horizons_mod
+from censo_forecast import intervals, models, runlog, validation
+from censo_forecast.engine import Engine
+from censo_forecast.inep import catalog
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.learners import ModelFactory, by_horizon
+from censo_forecast.outputs import ENSEMBLE, HORIZON
+from censo_forecast.results import StageResults, stage_results
+from censo_forecast.stagedata import StageData
+from censo_forecast.validation import StageCV
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageFit:
+    """One stage, validated and refitted."""
+
+    flag: str
+    cv: StageCV
+    results: StageResults
+    chosen: dict[int, str]  # years ahead -> model name
+    model: models.ByHorizon  # the chosen models, refitted on the latest years
+    calibration: pl.DataFrame  # walk-forward residuals of the chosen model per horizon (`horizonte` column)
+
+
+class Hooks:
+    """What a caller adds around each stage; by default nothing."""
+
+    def resumed(self, flag: str) -> StageCV | None:
+        """A walk-forward computed earlier (a checkpoint), or None to validate now."""
+        return None
+
+    def validated(self, cv: StageCV) -> None:
+        """Called once a stage's walk-forward is done, before the refit."""
+
+    def refitted(self, fit: StageFit, forecast_rows: pl.DataFrame) -> None:
+        """Called with the refitted stage and the origin rows of the last census year."""
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        yield
+
+
+class StageRunner:
+    """Validates and refits stage after stage with one engine and one model factory."""
+
+    def __init__(self, engine: Engine, factory: ModelFactory, *, horizons: int, min_train_years: int,
+                 hooks: Hooks | None = None):
+        self.engine, self.factory = engine, factory
+        self.horizons, self.min_train_years = horizons, min_train_years
+        self.hooks = hooks or Hooks()
+
+    def fit_all(self, panel: pl.DataFrame, flags: list[str]) -> list[StageFit]:
+        """Every stage that can be validated; the others are skipped with a warning naming why.
+        Raises ValueError when none can."""
+        years = sorted(panel[YEAR].unique().to_list())
+        fits, skipped = [], {}
+        with runlog.Progress("stages", len(flags), unit="stage") as progress:
+            for flag in flags:
+                try:
+                    fits.append(self.fit_stage(panel, flag, years))
+                except ValueError as exc:
+                    skipped[flag] = str(exc)
+                    log.warning("%s skipped: %s", flag, exc)
+                progress.update()
+        if not fits:
+            raise ValueError("no stage could be validated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        return fits
+
+    def fit_stage(self, panel: pl.DataFrame, flag: str, years: list[int]) -> StageFit:
+        """One stage; raises ValueError when it cannot be validated (no school offers it, too few years)."""
+        with self.hooks.phase(f"features {flag}"):
+            data = self.engine.stage_data(panel, flag, self.horizons)
+        if data.height == 0:
+            raise ValueError("no school offers this stage in these census years")
+        cv = self.hooks.resumed(flag)
+        if cv is not None:
+            log.info("%s: validation resumed from checkpoint", flag)
+        else:
+            with self.hooks.phase(f"validate {flag}"):
+                cv = validation.walk_forward(data, flag, years, self.factory, min_train_years=self.min_train_years)
+            log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
+            self.hooks.validated(cv)
+        results = stage_results(cv)
+        chosen = self._chosen(flag, results)
+        with self.hooks.phase(f"refit {flag}"):
+            model = self._refit(chosen, data, years[-1])
+        calibration = pl.concat([
+            intervals.calibration_table(rows, chosen[h]).with_columns(pl.lit(h, dtype=pl.Int32).alias(HORIZON))
+            for h, rows in validation.by_horizon(cv.predictions) if h in chosen])
+        fit = StageFit(flag, cv, results, chosen, model, calibration)
+        self.hooks.refitted(fit, data.origin_rows(years[-1]))
+        return fit
+
+    def _chosen(self, flag: str, results: StageResults) -> dict[int, str]:
+        """The validated choice per horizon; Voting (without intervals) where a horizon could not be validated."""
+        chosen = results.chosen
+        ahead = horizons_mod.up_to(self.horizons)
+        unvalidated = [h for h in ahead if h not in chosen]
+        if unvalidated:
+            log.warning("%s: %s year(s) ahead could not be validated (too few census years after the first test "
+                        "year); Voting forecasts them, without intervals", flag, unvalidated)
+        return {h: chosen.get(h, ENSEMBLE) for h in ahead}
+
+    def _refit(self, chosen: dict[int, str], data: StageData, origin: int) -> models.ByHorizon:
+        """Each horizon's chosen model, fitted for forecasts from `origin` (the last census year):
+        the learners once, on the pairs up to `origin`, shared by the horizons that chose them."""
+        wanted = set(chosen.values())
+        names = models.LEARNERS if ENSEMBLE in wanted else tuple(n for n in models.LEARNERS if n in wanted)
+        fitted = data.fit_learners(origin, self.factory, names) if names else {}
+        for name in wanted & set(models.BASELINES):
+            fitted[name] = self.factory.baseline(name, data, origin)
+        return by_horizon({h: fitted[name] for h, name in chosen.items()})

@@ -1,0 +1,83 @@
+"""A stage's origin rows where an engine keeps them: the seam between the walk-forward and an engine.
+
+The walk-forward asks only for origin years, for rows to bring to the driver (one
+origin's, the last census year's) and for learners fitted on the training pairs of an
+origin, so a cluster engine can keep the rows where they lie. `LocalStageData` holds them
+in one polars frame; `distributed.dask.DaskStageData` in partitions on a cluster.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from censo_forecast import horizons as horizons_mod
+from censo_forecast.features import ORIGIN_YEAR
+from censo_forecast.models import LEARNERS
+from censo_forecast.outputs import ACTUAL
+
+if TYPE_CHECKING:
+    from censo_forecast.learners import ModelFactory
+
+
+class StageData(ABC):
+    """A stage's origin rows (features and the truth per horizon, `features.stage_rows`).
+
+    `horizons` is the number of years ahead the rows hold a truth for.
+    """
+
+    horizons: int
+
+    @property
+    @abstractmethod
+    def height(self) -> int:
+        """How many origin rows there are."""
+
+    @abstractmethod
+    def origin_years(self) -> list[int]:
+        """Every origin year, sorted (the last census year's included)."""
+
+    @abstractmethod
+    def rows(self, predicate: pl.Expr) -> pl.DataFrame:
+        """The rows matching `predicate`, on the driver, sorted by school and origin year."""
+
+    @abstractmethod
+    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = LEARNERS) -> dict:
+        """The named learners fitted on the training pairs of `origin` (target year <= origin,
+        the window, sampled to the row cap), and Voting when both are named."""
+
+    def origin_rows(self, origin: int) -> pl.DataFrame:
+        """The rows of one origin year."""
+        return self.rows(pl.col(ORIGIN_YEAR) == origin)
+
+
+class LocalStageData(StageData):
+    """The rows in one polars frame, in this process: the local engine."""
+
+    def __init__(self, frame: pl.DataFrame, horizons: int = 1):
+        self.frame = frame
+        self.horizons = horizons
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    def origin_years(self) -> list[int]:
+        return sorted(self.frame[ORIGIN_YEAR].unique().to_list())
+
+    def rows(self, predicate: pl.Expr) -> pl.DataFrame:
+        return self.frame.filter(predicate)
+
+    def training_pairs(self, origin: int, window_years: int, max_rows: int) -> pl.DataFrame:
+        """The stacked pairs a fit for `origin` sees (target <= origin, window, sampled to the cap)."""
+        pairs = horizons_mod.pairs_in_window(self.frame, origin, window_years, self.horizons)
+        fraction = horizons_mod.sampling_fraction(pairs, max_rows)
+        return horizons_mod.training_pairs(self.frame, origin, window_years, self.horizons, fraction)
+
+    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = LEARNERS) -> dict:
+        train = self.training_pairs(origin, factory.settings.train_window_years, factory.settings.max_training_rows)
+        if train.height == 0:
+            raise ValueError(f"no training pairs with a target year <= {origin}")
+        return factory.fit_learners(horizons_mod.matrix(train), train[ACTUAL].to_numpy(), names)
