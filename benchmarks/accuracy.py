@@ -20,14 +20,15 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import features, load_census, models, outputs, pipeline, validation
+from censo_forecast import features, horizons, learners, load_census, models, outputs, pipeline
 from censo_forecast.config import ModelSettings, load_settings
 from censo_forecast.engine import LocalEngine
 from censo_forecast.forecaster import EnrollmentForecaster
 from censo_forecast.inep import catalog, synthetic
+from censo_forecast.inep.catalog import MAJOR_STAGES as MAJOR
 from censo_forecast.inep.catalog import parse_years
+from censo_forecast.stagedata import LocalStageData
 
-MAJOR = ("IN_INF_CRE", "IN_INF_PRE", "IN_FUND_AI", "IN_FUND_AF", "IN_MED")
 # the national run's fraction of training pairs kept by the row cap (200,000 of the largest
 # stage's ~3.6 M pairs a fit, IN_FUND; the other stages keep more): what --designs applies to
 # this census's stages to price the sampling, an upper bound for all but the largest
@@ -40,24 +41,24 @@ def run_table(raw: Path, work: Path) -> pl.DataFrame:
     return pl.read_csv(work / "out" / outputs.RESULTS)
 
 
-class PerHorizonData(validation.StageData):
+class PerHorizonData(LocalStageData):
     """The rejected design: one learner per horizon, each trained on that horizon's pairs only."""
 
-    def fit_learners(self, cut, settings, device, jobs, names=models.LEARNERS):
-        train = self.training_pairs(cut, settings)
+    def fit_learners(self, origin, factory, names=models.LEARNERS):
+        train = self.training_pairs(origin, factory.settings.train_window_years, factory.settings.max_training_rows)
         per_h = {}
         for (h,), rows in train.group_by(features.HORIZON_FEATURE):
-            per_h[int(h)] = validation.fit_learners(validation.matrix(rows), rows["y_true"].to_numpy(), settings, device, jobs)
+            per_h[int(h)] = factory.fit_learners(horizons.matrix(rows), rows[outputs.ACTUAL].to_numpy())
         for h in range(1, self.horizons + 1):  # early origins have no pairs that far ahead: the nearest fitted
             per_h.setdefault(h, per_h[min(per_h, key=lambda k: (abs(k - h), k))])
-        fitted = {name: models.ByHorizon({h: f[name] for h, f in per_h.items()}, validation.HORIZON_INDEX)
+        fitted = {name: learners.by_horizon({h: f[name] for h, f in per_h.items()})
                   for name in (*models.LEARNERS, models.ENSEMBLE)}
         return {name: fitted[name] for name in (*names, models.ENSEMBLE) if name in fitted}
 
 
 class PerHorizonEngine(LocalEngine):
-    def stage_data(self, panel, flag, horizons=1):
-        return PerHorizonData(features.training_frame(panel, flag, horizons=horizons), horizons)
+    def stage_data(self, panel, flag, horizons):
+        return PerHorizonData(features.stage_rows(panel, flag, horizons=horizons), horizons)
 
 
 def design_costs(cache: Path, default: pl.DataFrame) -> pl.DataFrame:

@@ -20,18 +20,20 @@ STAGE_RUN = r"""
 import json, os, sys, time
 if os.environ.get("BENCH_POLICY") == "before":
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
-from censo_forecast import models, validation, features
+from censo_forecast import features, machine, models, validation
 from censo_forecast.config import ModelSettings
+from censo_forecast.learners import ModelFactory
+from censo_forecast.stagedata import LocalStageData
 from censo_forecast.inep import ingest
 from censo_forecast.panel import build_panel
 if os.environ.get("BENCH_POLICY") == "before":
-    models.SMALL_TRAINING_ROWS = 0
+    machine.SMALL_TRAINING_ROWS = 0
 cache, flag = sys.argv[1], sys.argv[2]
 panel = build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
-data = features.training_frame(panel, flag)
+data = LocalStageData(features.stage_rows(panel, flag), 1)
 years = sorted(panel["NU_ANO_CENSO"].unique().to_list())
 started = time.perf_counter()
-validation.walk_forward(data, flag, years, settings=ModelSettings(), device=models.select_device("cpu"), jobs=2)
+validation.walk_forward(data, flag, years, ModelFactory(ModelSettings(), models.select_device("cpu"), 2))
 print(json.dumps({"stage_s": round(time.perf_counter() - started, 2)}))
 """
 

@@ -19,7 +19,20 @@ def national_census(schools: int = 200_000, years: str = "2011-2025", seed: int 
     raw = DATA / tag / "raw"
     done = raw / ".complete"
     if not done.exists():
-        cmd = [sys.executable, "-m", "censo_forecast.cli", "synth", "--out", str(raw), "--years", years, "--schools", str(schools), "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "censo_forecast.cli",
+            "synth",
+            "--out",
+            str(raw),
+            "--years",
+            years,
+            "--schools",
+            str(schools),
+            "--seed",
+            str(seed),
+        ]
         if placebo:
             cmd.append("--placebo")
         print(f"generating {tag} ...", flush=True)
@@ -33,7 +46,9 @@ def national_census(schools: int = 200_000, years: str = "2011-2025", seed: int 
 def measure(code: str, *args: str) -> dict:
     """Run Python code in a fresh child process; return its wall time, peak RSS and JSON result."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     out_lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

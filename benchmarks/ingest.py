@@ -20,10 +20,9 @@ import shutil
 import sys
 import tempfile
 
-from common import national_census, measure
-
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import parse_years
+from common import measure, national_census
 
 OURS = r"""
 import json, sys, time
@@ -33,7 +32,8 @@ from censo_forecast.inep.catalog import parse_years
 raw, cache, years = Path(sys.argv[1]), Path(sys.argv[2]), parse_years(sys.argv[3])
 report = ingest(raw, cache, years, jobs=2, force=True)
 assert not report.failed, report.failed
-rows = sum(__import__("polars").scan_parquet(str(p)).select(__import__("polars").len()).collect().item() for p in sorted(cache.glob("censo_*.parquet")))
+import polars
+rows = sum(polars.scan_parquet(str(p)).select(polars.len()).collect().item() for p in sorted(cache.glob("censo_*.parquet")))
 print(json.dumps({"years": len(report.written), "rows": rows}))
 """
 
@@ -69,9 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     raw = national_census(args.schools, args.years)
     years = parse_years(args.years)
-    single = [y for y in years if not catalog.multi_table(y)]
+    single = [y for y in years if y <= catalog.SINGLE_TABLE_LAST_YEAR]
     spec = f"{single[0]}-{single[-1]}"
-    size_mb = sum(p.stat().st_size for p in raw.glob("*.zip") if not catalog.multi_table(catalog.parse_zip_name(p.name)[0])) / 1e6
+    size_mb = sum(p.stat().st_size for p in raw.glob("*.zip") if catalog.parse_zip_name(p.name)[0] <= catalog.SINGLE_TABLE_LAST_YEAR) / 1e6
     work = tempfile.mkdtemp(prefix="bench-ingest-")
     try:
         ours = measure(OURS, str(raw), f"{work}/cache", spec)
@@ -92,7 +92,7 @@ def main() -> None:
     print("\none year alone, by layout (fresh process each):")
     for year, r in alone.items():
         zips = [p for p in raw.glob(f"microdados_censo_escolar_{year}*.zip")]
-        layout = "tables" if catalog.multi_table(year) else "one table"
+        layout = "tables" if year > catalog.SINGLE_TABLE_LAST_YEAR else "one table"
         print(f"  {year} ({layout:9}) rows {r['rows']:>7}  wall {r['wall_s']:5.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
               f"zip {zips[0].stat().st_size / 1e6:5.1f} MB")
     print(json.dumps({"speedup": round(speed, 2), "memory_ratio": round(memory, 2), "ours": ours, "baseline": base,

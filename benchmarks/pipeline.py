@@ -13,7 +13,7 @@
      validation through the ratio to our two fits on the same rows.
 3. Nixtla mlforecast's `preprocess` on the same per-stage panels (lags 1-3 and rolling
    means 2 and 3 of enrollment, after `fill_gaps`, which mlforecast needs because it
-   shifts rows), against our `training_frame` (46 features and the truth).
+   shifts rows), against our `stage_rows` (46 features and the truth).
 
     python benchmarks/pipeline.py [--schools 200000] [--years 2011-2024] [--skip-seed | --features-only]
 """
@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 
 from common import measure, national_census
-from ingest import BASELINE as SEED_LOAD_AND_COUNT, SEED_LOAD
+from ingest import BASELINE as SEED_LOAD_AND_COUNT
+from ingest import SEED_LOAD
 
 OURS = r"""
 import json, sys, threading, time
@@ -45,7 +46,8 @@ def sample():
         time.sleep(0.1)
 thread = threading.Thread(target=sample, daemon=True)
 t0 = time.perf_counter(); thread.start()
-record = pipeline.run(load_settings(None, raw_dir=raw, cache_dir=f"{work}/cache", out_dir=f"{work}/out", offline=True, fresh=True, device="cpu"))
+settings = load_settings(None, raw_dir=raw, cache_dir=f"{work}/cache", out_dir=f"{work}/out", offline=True, fresh=True, device="cpu")
+record = pipeline.run(settings)
 stop.set(); thread.join()
 phases = []
 for p in record["phases"]:
@@ -66,10 +68,11 @@ load = time.perf_counter() - t
 per_stage, rows = {}, 0
 for stage in catalog.STAGES:
     t = time.perf_counter()
-    frame = features.training_frame(panel, stage.flag, horizons=5)  # the run's default: truth for five horizons
+    frame = features.stage_rows(panel, stage.flag, horizons=5)  # the run's default: truth for five horizons
     per_stage[stage.flag] = round(time.perf_counter() - t, 2)
     rows += frame.height
-print(json.dumps({"load_s": round(load, 2), "features_s": round(sum(per_stage.values()), 2), "rows": rows, "per_stage": per_stage, "n_features": len(features.FEATURES)}))
+print(json.dumps({"load_s": round(load, 2), "features_s": round(sum(per_stage.values()), 2), "rows": rows, "per_stage": per_stage,
+                  "n_features": len(features.FEATURES)}))
 """
 
 FEATURES_MLFORECAST = r"""
@@ -129,23 +132,28 @@ print(json.dumps({"features_s": round(time.perf_counter() - t, 2), "rows": rows,
 TRAINING = r"""
 import json, sys, time
 import numpy as np, polars as pl
-from censo_forecast import features, validation
+from censo_forecast import features, horizons
 from censo_forecast.config import ModelSettings
+from censo_forecast.learners import ModelFactory
+from censo_forecast.stagedata import LocalStageData
 from censo_forecast.inep import ingest
 from censo_forecast.models import select_device
 from censo_forecast.panel import build_panel
 cache, flag = sys.argv[1], sys.argv[2]
 panel = build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
 settings, device = ModelSettings(), select_device("cpu")
-data = validation.StageData(features.training_frame(panel, flag, horizons=5), horizons=5)
-train = data.training_pairs(max(data.origin_years()), settings)  # the largest fold, sampled as a run samples it
-X, y = validation.matrix(train), train["y_true"].to_numpy()
-t = time.perf_counter(); validation.fit_learners(X, y, settings, device, 2); ours = time.perf_counter() - t
+data = LocalStageData(features.stage_rows(panel, flag, horizons=5), horizons=5)
+# the largest fold (the refit's), sampled as a run samples it
+train = data.training_pairs(max(data.origin_years()), settings.train_window_years, settings.max_training_rows)
+X, y = horizons.matrix(train), train["y_true"].to_numpy()
+t = time.perf_counter(); ModelFactory(settings, device, 2).fit_learners(X, y); ours = time.perf_counter() - t
 import lightgbm as lgb, xgboost as xgb
 from sklearn.ensemble import VotingRegressor
 s = settings
-make_l = lambda: lgb.LGBMRegressor(n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves, n_jobs=2, verbose=-1)
-make_x = lambda: xgb.XGBRegressor(n_estimators=s.n_estimators, learning_rate=s.learning_rate, max_depth=s.max_depth, tree_method="hist", n_jobs=2)
+make_l = lambda: lgb.LGBMRegressor(n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves, n_jobs=2,
+                                   verbose=-1)
+make_x = lambda: xgb.XGBRegressor(n_estimators=s.n_estimators, learning_rate=s.learning_rate, max_depth=s.max_depth,
+                                  tree_method="hist", n_jobs=2)
 t = time.perf_counter()
 make_l().fit(X, y); make_x().fit(X, y); VotingRegressor([("lgbm", make_l()), ("xgb", make_x())]).fit(X, y)
 seed = time.perf_counter() - t

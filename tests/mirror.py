@@ -91,7 +91,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(503, b"busy", headers, head)
         data = st.files[path]
         etag = st.etag(path)
-        common = {"ETag": etag, "Last-Modified": formatdate(1_700_000_000, usegmt=True), "Accept-Ranges": "bytes", "Content-Type": "application/zip"}
+        common = {
+            "ETag": etag,
+            "Last-Modified": formatdate(1_700_000_000, usegmt=True),
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/zip",
+        }
         start = 0
         rng_header = self.headers.get("Range")
         if rng_header and not faults.ignore_range and not head:

@@ -97,7 +97,9 @@ def test_zip_names_and_releases():
     assert catalog.parse_zip_name("microdados_censo_escolar_2021.zip") == (2021, False)
     assert catalog.parse_zip_name("microdados_censo_escolar_2021.zip.part") is None
     assert catalog.zip_url(2025, "https://x/d/", republished=True) == "https://x/d/microdados_censo_escolar_2025_.zip"
-    assert catalog.REPUBLICATION.member("Gestor_Escolar", 2025) == "microdados_censo_escolar_2025_v2/dados/Tabela_Gestor_Escolar_2025_v2.csv"
+    assert (
+        catalog.REPUBLICATION.member("Gestor_Escolar", 2025) == "microdados_censo_escolar_2025_v2/dados/Tabela_Gestor_Escolar_2025_v2.csv"
+    )
     assert catalog.FIRST_RELEASE.member("Escola", 2025) == "microdados_censo_escolar_2025/dados/Tabela_Escola_2025.csv"
     assert len(catalog.REPUBLICATION.header("Escola")) == 290 and len(catalog.FIRST_RELEASE.header("Escola")) == 302
 

@@ -40,7 +40,15 @@ def state(zips) -> MirrorState:
 
 
 def _opts(url: str, **kw) -> download.DownloadOptions:
-    base = dict(base_url=f"{url}/dados_abertos/", listing_url=f"{url}/censo-escolar", retries=6, timeout_s=5, backoff_s=0.01, backoff_cap_s=0.05, progress=False)
+    base = dict(
+        base_url=f"{url}/dados_abertos/",
+        listing_url=f"{url}/censo-escolar",
+        retries=6,
+        timeout_s=5,
+        backoff_s=0.01,
+        backoff_cap_s=0.05,
+        progress=False,
+    )
     base.update(kw)
     return download.DownloadOptions(**base)
 
@@ -207,7 +215,9 @@ def test_a_republished_year_is_found_by_its_url_pattern_too(tmp_path):
     synthetic.generate(tmp_path / "src", synthetic.SynthSettings([2025], schools=40, seed=2))
     state = MirrorState()
     state.listing_path = "/moved"
-    state.publish("/dados_abertos/microdados_censo_escolar_2025_.zip", (tmp_path / "src" / "microdados_censo_escolar_2025_.zip").read_bytes())
+    state.publish(
+        "/dados_abertos/microdados_censo_escolar_2025_.zip", (tmp_path / "src" / "microdados_censo_escolar_2025_.zip").read_bytes()
+    )
     with Mirror(state) as url:
         report = download.download(tmp_path / "raw", [2025], _opts(url))
     assert report.downloaded == [2025] and (tmp_path / "raw" / "microdados_censo_escolar_2025_.zip").exists()
@@ -278,10 +288,42 @@ def https_mirror(state, tmp_path):
     d = tmp_path / "pki"
     d.mkdir()
     run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=censo-test-ca")
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=censo-test-ca",
+    )
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1")
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("openssl", "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf")
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
     handler = type("Handler", (_Handler,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

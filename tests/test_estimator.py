@@ -115,9 +115,10 @@ def test_fit_always_validates_and_stores_it(census):
     fc.fit(census)
     assert fc.cv_ is fc.cv_  # stored, not recomputed on access
     assert fc.cv_.summary.equals(cv.summary)
-    chosen = fc.cv_.summary.filter(pl.col("Escolhido")).select("horizonte", "modelo").rows()
-    assert fc.chosen_["IN_MED"] == {h: m for h, m in chosen if h in fc.chosen_["IN_MED"]}
-    assert set(fc.calibration_["IN_MED"]["horizonte"].unique()) == set(fc.cv_.summary["horizonte"].unique())
+    chosen = dict(fc.cv_.summary.filter(pl.col("Escolhido")).select("horizonte", "modelo").rows())
+    assert sorted(chosen) == [1, 2, 3, 4]  # min_train_years=11: five years ahead never validated
+    assert fc.chosen_["IN_MED"] == {**chosen, 5: "Voting"}  # the choice is the table's, stored once
+    assert sorted(fc.calibration_["IN_MED"]["horizonte"].unique()) == [1, 2, 3, 4]
     before = {k: v for k, v in vars(fc).items()}
     fc.predict(census)
     assert vars(fc).keys() == before.keys() and all(vars(fc)[k] is v for k, v in before.items())  # predict changes nothing

@@ -46,7 +46,9 @@ def test_voting_values_are_the_mean_of_its_two_models(fitted):
     v_l, b_l = explain.contributions(learners["LightGBM"], X)
     v_x, b_x = explain.contributions(learners["XGBoost"], X)
     np.testing.assert_allclose(v_vote, (v_l + v_x) / 2)
-    np.testing.assert_allclose(b_vote + v_vote.sum(axis=1), (learners["LightGBM"].predict_change(X) + learners["XGBoost"].predict_change(X)) / 2, atol=1e-3)
+    np.testing.assert_allclose(
+        b_vote + v_vote.sum(axis=1), (learners["LightGBM"].predict_change(X) + learners["XGBoost"].predict_change(X)) / 2, atol=1e-3
+    )
 
 
 def test_explain_stage_writes_plots_and_importance(fitted, tmp_path):

@@ -67,10 +67,19 @@ def test_forecast_files_columns_and_bounds(run_out):
     assert schools.columns == SCHOOL_FORECAST_COLUMNS
     assert pl.read_csv(run_out / "previsoes_2026.csv").columns == SCHOOL_FORECAST_COLUMNS
     assert set(schools["etapa"]) == {"IN_INF_CRE", "IN_MED"}
-    ordered = (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")) & (pl.col("limite_inferior_80") <= pl.col("limite_superior_80")) \
-        & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")) & (pl.col("limite_inferior_95") >= 0)
+    ordered = (
+        (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80"))
+        & (pl.col("limite_inferior_80") <= pl.col("limite_superior_80"))
+        & (pl.col("limite_superior_80") <= pl.col("limite_superior_95"))
+        & (pl.col("limite_inferior_95") >= 0)
+    )
     assert schools.select(ordered.all()).item()
-    assert schools.select(((pl.col("previsao") >= pl.col("limite_inferior_95")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).mean()).item() > 0.95
+    assert (
+        schools.select(
+            ((pl.col("previsao") >= pl.col("limite_inferior_95")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).mean()
+        ).item()
+        > 0.95
+    )
     assert schools["NO_ENTIDADE"].null_count() == 0
     results = pl.read_csv(run_out / "resultados_finais.csv")
     for col in ("Cobertura_80_CV", "Cobertura_95_CV"):
@@ -92,14 +101,19 @@ def test_aggregates_equal_the_sums_of_their_parts(run_out):
     for frame in (munis, ufs, country):
         assert np.allclose(frame["previsao"], frame["previsao_escolas"] + frame["ajuste_agregacao"] + frame["previsao_novas_ofertas"])
         # the point is the centre of the simulated totals that give the bounds
-        assert frame.select(((pl.col("limite_inferior_95") <= pl.col("previsao")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).all()).item()
+        assert frame.select(
+            ((pl.col("limite_inferior_95") <= pl.col("previsao")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).all()
+        ).item()
     uf_from_muni = munis.group_by("etapa", "CO_UF").agg(pl.col("previsao").sum().alias("m"))
     assert np.allclose(ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["m"], ufs.join(uf_from_muni, on=["etapa", "CO_UF"])["previsao"])
     for flag in ("IN_INF_CRE", "IN_MED"):
         for col in ("previsao_escolas", "ajuste_agregacao", "previsao"):
             assert country.filter(pl.col("etapa") == flag)[col].item() == pytest.approx(ufs.filter(pl.col("etapa") == flag)[col].sum())
     for frame in (munis, ufs, country):
-        assert frame.select((pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")).all() & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")).all()).item()
+        assert frame.select(
+            (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")).all()
+            & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")).all()
+        ).item()
     # a sum's interval comes from resampled residuals: far narrower than adding the schools' bounds
     big = ufs.sort("previsao", descending=True).row(0, named=True)
     in_uf = schools.filter((pl.col("etapa") == big["etapa"]) & (pl.col("CO_UF") == big["CO_UF"]))
@@ -114,8 +128,13 @@ def test_later_years_add_the_offerings_opened_on_the_way_and_widen(run_out):
     for flag in ("IN_INF_CRE", "IN_MED"):
         new = [country[y].filter(pl.col("etapa") == flag)["previsao_novas_ofertas"].item() for y in range(2026, 2031)]
         assert new == pytest.approx([h * new[0] for h in range(1, 6)])
-    width = [pl.read_parquet(run_out / f"previsoes_{y}.parquet").select(pl.col("limite_superior_80") - pl.col("limite_inferior_80")).mean().item()
-             for y in range(2026, 2030)]  # 2030 (five years ahead) has one test year to calibrate on
+    width = [
+        pl.read_parquet(run_out / f"previsoes_{y}.parquet")
+        .select(pl.col("limite_superior_80") - pl.col("limite_inferior_80"))
+        .mean()
+        .item()
+        for y in range(2026, 2030)
+    ]  # 2030 (five years ahead) has one test year to calibrate on
     assert width[-1] > width[0], width
 
 

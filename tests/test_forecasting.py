@@ -47,7 +47,7 @@ def test_calendar_gap_is_a_gap_not_a_shifted_lag():
         # 2017 missing from the census
         {"NU_ANO_CENSO": 2018, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 130, "QT_DOC_MED": 10, "QT_TUR_MED": 4},
     ])
-    feats = features.origin_features(build_panel(census), "IN_MED")
+    feats = features.stage_rows(build_panel(census), "IN_MED")
     row = feats.filter(pl.col("origin_year") == 2018).row(0, named=True)
     assert row["target_year"] == 2019
     assert row["enrollment_lag1"] == 130 and row["enrollment_lag2"] is None and row["enrollment_lag3"] == 110
@@ -90,7 +90,7 @@ def test_area_totals_count_every_active_school_with_enrollment():
             {"NU_ANO_CENSO": year, "CO_ENTIDADE": 5, "TP_SITUACAO_FUNCIONAMENTO": 2, "IN_MED": 1, "QT_MAT_MED": 999},
             {"NU_ANO_CENSO": year, "CO_ENTIDADE": 6, "CO_MUNICIPIO": 3304557, "IN_MED": 1, "QT_MAT_MED": 7},
         ]
-    feats = features.origin_features(build_panel(census_rows(rows)), "IN_MED")
+    feats = features.stage_rows(build_panel(census_rows(rows)), "IN_MED")
     row = feats.filter((pl.col("CO_ENTIDADE") == 1) & (pl.col("origin_year") == 2020)).row(0, named=True)
     assert row["muni_stage_total_lag1"] == 305 and row["muni_stage_schools_lag1"] == 2
     assert row["muni_stage_growth"] == pytest.approx(305 / 155 - 1)
@@ -132,7 +132,9 @@ def test_truth_at_every_horizon():
         + year(2021, {1: offers(60), 2: offers(45)})  # 2 offers it again; 3 left the census
         + year(2022, {1: offers(62), 3: offers(33)}))  # 3 is back
     data = features.stage_rows(build_panel(census), "IN_MED", horizons=4)
-    got = {r["CO_ENTIDADE"]: [r[f"y_true_{h}"] for h in range(1, 5)] for r in data.filter(pl.col("origin_year") == 2019).iter_rows(named=True)}
+    got = {
+        r["CO_ENTIDADE"]: [r[f"y_true_{h}"] for h in range(1, 5)] for r in data.filter(pl.col("origin_year") == 2019).iter_rows(named=True)
+    }
     assert got == {1: [55.0, 60.0, 62.0, None], 2: [0.0, 45.0, 0.0, None], 3: [31.0, 0.0, 33.0, None]}
     last = data.filter(pl.col("origin_year") == 2022)  # the forecast's rows: every truth unknown
     assert last.height == 2 and all(last[f"y_true_{h}"].null_count() == 2 for h in range(1, 5))
@@ -188,9 +190,10 @@ def test_no_leakage_at_any_horizon(small_panel):
 def test_features_of_origin_ignore_later_years(small_panel):
     """Features for origin o are identical whether or not years after o exist."""
     flag = "IN_MED"
-    full = features.origin_features(small_panel, flag, horizons=5).filter(pl.col("origin_year") == 2019)
-    cut = features.origin_features(small_panel.filter(pl.col("NU_ANO_CENSO") <= 2019), flag, horizons=5).filter(pl.col("origin_year") == 2019)
-    assert full.equals(cut)
+    truth = [features.truth_column(h) for h in range(1, 6)]
+    full = features.stage_rows(small_panel, flag, horizons=5).filter(pl.col("origin_year") == 2019).drop(truth)
+    cut = features.forecast_rows(small_panel.filter(pl.col("NU_ANO_CENSO") <= 2019), flag, horizons=5)
+    assert full.height > 50 and full.equals(cut)
 
 
 def test_metrics_against_hand_computed_values():
@@ -209,7 +212,7 @@ def test_summary_means_skill_and_choice():
     folds = pl.DataFrame([
         {"etapa": "IN_MED", "modelo": m, "horizonte": h, "NU_ANO_CENSO": y, "MAE": mae, "RMSE": 1.0, "R2": 0.5, "WAPE": 0.1, "n": 10}
         for h, table in ((1, one_year), (2, two_years)) for m, maes in table.items()
-        for y, mae in zip((2020, 2021), maes)
+        for y, mae in zip((2020, 2021), maes, strict=True)
     ])
     table = results.summarize(folds)
     assert table.columns[:8] == [*outputs.SEED_COLUMNS, "horizonte"]  # the seed's columns first
@@ -272,7 +275,7 @@ def test_device_with_a_gpu_is_chosen_per_learner(monkeypatch):
 
 def test_forecaster_follows_the_estimator_contract(small_panel):
     fc = EnrollmentForecaster(["IN_MED"], model=FAST, device="cpu", n_jobs=1)
-    params = fc.get_params()
+    params = fc.get_params(deep=False)
     assert params == {"stages": ["IN_MED"], "horizons": 5, "model": FAST, "device": "cpu", "min_train_years": 3, "n_jobs": 1,
                       "engine": None}
     assert fc.set_params(n_jobs=2) is fc and fc.n_jobs == 2
@@ -399,8 +402,8 @@ def test_cohort_progression_by_hand():
         rows.append({"CO_ENTIDADE": codes["B"], "NU_ANO_CENSO": year, "IN_FUND_AI": 1, "QT_MAT_FUND_AI": 80 + grade5[year],
                      **{f"QT_MAT_FUND_AI_{i}": 20 for i in range(1, 5)}, "QT_MAT_FUND_AI_5": grade5[year],
                      **{f"QT_MAT_FUND_AF_{i}": 0 for i in range(6, 10)}})
-    frame = features.origin_features(build_panel(census_rows(rows)), "IN_FUND_AF", horizons=5).filter(pl.col("origin_year") == 2025)
-    got = dict(zip(frame["CO_ENTIDADE"].to_list(), frame["cohort_forecast"].to_list()))
+    frame = features.forecast_rows(build_panel(census_rows(rows)), "IN_FUND_AF", horizons=5)
+    got = dict(zip(frame["CO_ENTIDADE"].to_list(), frame["cohort_forecast"].to_list(), strict=True))
     # progression: pupils past grade 6 in t over pupils below grade 9 in t - 1, pooled 2024-2025
     a_in, a_base = (112 - 32) + (115 - 31), (109 - 25) + (112 - 24)
     c_in, c_base = (35 - 8) + (35 - 9), (40 - 10) + (35 - 9)

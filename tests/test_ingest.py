@@ -121,7 +121,9 @@ def test_corrupt_member_is_a_clear_error(make_year_zip, tmp_path):
     middle = info.header_offset + 100 + info.compress_size // 2
     data[middle : middle + 64] = bytes(64)
     path.write_bytes(bytes(data))
-    with pytest.raises(ingest.IngestError, match=r"member microdados_ed_basica_2019/dados/microdados_ed_basica_2019\.csv, year 2019.*damaged"):
+    with pytest.raises(
+        ingest.IngestError, match=r"member microdados_ed_basica_2019/dados/microdados_ed_basica_2019\.csv, year 2019.*damaged"
+    ):
         ingest.read_census_zip(path, 2019)
 
 

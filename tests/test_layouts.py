@@ -126,12 +126,19 @@ def test_school_missing_from_a_count_table(both_layouts, tmp_path, caplog):
     assert unchanged.equals(full.filter(~pl.col("CO_ENTIDADE").is_in([gone, turma_only])))
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("drop Docente", r"multi-table layout without table\(s\) Tabela_Docente_2021"),
-    ("drop column QT_TUR_MED", r"Tabela_Turma_2021_V2\.csv, year 2021: required column\(s\) missing from the header: QT_TUR_MED"),
-    ("stranger in Matricula", r"Tabela_Matricula_2021_V2\.csv, year 2021: column CO_ENTIDADE: 1 school\(s\) of Tabela_Matricula are not in Tabela_Escola \(e\.g\. \[99999999\]\)"),
-    ("twice in Turma", r"Tabela_Turma_2021_V2\.csv, year 2021: column CO_ENTIDADE: 1 school\(s\) appear more than once"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("drop Docente", r"multi-table layout without table\(s\) Tabela_Docente_2021"),
+        ("drop column QT_TUR_MED", r"Tabela_Turma_2021_V2\.csv, year 2021: required column\(s\) missing from the header: QT_TUR_MED"),
+        (
+            "stranger in Matricula",
+            r"Tabela_Matricula_2021_V2\.csv, year 2021: column CO_ENTIDADE: 1 school\(s\) of Tabela_Matricula are not in "
+            r"Tabela_Escola \(e\.g\. \[99999999\]\)",
+        ),
+        ("twice in Turma", r"Tabela_Turma_2021_V2\.csv, year 2021: column CO_ENTIDADE: 1 school\(s\) appear more than once"),
+    ],
+)
 def test_damaged_tables_are_clear_errors_and_other_years_stay_cached(both_layouts, tmp_path, damage, message):
     _, tables = both_layouts
     raw = tmp_path / "raw"

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_data_commands_do_not_import_the_model_libraries():
     code = "import sys, censo_forecast.inep.ingest, censo_forecast.inep.download, censo_forecast.cli; " \
@@ -16,9 +18,5 @@ def test_public_api_names_resolve_lazily():
 
     assert censo_forecast.EnrollmentForecaster.__name__ == "EnrollmentForecaster"
     assert censo_forecast.ModelSettings().n_estimators > 0
-    try:
-        censo_forecast.does_not_exist
-    except AttributeError as exc:
-        assert "does_not_exist" in str(exc)
-    else:
-        raise AssertionError("unknown attributes must raise AttributeError")
+    with pytest.raises(AttributeError, match="does_not_exist"):
+        _ = censo_forecast.does_not_exist

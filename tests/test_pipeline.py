@@ -69,7 +69,11 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
             assert set(pl.read_csv(out / f"previsoes_{year}_{level}.csv")["horizonte"]) == {year - 2025}
     assert meta["engine"] == "local"
     phases = [p["phase"] for p in meta["phases"]]  # the phase clock the pipeline benchmark reads
-    assert {f"{step} {flag}" for step in ("features", "validate", "shap", "refit") for flag in STAGES} | {"ingest", "panel", "forecast"} <= set(phases)
+    assert {f"{step} {flag}" for step in ("features", "validate", "shap", "refit") for flag in STAGES} | {
+        "ingest",
+        "panel",
+        "forecast",
+    } <= set(phases)
     starts = [p["start_s"] for p in meta["phases"]]
     assert starts == sorted(starts) and all(p["seconds"] >= 0 for p in meta["phases"])
     assert meta["timings_s"]["total"] >= sum(p["seconds"] for p in meta["phases"]) - 0.01

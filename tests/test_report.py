@@ -253,7 +253,9 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
         problems = []
         page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: problems.append(str(exc)))
-        page.on("request", lambda req: problems.append(f"network: {req.url}") if not req.url.startswith(("file:", "data:", "blob:")) else None)
+        page.on(
+            "request", lambda req: problems.append(f"network: {req.url}") if not req.url.startswith(("file:", "data:", "blob:")) else None
+        )
         page.goto(reports[lang].as_uri())
         page.wait_for_load_state("load")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -265,7 +267,7 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
         assert page.locator("#headline").is_visible() and page.locator("#headline").bounding_box()["y"] < 900
         headline = _cells(page, "#headline tbody tr")
         assert [r[0] for r in headline] == [words.stage(f) for f in country["etapa"].unique(maintain_order=True)]
-        for cells, flag in zip(headline, country["etapa"].unique(maintain_order=True)):
+        for cells, flag in zip(headline, country["etapa"].unique(maintain_order=True), strict=True):
             rows = country.filter(pl.col("etapa") == flag).sort("NU_ANO_CENSO")
             assert cells[2] == words.integer(rows[outputs.LAST_ENROLLMENT][0])
             for i, r in enumerate(rows.iter_rows(named=True)):
@@ -275,7 +277,10 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
 
         # (b) the map: 27 tiles with the values of previsoes_{year}_ufs.csv, for any stage and year picked
         def check_map(flag: str, year: int):
-            tiles = page.eval_on_selector_all(".tile", "ts => ts.map(t => [t.dataset.uf, t.querySelector('.change').textContent, t.querySelector('.students').textContent])")
+            tiles = page.eval_on_selector_all(
+                ".tile",
+                "ts => ts.map(t => [t.dataset.uf, t.querySelector('.change').textContent, t.querySelector('.students').textContent])",
+            )
             assert len(tiles) == 27 and {t[0] for t in tiles} == set(TILES)
             expected = data.with_change(states.filter((pl.col("etapa") == flag) & (pl.col("NU_ANO_CENSO") == year)))
             by_uf = {r["SG_UF"]: r for r in expected.iter_rows(named=True)}
@@ -349,7 +354,7 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
         by_horizon = page.eval_on_selector_all("#horizons tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent))")
         every = results.filter(pl.col("Escolhido")).sort("etapa", "horizonte")
         assert len(by_horizon) == every.height and not page.locator("#horizons").is_visible()
-        for cells, expected in zip(by_horizon, every.iter_rows(named=True)):
+        for cells, expected in zip(by_horizon, every.iter_rows(named=True), strict=True):
             assert (cells[0], int(cells[1]), cells[2]) == (expected["etapa"], expected["horizonte"], expected["modelo"])
             assert cells[3] == words.number(expected["MAE_Media_CV"], 3)
 

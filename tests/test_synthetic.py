@@ -144,7 +144,10 @@ def test_full_scale_totals_track_national_figures():
     """At ~180k active schools the simulated trajectory lands on the published totals."""
     sim = synthetic.CensusSimulator(synthetic.SynthSettings(list(range(2011, 2025)), schools=180_000, seed=1))
     sim.initialise(2011)
-    published = {2020: {"FUND_AI": 14.79, "FUND_AF": 11.93, "MED": 7.55}, 2023: {"INF_CRE": 4.1, "INF_PRE": 5.3, "FUND_AI": 14.4, "FUND_AF": 11.6, "MED": 7.6}}
+    published = {
+        2020: {"FUND_AI": 14.79, "FUND_AF": 11.93, "MED": 7.55},
+        2023: {"INF_CRE": 4.1, "INF_PRE": 5.3, "FUND_AI": 14.4, "FUND_AF": 11.6, "MED": 7.6},
+    }
     for year in range(2012, 2025):
         sim.step(year)
         if year in published:

@@ -1,6 +1,7 @@
 """One adapter per gradient-boosting library: the only place that knows LightGBM's or
-XGBoost's API (parameters, fit, prediction, SHAP contributions, files and the GPU probe). Everything else names a learner by its display name ("LightGBM") and asks
-`adapter(name)`; the Dask twins live with the Dask engine (`distributed/dask.py`).
+XGBoost's API (parameters, fit, prediction, SHAP contributions, files and the GPU probe).
+Everything else names a learner by its display name ("LightGBM") and asks `adapter(name)`;
+the Dask twins live with the Dask engine (`distributed/dask.py`).
 
 A fitted learner is always the library's native booster (`lightgbm.Booster`,
 `xgboost.Booster`), whether it was just trained, trained on a Dask cluster or loaded

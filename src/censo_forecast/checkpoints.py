@@ -44,7 +44,8 @@ def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[Sta
     info = storage.read_json_dict(folder / f"cv_{flag}.json", f"checkpoint of {flag}")  # damaged: {}, redone
     if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
         return None
-    hashes = info.get("sha256") if isinstance(info.get("sha256"), dict) else {}
+    recorded = info.get("sha256")
+    hashes = recorded if isinstance(recorded, dict) else {}
     parts = {}
     for part in PARTS:
         path = _part(folder, flag, part)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import typer
 
+from censo_forecast import __version__, outputs
 from censo_forecast import config as config_mod
-from censo_forecast import outputs
-from censo_forecast.inep import catalog
+from censo_forecast.inep import catalog, synthetic
 
 app = typer.Typer(
     help="Forecast next year's school enrollment per school and stage from INEP's School Census.",
@@ -23,19 +24,51 @@ app = typer.Typer(
 )
 log = logging.getLogger("censo_forecast.cli")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"censo-forecast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Forecast school enrollment per school and stage from INEP's School Census."""
+
+def setting(name: str, *flags: str) -> Any:
+    """An option for a setting: its help and default from `config` (unset here, so that a TOML
+    file's value applies, then the setting's default)."""
+    return typer.Option(None, *flags, help=config_mod.describe(name))
+
+
+def switch(name: str, flag: str) -> Any:
+    """An on/off option for a boolean setting (off unless given here or in the TOML file)."""
+    return typer.Option(False, flag, help=config_mod.describe(name))
+
+
+def synth_setting(name: str, flag: str, help: str) -> Any:
+    """An option of `synth` with the default of its settings (`synthetic.SynthSettings`)."""
+    default = next(f.default for f in dataclasses.fields(synthetic.SynthSettings) if f.name == name)
+    return typer.Option(default, flag, help=help)
+
+
 ConfigOpt = typer.Option(None, "--config", help="TOML file with settings (command-line options win).")
-YearsOpt = typer.Option(None, "--years", help="Years: '2011-2021', '2015,2017' or 'all'.")
-JobsOpt = typer.Option(None, "--jobs", help="Parallel years (default 2).")
-LangOpt = typer.Option(None, "--lang", help="Language of report.html: pt-BR (default) or en.")
-MunicipalMapOpt = typer.Option(False, "--municipal-map", help="Add a municipal map to the report (needs geobr installed and a network).")
-RawDirOpt = typer.Option(None, "--raw-dir", help="Folder (or fsspec URL) with microdados_censo_escolar_YYYY.zip (default data/raw).")
-CacheDirOpt = typer.Option(None, "--cache-dir", help="Parquet cache, folder or fsspec URL (default: beside the raw folder).")
-OfflineOpt = typer.Option(False, "--offline", help="Use only the zips already in --raw-dir.")
-EngineOpt = typer.Option(None, "--engine", help="local (default) | dask: ingest, features and training on a Dask cluster.")
-SchedulerOpt = typer.Option(None, "--scheduler", help="Dask scheduler address (tcp://host:8786); default: start a LocalCluster.")
-WorkersOpt = typer.Option(None, "--workers", help="LocalCluster workers when no --scheduler is given (default 2).")
-ListingUrlOpt = typer.Option(None, "--listing-url", help="Page listing the zips; 'none' to skip discovery.")
-TimeoutOpt = typer.Option(None, "--timeout", help="Seconds to wait for a server per request (default 60); a file gives up after 3 such waits without a byte.")
+YearsOpt = setting("years", "--years")
+JobsOpt = setting("jobs", "--jobs")
+LangOpt = setting("report_lang", "--lang")
+MunicipalMapOpt = switch("municipal_map", "--municipal-map")
+RawDirOpt = setting("raw_dir", "--raw-dir")
+CacheDirOpt = setting("cache_dir", "--cache-dir")
+OfflineOpt = switch("offline", "--offline")
+EngineOpt = setting("engine", "--engine")
+SchedulerOpt = setting("scheduler", "--scheduler")
+WorkersOpt = setting("workers", "--workers")
+ListingUrlOpt = setting("listing_url", "--listing-url")
+TimeoutOpt = setting("timeout_s", "--timeout")
+OutOpt = setting("out_dir", "--out")
+CaBundleOpt = setting("ca_bundle", "--ca-bundle")
+BaseUrlOpt = setting("base_url", "--base-url")
 
 
 DEBUG_ENV = "CENSO_FORECAST_DEBUG"  # set to 1 to see the traceback behind an error message
@@ -46,14 +79,14 @@ def _fail(message: str, code: int = 1) -> None:
     if os.environ.get(DEBUG_ENV) and sys.exc_info()[0] is not None:
         traceback.print_exc()
     typer.echo(f"error: {message}", err=True)
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_censo_forecast", False) and isinstance(handler, logging.FileHandler):
             handler.handle(record)
     raise typer.Exit(code)
 
 
-def _settings(config: Optional[Path], **overrides) -> config_mod.Settings:
+def _settings(config: Path | None, **overrides) -> config_mod.Settings:
     try:
         return config_mod.load_settings(config, **overrides)
     except (ValueError, TypeError) as exc:
@@ -61,39 +94,28 @@ def _settings(config: Optional[Path], **overrides) -> config_mod.Settings:
         raise  # unreachable; keeps type checkers content
 
 
-def _years(spec: Optional[str]) -> Optional[list[int]]:
-    if spec is None:
-        return None
-    try:
-        return catalog.parse_years(spec)
-    except ValueError as exc:
-        _fail(str(exc), 2)
-        raise
-
-
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder for the synthetic INEP-layout zips."),
     years: str = typer.Option(f"{catalog.DEFAULT_FIRST_YEAR}-{catalog.LATEST_KNOWN_YEAR}", "--years",
                               help="Consecutive years to generate."),
-    schools: int = typer.Option(2000, "--schools", help="Active schools in the first year (about 180000 nationally)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical zips."),
+    schools: int = synth_setting("schools", "--schools", "Active schools in the first year (about 180000 nationally)."),
+    seed: int = synth_setting("seed", "--seed", "Random seed; the same seed gives byte-identical zips."),
     placebo: bool = typer.Option(False, "--placebo", help="Independent year-over-year changes: no learnable signal."),
     first_release: bool = typer.Option(False, "--first-release",
                                        help="Multi-table years as INEP's first 2025 release, not the re-publication (_V2)."),
-    tables_from: int = typer.Option(catalog.SINGLE_TABLE_LAST_YEAR + 1, "--tables-from",
-                                    help="First year written in the multi-table layout (INEP's: 2025)."),
-    jobs: int = typer.Option(2, "--jobs", help="Threads compressing zips."),
+    tables_from: int = synth_setting("tables_from", "--tables-from", "First year written in the multi-table layout (INEP's: 2025)."),
+    jobs: int = typer.Option(config_mod.default("jobs"), "--jobs", help="Threads compressing zips (-1: every CPU)."),
 ) -> None:
     """Write a synthetic School Census in INEP's exact file layouts."""
-    from censo_forecast.inep import synthetic
+    from censo_forecast import machine
     from censo_forecast.runlog import setup_logging
 
     setup_logging()
     try:
         settings = synthetic.SynthSettings(years=catalog.parse_years(years), schools=schools, seed=seed, placebo=placebo,
                                            tables_from=tables_from, first_release=first_release)
-        synthetic.generate(out, settings, jobs=jobs)
+        synthetic.generate(out, settings, jobs=machine.effective_jobs(jobs))
     except ValueError as exc:
         _fail(str(exc), 2)
     typer.echo(f"wrote {len(settings.years)} synthetic census year(s) to {out}")
@@ -101,15 +123,15 @@ def synth(
 
 @app.command()
 def ingest(
-    raw_dir: Optional[str] = RawDirOpt,
-    cache_dir: Optional[str] = CacheDirOpt,
-    years: Optional[str] = YearsOpt,
-    jobs: Optional[int] = JobsOpt,
+    raw_dir: str | None = RawDirOpt,
+    cache_dir: str | None = CacheDirOpt,
+    years: str | None = YearsOpt,
+    jobs: int | None = JobsOpt,
     force: bool = typer.Option(False, "--force", help="Re-ingest years whose zip is unchanged."),
-    engine: Optional[str] = EngineOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    workers: Optional[int] = WorkersOpt,
-    config: Optional[Path] = ConfigOpt,
+    engine: str | None = EngineOpt,
+    scheduler: str | None = SchedulerOpt,
+    workers: int | None = WorkersOpt,
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Read each year's CSV out of its zip into a typed Parquet cache (only the needed columns)."""
     from censo_forecast.engine import EngineError, open_engine
@@ -117,14 +139,14 @@ def ingest(
     from censo_forecast.runlog import Progress, setup_logging
 
     setup_logging()
-    s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=_years(years), jobs=jobs, engine=engine,
+    s = _settings(config, raw_dir=raw_dir, cache_dir=cache_dir, years=years, jobs=jobs, engine=engine,
                   scheduler=scheduler, workers=workers)
     wanted = s.years if s.years is not None else sorted(ingest_mod.raw_zips(s.raw_dir))
     if not wanted:
         _fail(f"no census zips (microdados_censo_escolar_YYYY.zip) in {s.raw_dir}")
     try:
         with open_engine(s) as eng, Progress("ingest", len(wanted), unit="year") as bar:
-            report = eng.ingest(s.raw_dir, s.cache, wanted, jobs=s.jobs, force=force, progress=lambda _y: bar.update())
+            report = eng.ingest(s.raw_dir, s.cache, wanted, jobs=s.threads, force=force, progress=lambda _y: bar.update())
     except EngineError as exc:
         _fail(str(exc))
     typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
@@ -134,29 +156,32 @@ def ingest(
 
 @app.command()
 def download(
-    years: Optional[str] = typer.Option(None, "--years", help="Years to fetch: '2011-2024', '2019,2021' or 'all' (default: every year offered)."),
-    raw_dir: Optional[str] = typer.Option(None, "--raw-dir", help="Local folder for the zips (default data/raw)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Where the zips live (a mirror; http:// is fine on this machine)."),
-    listing_url: Optional[str] = ListingUrlOpt,
-    jobs: Optional[int] = JobsOpt,
-    timeout: Optional[float] = TimeoutOpt,
-    ca_bundle: Optional[Path] = typer.Option(None, "--ca-bundle", help="Extra CA certificates (PEM) to trust."),
-    insecure: bool = typer.Option(False, "--insecure", help="Turn TLS verification OFF (never the default; warns every time)."),
-    config: Optional[Path] = ConfigOpt,
+    years: str | None = typer.Option(
+        None, "--years", help="Years to fetch: '2011-2024', '2019,2021' or 'all' (default: every year offered)."
+    ),
+    raw_dir: str | None = RawDirOpt,
+    base_url: str | None = BaseUrlOpt,
+    listing_url: str | None = ListingUrlOpt,
+    jobs: int | None = JobsOpt,
+    timeout: float | None = TimeoutOpt,
+    ca_bundle: Path | None = CaBundleOpt,
+    insecure: bool = switch("insecure", "--insecure"),
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Fetch census zips from INEP (or a mirror): resumable, retried, verified, TLS on."""
     from censo_forecast.runlog import setup_logging
 
     setup_logging()
+    every_year = years is None or years.strip().lower() == "all"  # every year the server offers
     s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle,
-                  insecure=insecure or None, timeout_s=timeout)
-    report = _download(s, _years(years) if years and years.lower() != "all" else None)
+                  insecure=insecure or None, timeout_s=timeout, years=None if every_year else years)
+    report = _download(s, s.years)
     typer.echo(f"downloaded {report.downloaded or 'none'}; unchanged {report.unchanged or 'none'}; folder {s.raw_dir}")
     if not report.ok:
         _fail("download incomplete:\n  " + "\n  ".join(report.problems()))
 
 
-def _download(s: config_mod.Settings, years: Optional[list[int]]):
+def _download(s: config_mod.Settings, years: list[int] | None):
     from censo_forecast import storage
     from censo_forecast.inep import download as dl
     from censo_forecast.pipeline import download_options
@@ -172,25 +197,25 @@ def _download(s: config_mod.Settings, years: Optional[list[int]]):
 
 @app.command()
 def run(
-    raw_dir: Optional[str] = RawDirOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs)."),
-    cache_dir: Optional[str] = CacheDirOpt,
-    years: Optional[str] = YearsOpt,
-    stages: Optional[str] = typer.Option(None, "--stages", help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    raw_dir: str | None = RawDirOpt,
+    out: Path | None = OutOpt,
+    cache_dir: str | None = CacheDirOpt,
+    years: str | None = YearsOpt,
+    stages: str | None = setting("stages", "--stages"),
+    device: str | None = setting("device", "--device"),
     offline: bool = OfflineOpt,
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore checkpoints of an earlier run and start over."),
-    horizons: Optional[int] = typer.Option(None, "--horizons", help="Forecast years after the last census year, each validated (default 5, at most 10)."),
-    jobs: Optional[int] = JobsOpt,
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Download missing years from this mirror (see `download`)."),
-    listing_url: Optional[str] = ListingUrlOpt,
-    timeout: Optional[float] = TimeoutOpt,
-    engine: Optional[str] = EngineOpt,
-    scheduler: Optional[str] = SchedulerOpt,
-    workers: Optional[int] = WorkersOpt,
-    lang: Optional[str] = LangOpt,
+    fresh: bool = switch("fresh", "--fresh"),
+    horizons: int | None = setting("horizons", "--horizons"),
+    jobs: int | None = JobsOpt,
+    base_url: str | None = BaseUrlOpt,
+    listing_url: str | None = ListingUrlOpt,
+    timeout: float | None = TimeoutOpt,
+    engine: str | None = EngineOpt,
+    scheduler: str | None = SchedulerOpt,
+    workers: int | None = WorkersOpt,
+    lang: str | None = LangOpt,
     municipal_map: bool = MunicipalMapOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
 ) -> None:
     """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
     from censo_forecast import pipeline
@@ -198,11 +223,7 @@ def run(
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
 
-    try:
-        stage_list = catalog.parse_stages(stages) if stages is not None else None
-    except ValueError as exc:
-        _fail(str(exc), 2)
-    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), stages=stage_list,
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, stages=stages,
                   device=device, offline=offline or None, fresh=fresh or None, horizons=horizons, jobs=jobs, base_url=base_url,
                   listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers,
                   report_lang=lang, municipal_map=municipal_map or None)
@@ -218,8 +239,10 @@ def run(
 @app.command()
 def report(
     out: Path = typer.Option(..., "--out", help="Output folder of a finished run."),
-    lang: Optional[str] = typer.Option(None, "--lang", help="pt-BR or en (default: the run's report_lang)."),
-    max_schools: Optional[int] = typer.Option(None, "--max-schools", help="Most schools the school table holds (default: the run's report_max_schools)."),
+    lang: str | None = typer.Option(None, "--lang", help="pt-BR or en (default: the run's report_lang)."),
+    max_schools: int | None = typer.Option(
+        None, "--max-schools", help="Most schools the school table holds (default: the run's report_max_schools; 0: none)."
+    ),
     municipal_map: bool = MunicipalMapOpt,
 ) -> None:
     """(Re)write OUT/report.html, a self-contained page, from a run's outputs."""
@@ -227,24 +250,26 @@ def report(
 
     if lang is not None and lang not in config_mod.REPORT_LANGUAGES:
         _fail(f"--lang must be one of {', '.join(config_mod.REPORT_LANGUAGES)}, not {lang!r}", 2)
+    if max_schools is not None and max_schools < 0:
+        _fail(f"--max-schools must be 0 (no school table) or a positive number of schools, not {max_schools}", 2)
     try:
         path = report_mod.build_report(out, lang, max_schools=max_schools, municipal_map=municipal_map or None)
     except (FileNotFoundError, report_mod.DamagedOutput) as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write {out / 'report.html'} ({exc.strerror or exc}); choose a folder you can write to")
+        _fail(f"cannot write {out / outputs.REPORT} ({exc.strerror or exc}); choose a folder you can write to")
     typer.echo(f"wrote {path}")
 
 
 @app.command()
 def predict(
     models: Path = typer.Option(..., "--models", help="Saved models folder (OUT/models of a run)."),
-    raw_dir: Optional[str] = RawDirOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for the forecast files."),
-    cache_dir: Optional[str] = CacheDirOpt,
-    years: Optional[str] = YearsOpt,
+    raw_dir: str | None = RawDirOpt,
+    out: Path | None = OutOpt,
+    cache_dir: str | None = CacheDirOpt,
+    years: str | None = YearsOpt,
     offline: bool = OfflineOpt,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Forecast the years after the last census year (as many as the models were fitted for) with saved models, without retraining."""
     from censo_forecast import modelstore, pipeline
@@ -252,7 +277,7 @@ def predict(
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
 
-    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=_years(years), offline=offline or None)
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, offline=offline or None)
     try:
         written = pipeline.predict(s, models)
     except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError) as exc:
@@ -260,9 +285,5 @@ def predict(
     typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def main() -> None:  # pragma: no cover - console entry point
+if __name__ == "__main__":  # pragma: no cover - python -m censo_forecast.cli
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

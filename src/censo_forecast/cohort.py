@@ -97,9 +97,9 @@ def forecast(has_feeder: bool) -> list[list[pl.Expr]]:
         # the intake of year o - k over the municipal cohort of o - k - 1, pooled over the pairs
         # where both are known (a new school, or the census's first years, has fewer)
         supplies = [pl.col(f"muni_supply_{k + 1}") for k in range(WINDOW)]
-        taken = pl.sum_horizontal(pl.when(s.is_not_null()).then(e) for e, s in zip(entries, supplies))
-        offered = pl.sum_horizontal(pl.when(e.is_not_null()).then(s) for e, s in zip(entries, supplies))
-        share = pl.when(offered > 0).then(taken / offered)
+        taken = pl.sum_horizontal(pl.when(s.is_not_null()).then(e) for e, s in zip(entries, supplies, strict=True))
+        offered = pl.sum_horizontal(pl.when(e.is_not_null()).then(s) for e, s in zip(entries, supplies, strict=True))
+        share: pl.Expr = pl.when(offered > 0).then(taken / offered)
         intake = pl.coalesce(pl.col("intake_share") * pl.col("muni_supply_0"), mean_intake)
     else:
         share, intake = pl.lit(None, dtype=pl.Float64), mean_intake

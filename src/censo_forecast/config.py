@@ -210,7 +210,9 @@ class Settings:
         if isinstance(self.model, dict):
             unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelSettings)})
             if unknown:
-                raise ValueError(f"unknown [model] setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(ModelSettings))}")
+                raise ValueError(
+                    f"unknown [model] setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(ModelSettings))}"
+                )
             self.model = ModelSettings(**self.model)
         if not isinstance(self.model, ModelSettings):
             raise ValueError(f"setting model: expected a [model] table, got {self.model!r} ({type(self.model).__name__})")
@@ -255,14 +257,16 @@ class Settings:
 def default(name: str):
     """A setting's default value (the CLI's, the forecaster's and the report's)."""
     f = next(f for f in dataclasses.fields(Settings) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if callable(f.default_factory) else None
 
 
 def describe(name: str) -> str:
     """A setting's help text with its default, for the CLI."""
     f = next(f for f in dataclasses.fields(Settings) if f.name == name)
     value = default(name)
-    shown = "" if value is None or isinstance(value, (bool, list, ModelSettings)) else f" [default: {value}]"
+    shown = "" if value is None or isinstance(value, (bool, list, ModelSettings)) else f" (default: {value})"
     return f.metadata["help"] + shown
 
 

@@ -14,8 +14,9 @@ manager that yields an object with these methods; `--engine <name>` then finds i
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import polars as pl
 

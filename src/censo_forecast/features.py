@@ -12,6 +12,8 @@ here knows about models.
 
 from __future__ import annotations
 
+from typing import Final
+
 import polars as pl
 
 from censo_forecast import cohort
@@ -115,7 +117,7 @@ def _sorted(view: pl.DataFrame) -> pl.DataFrame:
 
 
 AREAS = {"CO_MUNICIPIO": "muni", "CO_UF": "state"}
-ENGINE = "in-memory"  # polars' streaming default took twice as long on these whole-view shifts
+ENGINE: Final = "in-memory"  # polars' streaming default took twice as long on these whole-view shifts
 
 
 def area_sums(view: pl.DataFrame) -> dict[str, pl.DataFrame]:
@@ -244,12 +246,6 @@ def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     )
 
 
-def origin_features(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None, *,
-                    horizons: int = 1) -> pl.DataFrame:
-    """Feature rows for every origin year o (schools active and offering the stage at o), without truth."""
-    return origin_query(panel, flag, sums, None, horizons).collect(engine=ENGINE)
-
-
 def stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | None = None,
                last_year: int | None = None, *, horizons: int = 1) -> pl.DataFrame:
     """Every origin's rows with the truth h = 1 .. `horizons` years ahead (`truth_column`) known
@@ -261,6 +257,9 @@ def stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] | N
 
 
 def forecast_rows(panel: pl.DataFrame, flag: str, *, horizons: int = 1) -> pl.DataFrame:
-    """The rows of the panel's last census year: what a forecast from it reads."""
+    """The rows of the panel's last census year, without truth: what a forecast from it reads.
+    They are filtered from `stage_rows` itself, so `predict` reads the very values `run` does
+    (polars may round a float32 ratio one ulp apart in a query without the truth columns)."""
+    rows = stage_rows(panel, flag, horizons=horizons)
     last = panel.select(pl.col(YEAR).max()).item()
-    return origin_query(panel, flag, None, None, horizons).filter(pl.col(ORIGIN_YEAR) == last).collect(engine=ENGINE)
+    return rows.filter(pl.col(ORIGIN_YEAR) == last).drop(truth_column(h) for h in range(1, horizons + 1))

@@ -7,6 +7,7 @@ in offerings that will open (new schools or stages); and the files that hold the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def school_forecasts(rows: pl.DataFrame, flag: str, model: models.ByHorizon, cho
     (`features.forecast_rows`), with 80 % and 95 % intervals where `calibration` holds that
     horizon's residuals: CO_ENTIDADE, CO_MUNICIPIO, CO_UF, etapa, horizonte, NU_ANO_CENSO
     (the forecast year), matriculas_ultimo_ano, modelo, previsao and the bounds."""
-    stacked = horizons_mod.stack(rows, sorted(model.models), truth=False)
+    stacked = horizons_mod.stack(rows, list(model.by_years_ahead), truth=False)
     frame = stacked.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias(STAGE),
                            pl.col(HORIZON_FEATURE).cast(pl.Int32).alias(HORIZON),
                            pl.col(TARGET_YEAR).alias(YEAR),
@@ -84,8 +85,7 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     stage = catalog.stage(flag)
     offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_MUNICIPIO", "CO_UF", stage.enrollment)
     before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("offered_before"))
-    last = int(panel[YEAR].max())
-    first = int(panel[YEAR].min())
+    first, last = panel.select(pl.col(YEAR).min(), pl.col(YEAR).max()).row(0)
     years = [y for y in range(last - window + 1, last + 1) if y > first]
     fresh = (
         offering.filter(pl.col(YEAR).is_in(years))
@@ -145,12 +145,12 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     off_years = sorted(offerings[YEAR].unique().to_list()) or [None]
     munis = sorted(set(schools["CO_MUNICIPIO"].to_list()) | set(offerings["CO_MUNICIPIO"].to_list()))
     muni_index = {m: i for i, m in enumerate(munis)}
-    muni_uf = dict(zip(offerings["CO_MUNICIPIO"].to_list(), offerings["CO_UF"].to_list()))
-    muni_uf.update(zip(schools["CO_MUNICIPIO"].to_list(), schools["CO_UF"].to_list()))
+    muni_uf = dict(zip(offerings["CO_MUNICIPIO"].to_list(), offerings["CO_UF"].to_list(), strict=True))
+    muni_uf.update(zip(schools["CO_MUNICIPIO"].to_list(), schools["CO_UF"].to_list(), strict=True))
     per_year = np.zeros((len(off_years), len(munis)))
     for j, year in enumerate(off_years):
         part = offerings.filter(pl.col(YEAR) == year)
-        for m, v in zip(part["CO_MUNICIPIO"].to_list(), part["new_enrollment"].to_list()):
+        for m, v in zip(part["CO_MUNICIPIO"].to_list(), part["new_enrollment"].to_list(), strict=True):
             per_year[j, muni_index[m]] = v
     new_draws = per_year[rng.integers(0, len(off_years), size=(years_ahead, draws))].sum(axis=0)
     school_muni = np.array([muni_index[m] for m in schools["CO_MUNICIPIO"].to_list()], dtype=np.int64)
@@ -162,7 +162,7 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)
 
-    levels = {
+    levels: dict[str, tuple[np.ndarray, str, Callable[[np.ndarray], np.ndarray]]] = {
         MUNICIPALITIES: (np.array(munis), "CO_MUNICIPIO", lambda v: v),
         STATES: (np.array(ufs), "CO_UF", to_ufs),
         COUNTRY: (np.array(["BR"]), COUNTRY_KEY, lambda v: to_country(to_ufs(v))),

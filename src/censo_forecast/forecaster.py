@@ -223,7 +223,7 @@ class EnrollmentForecaster(BaseEstimator):
         panel = _panel(census)
         frames = []
         for flag, model in self.models_.items():
-            rows = features.forecast_rows(panel, flag, horizons=max(model.models))
+            rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
             if rows.height:
                 frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
         return forecast.with_school_names(pl.concat(frames, how="diagonal"), panel) if frames else pl.DataFrame()

@@ -41,7 +41,7 @@ def stack(frame: pl.DataFrame, ahead: Sequence[int], *, truth: bool = True) -> p
     are left out)."""
     parts = []
     for h in ahead:
-        columns = [
+        columns: list[pl.Expr | str] = [
             *KEYS[:2], (pl.col(ORIGIN_YEAR) + h).alias(TARGET_YEAR), *KEYS[3:],
             *(pl.col(cohort.forecast_column(h)).alias(f) if f == COHORT_FEATURE else
               pl.lit(h, dtype=pl.Float32).alias(f) if f == HORIZON_FEATURE else pl.col(f) for f in FEATURES),

@@ -34,7 +34,7 @@ def size_bin(last_year: np.ndarray) -> np.ndarray:
 def size_labels() -> list[str]:
     """Readable bins: "<10", "10-24", ..., "400+"."""
     edges = SIZE_EDGES
-    return [f"<{edges[0]}", *(f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])), f"{edges[-1]}+"]
+    return [f"<{edges[0]}", *(f"{a}-{b - 1}" for a, b in zip(edges, edges[1:], strict=False)), f"{edges[-1]}+"]
 
 
 def cv_size_bins(predictions: pl.DataFrame) -> np.ndarray:

@@ -108,7 +108,7 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
         params = {**self.booster_params(), "n_jobs": machine.threads_for(len(X), self.n_jobs)}
         return self.set_booster(self.adapter.fit(X, target, params), X.shape[1])
 
-    def set_booster(self, booster, n_features: int) -> "ChangeRegressor":
+    def set_booster(self, booster, n_features: int) -> ChangeRegressor:
         """Adopt a native booster trained elsewhere (a cluster) or loaded from a file; returns self."""
         self.booster_, self.n_features_in_ = booster, n_features
         return self
@@ -189,15 +189,19 @@ class Voting(RegressorMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         return self
 
+    @property
+    def members(self) -> list:
+        return list(self.estimators or [])
+
     def predict(self, X) -> np.ndarray:
-        return np.mean([est.predict(X) for est in self.estimators], axis=0)
+        return np.mean([est.predict(X) for est in self.members], axis=0)
 
     def predict_change(self, X) -> np.ndarray:
-        return np.mean([est.predict_change(X) for est in self.estimators], axis=0)
+        return np.mean([est.predict_change(X) for est in self.members], axis=0)
 
     def contributions(self, X) -> tuple[np.ndarray, np.ndarray]:
         """SHAP values and base values: the mean of its members' (SHAP is additive)."""
-        parts = [est.contributions(X) for est in self.estimators]
+        parts = [est.contributions(X) for est in self.members]
         return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)
 
 
@@ -213,14 +217,20 @@ class ByHorizon(RegressorMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         return self
 
+    @property
+    def by_years_ahead(self) -> dict:
+        """{years ahead: model}, in order."""
+        return dict(sorted((self.models or {}).items()))
+
     def predict(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         ahead = X[:, self.horizon].astype(int)
-        unknown = sorted(set(ahead.tolist()) - set(self.models))
+        models = self.by_years_ahead
+        unknown = sorted(set(ahead.tolist()) - set(models))
         if unknown:
-            raise ValueError(f"no model for {unknown} year(s) ahead; fitted for {sorted(self.models)}")
+            raise ValueError(f"no model for {unknown} year(s) ahead; fitted for {list(models)}")
         out = np.empty(len(X), dtype=np.float64)
-        for h, model in self.models.items():
+        for h, model in models.items():
             rows = ahead == h
             if rows.any():
                 out[rows] = model.predict(X[rows])

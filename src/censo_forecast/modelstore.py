@@ -59,8 +59,8 @@ def save(folder: Path, saved: SavedModels) -> Path:
     stages, hashes = {}, {}
     for flag, by_horizon in saved.models.items():
         entry: dict = {"modelos": {str(h): name for h, name in saved.chosen[flag].items()}, "files": {}}
-        for model in by_horizon.models.values():
-            members = model.estimators if isinstance(model, models.Voting) else [model]
+        for model in by_horizon.by_years_ahead.values():
+            members = model.members if isinstance(model, models.Voting) else [model]
             for member in members:
                 if isinstance(member, models.ChangeRegressor) and member.learner not in entry["files"]:
                     path = folder / f"{flag}_{member.learner}.{member.adapter.suffix}"
@@ -119,7 +119,9 @@ def load(folder: Path) -> SavedModels:
     if meta["features"] != list(FEATURES):
         missing = sorted(set(meta["features"]) - set(FEATURES))
         extra = sorted(set(FEATURES) - set(meta["features"]))
-        raise ModelStoreError(f"{folder}: the models were trained on other feature columns (missing here: {missing}; new here: {extra}); refit")
+        raise ModelStoreError(
+            f"{folder}: the models were trained on other feature columns (missing here: {missing}; new here: {extra}); refit"
+        )
     for package in _packages():
         saved, here = meta["versions"][package], _version(package)
         if _minor(saved) != _minor(here):

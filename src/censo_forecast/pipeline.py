@@ -13,9 +13,9 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
@@ -238,6 +238,8 @@ class Run(Hooks):
         """The walk-forward's predictions kept at once (cv_predictions.parquet is made of them),
         then SHAP; the checkpoint counts once SHAP is in it too."""
         checkpoints.save_predictions(self.checkpoints, cv)
+        if cv.last_fold is None:
+            raise PipelineError(f"{cv.flag}: the walk-forward kept no fold to explain")  # a fresh walk-forward always does
         with self.clock.phase(f"shap {cv.flag}"):
             try:
                 importance = explain.explain_stage(cv.flag, cv.last_fold, self.shap_dir, self.s.shap_sample, self.s.model.seed)

@@ -96,10 +96,10 @@ def combine(stages: list[tuple[StageCV, StageResults]]) -> CVResult:
     )
 
 
-def totals_error(predictions: pl.DataFrame, model: str) -> dict[str, float]:
+def totals_error(predictions: pl.DataFrame, model: str) -> dict[str, float | None]:
     """Mean absolute percentage error of municipal and state totals over the test years
     (the rows of one horizon)."""
-    out = {}
+    out: dict[str, float | None] = {}
     for key, label in (("CO_MUNICIPIO", APE_MUNICIPALITIES), ("CO_UF", APE_STATES)):
         sums = (predictions.group_by(key, YEAR).agg(pl.col(ACTUAL).sum(), pl.col(model).sum())
                 .filter(pl.col(ACTUAL) > 0).sort(key, YEAR))  # sorted: a reproducible float sum
@@ -116,8 +116,8 @@ def coverage_table(predictions: pl.DataFrame) -> pl.DataFrame:
         for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag))
         for model in models.MODEL_NAMES
     ]
-    schema = {STAGE: pl.String, MODEL: pl.String, HORIZON: pl.Int32, YEAR: pl.Int64,
-              COVERAGE_80: pl.Float64, COVERAGE_95: pl.Float64, ROWS: pl.Int64}
+    schema = pl.Schema({STAGE: pl.String(), MODEL: pl.String(), HORIZON: pl.Int32(), YEAR: pl.Int64(),
+                        COVERAGE_80: pl.Float64(), COVERAGE_95: pl.Float64(), ROWS: pl.Int64()})
     frames = [f.select(list(schema)).cast(schema) for f in frames if f.height]
     return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 

@@ -15,15 +15,16 @@ import logging
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
 from censo_forecast import atomic
 
 log = logging.getLogger(__name__)
+Location = Path | str  # a local path, or an fsspec URL
 
 
 def is_url(location) -> bool:
@@ -63,7 +64,7 @@ def exists(location) -> bool:
     return fs.exists(p)
 
 
-def listdir(location) -> dict[str, object]:
+def listdir(location) -> dict[str, Location]:
     """File names in a folder and their locations (empty when the folder does not exist)."""
     path = local_path(location)
     if path is not None:
@@ -83,7 +84,9 @@ def stat(location) -> dict:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     fs, p = _fs(location)
     info = fs.info(p)
-    marker = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "created") if info.get(k)), None)
+    marker = next(
+        (str(info[k]) for k in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "created") if info.get(k)), None
+    )
     return {"size": int(info["size"]), "mtime_ns": marker}
 
 

@@ -45,7 +45,7 @@ CONNECT_TIMEOUT = "30s"  # how long to try reaching a --scheduler
 
 
 @contextmanager
-def connect(settings) -> Iterator["DaskEngine"]:
+def connect(settings) -> Iterator[DaskEngine]:
     """The engine on the settings' scheduler, or on a LocalCluster of `settings.workers`
     one-thread workers started (and stopped) here."""
     with _client(settings.scheduler, settings.workers) as client:
@@ -219,7 +219,7 @@ class DaskStageData(StageData):
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)
         X_parts, y_parts = [], []
-        for pair, n in zip(pairs, sizes):
+        for pair, n in zip(pairs, sizes, strict=True):
             if n:  # empty partitions would give a worker nothing to train on
                 X_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 0), shape=(n, width), dtype=np.float32))
                 y_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 1), shape=(n,), dtype=np.float64))

@@ -8,15 +8,17 @@ import hashlib
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from types import ModuleType
 
+from censo_forecast.inep import catalog
+
+_inflate_lib: ModuleType
 try:  # ISA-L inflates about twice as fast as zlib; same format, optional
     from isal import isal_zlib as _inflate_lib
 except ImportError:  # pragma: no cover - platforms without isal wheels
     _inflate_lib = zlib
-
-from censo_forecast.inep import catalog
 
 
 class ArchiveError(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import polars as pl
@@ -78,12 +78,6 @@ def table_of(column: str) -> str:
     return next((table for table, prefix in COUNT_TABLES.items() if column.startswith(prefix)), SCHOOL_TABLE)
 
 
-def multi_table(year: int) -> bool:
-    """Whether INEP publishes the year as several tables (what synthetic writes; ingest reads any
-    year in either layout, recognised from its members)."""
-    return year > SINGLE_TABLE_LAST_YEAR
-
-
 @dataclass(frozen=True)
 class Release:
     """One package of a multi-table year: its zip, folder and table file names."""
@@ -109,7 +103,7 @@ class Release:
 FIRST_RELEASE, REPUBLICATION = Release(False), Release(True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _table_header(table: str, republished: bool) -> tuple[str, ...]:
     v2 = _read_columns(f"2025/Tabela_{table}_2025_V2.txt") if table in TABLES else ()
     if republished:
@@ -175,7 +169,7 @@ def parse_zip_name(name: str) -> tuple[int, bool] | None:
     return (int(m.group(1)), bool(m.group(2))) if m else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def columns_for_year(year: int) -> tuple[str, ...]:
     """Exact header order of microdados_ed_basica_YYYY.csv (2008-2021 share one layout)."""
     if year <= 2021:

@@ -52,7 +52,7 @@ def read_table(raw: bytes, types: dict[str, pl.DataType], where: str, *, require
     return frame.with_columns(_finish(n, t, frame) for n, t in wanted.items() if t in (pl.Date, pl.Categorical))
 
 
-_ARROW_INTS = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
+_ARROW_INTS: dict[pl.DataType, pa.DataType] = {pl.Int8(): pa.int8(), pl.Int16(): pa.int16(), pl.Int32(): pa.int32()}
 
 
 def _fast_read(buffer: pa.Buffer, types: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -78,7 +78,7 @@ def _fast_read(buffer: pa.Buffer, types: dict[str, pl.DataType]) -> pl.DataFrame
 def _latin1_text(column: pa.ChunkedArray) -> pl.Series:
     encoded = column.combine_chunks().dictionary_encode()
     text = pa.array([None if v is None else v.decode(catalog.CSV_ENCODING) for v in encoded.dictionary.to_pylist()], pa.string())
-    return pl.from_arrow(pc.take(text, encoded.indices)).cast(pl.String)
+    return pl.Series(pc.take(text, encoded.indices)).cast(pl.String)
 
 
 def _explain_failure(raw: bytes, header: list[str], types: dict[str, pl.DataType], where: str, arrow_message: str) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlparse
 import certifi
 import httpx
 
-from censo_forecast import atomic, runlog, storage
+from censo_forecast import atomic, config, runlog, storage
 from censo_forecast.inep import archive, catalog
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ class DownloadOptions:
     listing_url: str | None = catalog.LISTING_URL
     ca_bundle: Path | None = None
     insecure: bool = False
-    retries: int = 8  # consecutive failures without progress before giving up
-    timeout_s: float = 60.0  # per request: connecting, or waiting for the next bytes
+    retries: int = config.default("retries")  # consecutive failures without progress before giving up
+    timeout_s: float = config.default("timeout_s")  # per request: connecting, or waiting for the next bytes
     # per file: the longest total wait without receiving a byte, over every retry (None: 3 x timeout_s)
     max_wait_s: float | None = None
     backoff_s: float = 1.0  # first back-off; doubles up to backoff_cap_s
     backoff_cap_s: float = 60.0
-    jobs: int = 2
+    jobs: int = config.default("jobs")
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
 
@@ -306,7 +306,10 @@ class Downloader:
             for y in report.missing:
                 log.error("year %d: not offered by %s (nor at %s)", y, self.opts.listing_url or "-", catalog.zip_url(y, self.opts.base_url))
             with ThreadPoolExecutor(max_workers=max(1, self.opts.jobs)) as pool:
-                futures = {pool.submit(self.fetch, client, year, url, slot % max(1, self.opts.jobs)): year for slot, (year, url) in enumerate(sorted(available.items()))}
+                futures = {
+                    pool.submit(self.fetch, client, year, url, slot % max(1, self.opts.jobs)): year
+                    for slot, (year, url) in enumerate(sorted(available.items()))
+                }
                 for future in as_completed(futures):
                     year = futures[future]
                     try:

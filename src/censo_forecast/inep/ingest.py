@@ -49,10 +49,11 @@ def cache_path(cache_dir, year: int):
     return storage.join(cache_dir, cache_path_name(year))
 
 
-def raw_zips(raw_dir) -> dict[int, Path]:
+def raw_zips(raw_dir) -> dict[int, storage.Location]:
     """Census zips present in a folder (path or URL), by year; when a year has both, the
     re-publication (microdados_censo_escolar_YYYY_.zip) supersedes the first release."""
-    found, republished = {}, set()
+    found: dict[int, storage.Location] = {}
+    republished: set[int] = set()
     for name, location in storage.listdir(raw_dir).items():
         parsed = catalog.parse_zip_name(name)
         if parsed is not None and (parsed[1] or parsed[0] not in republished):
@@ -216,4 +217,15 @@ def cached_years(cache_dir) -> list[int]:
     return sorted(int(y) for y in manifest if y.isdigit() and storage.exists(cache_path(cache_dir, int(y))))
 
 
-__all__ = ["IngestError", "IngestReport", "ingest", "ingest_year", "read_census_zip", "load_cache", "raw_zips", "cache_path", "cache_path_name", "cached_years"]
+__all__ = [
+    "IngestError",
+    "IngestReport",
+    "ingest",
+    "ingest_year",
+    "read_census_zip",
+    "load_cache",
+    "raw_zips",
+    "cache_path",
+    "cache_path_name",
+    "cached_years",
+]

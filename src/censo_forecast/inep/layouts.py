@@ -104,15 +104,16 @@ def _join_tables(zip_path: Path, members: dict[str, zipfile.ZipInfo], year: int)
     seen = [pl.col(p).fill_null(False) for p in present]
     no_activity = active & ~pl.any_horizontal(seen)
     _log_absences(school, year, active, seen, present)
-    counts = [c for c in school.columns if catalog.table_of(c) != catalog.SCHOOL_TABLE]
-    return school.with_columns(pl.when(no_activity).then(pl.col(c).fill_null(0)).otherwise(pl.col(c)) for c in counts).drop(present)
+    count_columns = [c for c in school.columns if catalog.table_of(c) != catalog.SCHOOL_TABLE]
+    return (school.with_columns(pl.when(no_activity).then(pl.col(c).fill_null(0)).otherwise(pl.col(c)) for c in count_columns)
+            .drop(present))
 
 
 def _log_absences(school: pl.DataFrame, year: int, active: pl.Expr, seen: list[pl.Expr], present: list[str]) -> None:
     stats = school.select(
         active.sum().alias("active"),
         (active & ~pl.any_horizontal(seen)).sum().alias("none"),
-        *((active & ~s & pl.any_horizontal(seen)).sum().alias(p) for s, p in zip(seen, present)),
+        *((active & ~s & pl.any_horizontal(seen)).sum().alias(p) for s, p in zip(seen, present, strict=True)),
     ).row(0, named=True)
     log.info("year %d (tables): %d active schools; %d in no count table (no activity: counts 0)", year,
              stats["active"], stats["none"])

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -108,6 +109,22 @@ class SynthSettings:
 
 class CensusSimulator:
     """Evolves a population of schools year by year and renders each year as INEP's CSV."""
+
+    # one entry per school ever opened, grown together by `_alloc` (per-stage arrays too:
+    # grades_<stage>, offers_<stage>, entry_<stage>, read by name)
+    code: np.ndarray
+    muni: np.ndarray
+    dep: np.ndarray
+    loc: np.ndarray
+    status: np.ndarray
+    closed_for: np.ndarray
+    key: np.ndarray
+    first_year: np.ndarray
+    size: np.ndarray
+    attract: np.ndarray
+    class_factor: np.ndarray
+    teacher_factor: np.ndarray
+    offers_FUND_AI: np.ndarray  # the stage every school without another offers
 
     def __init__(self, settings: SynthSettings):
         self.s = settings
@@ -207,7 +224,7 @@ class CensusSimulator:
             offers = rng.random(count) < p
             getattr(self, f"offers_{st.suffix}")[idx] = offers
             any_stage |= offers
-        getattr(self, "offers_FUND_AI")[idx[~any_stage]] = True
+        self.offers_FUND_AI[idx[~any_stage]] = True
         for st in SIMULATED:
             offers = getattr(self, f"offers_{st.suffix}")[idx]
             entry = self.size[idx] * rng.lognormal(0.0, 0.3, count) * offers
@@ -341,7 +358,13 @@ class CensusSimulator:
             classes = np.where(mat > 0, np.ceil(mat / (st.class_size * self.class_factor[idx])), 0).astype(np.int64)
             jitter = ((self.key[idx] >> np.uint64(7)) % np.uint64(3)).astype(np.int64) - 1
             teachers = np.where(mat > 0, np.maximum(1, np.rint(classes * st.teachers_per_class * self.teacher_factor[idx]) + jitter), 0)
-            out[st.suffix] = {"IN": (offers & (mat > 0)).astype(np.int64), "MAT": mat, "DOC": teachers.astype(np.int64), "TUR": classes, "grades": grades}
+            out[st.suffix] = {
+                "IN": (offers & (mat > 0)).astype(np.int64),
+                "MAT": mat,
+                "DOC": teachers.astype(np.int64),
+                "TUR": classes,
+                "grades": grades,
+            }
         ai, af = out["FUND_AI"], out["FUND_AF"]
         out["FUND"] = {
             "IN": np.maximum(ai["IN"], af["IN"]),
@@ -351,7 +374,7 @@ class CensusSimulator:
         }
         for st in SIMULATED:  # a stage with no pupils is not on offer this year
             getattr(self, f"offers_{st.suffix}")[idx] &= out[st.suffix]["MAT"] > 0
-        out["BAS"] = {kind: sum(out[s][kind] for s in _BASIC) for kind in ("MAT", "DOC", "TUR")}
+        out["BAS"] = {kind: cast(np.ndarray, sum(out[s][kind] for s in _BASIC)) for kind in ("MAT", "DOC", "TUR")}
         return out
 
     def render(self, year: int) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
@@ -372,7 +395,7 @@ class CensusSimulator:
         tables["Curso_Tecnico"] = renderer.frame(release.header("Curso_Tecnico"), c["PROF_TEC"]["MAT"] > 0)
         return tables, truth
 
-    def _renderer(self, year: int) -> tuple["_Renderer", dict[str, dict[str, int]]]:
+    def _renderer(self, year: int) -> tuple[_Renderer, dict[str, dict[str, int]]]:
         rows = np.flatnonzero(np.isin(self.status[: self.n], (_ACTIVE, _PARALYSED, _EXTINCT_NOW, _EXTINCT_BEFORE)))
         rows = rows[np.argsort(self.code[rows], kind="stable")]
         counts = self.stage_counts(rows)
@@ -490,11 +513,11 @@ class _Renderer:
         # non-graded (NS) columns are 0, so that every breakdown adds up to QT_MAT_MED
         med = c["MED"]["grades"]
         zero = np.zeros(self.n, dtype=np.int64)
-        for g in (1, 2, 3, 4, "NS"):
-            grade = med[:, g - 1] if isinstance(g, int) and g <= med.shape[1] else zero
-            out[f"QT_MAT_MED_{g}"] = self._numeric(grade)
+        for med_grade in (1, 2, 3, 4, "NS"):
+            grade = med[:, med_grade - 1] if isinstance(med_grade, int) and med_grade <= med.shape[1] else zero
+            out[f"QT_MAT_MED_{med_grade}"] = self._numeric(grade)
             for track in ("PROP", "CT", "NM", "IFTP_CT", "IFTP_QP"):
-                out[f"QT_MAT_MED_{track}_{g}"] = self._numeric(grade if track == "PROP" else zero)
+                out[f"QT_MAT_MED_{track}_{med_grade}"] = self._numeric(grade if track == "PROP" else zero)
         for track in ("PROP", "CT", "NM", "IFTP_CT", "IFTP_QP", "IFA"):
             out[f"QT_MAT_MED_{track}"] = self._numeric(c["MED"]["MAT"] if track == "PROP" else zero)
         mat = {k: v["MAT"] for k, v in c.items()}
@@ -572,9 +595,14 @@ def write_year_zip(path: Path, year: int, csv_bytes: bytes) -> None:
     md5 = hashlib.md5(csv_bytes).hexdigest()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr(_member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year), b"PK\x05\x06" + b"\0" * 18)
+        zf.writestr(
+            _member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year),
+            b"PK\x05\x06" + b"\0" * 18,
+        )
         zf.writestr(_member(data_name, year), csv_bytes, compresslevel=6)
-        zf.writestr(_member(f"{folder}/dados/md5_microdados_ed_basica_{year}.txt", year), f"{md5} *microdados_ed_basica_{year}.csv\n".encode())
+        zf.writestr(
+            _member(f"{folder}/dados/md5_microdados_ed_basica_{year}.txt", year), f"{md5} *microdados_ed_basica_{year}.csv\n".encode()
+        )
         if year >= 2023:
             supplement = f"NU_ANO_CENSO;CO_ENTIDADE;CO_CURSO_EDUC_PROFISSIONAL\n{year};11000023;1\n".encode()
             zf.writestr(_member(f"{folder}/dados/suplemento_cursos_tecnicos_{year}.csv", year), supplement)
@@ -589,7 +617,10 @@ def write_tables_zip(path: Path, year: int, tables: dict[str, bytes], release: c
     lines = []
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr(_member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year), b"PK\x05\x06" + b"\0" * 18)
+        zf.writestr(
+            _member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year),
+            b"PK\x05\x06" + b"\0" * 18,
+        )
         for table, data in tables.items():
             name = release.member(table, year)
             zf.writestr(_member(name, year), data, compresslevel=6)

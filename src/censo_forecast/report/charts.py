@@ -97,7 +97,7 @@ def state_fans(history: pl.DataFrame, states: pl.DataFrame, flag: str, words) ->
     columns = 6
     rows = max(1, -(-ufs.height // columns))
     fig, axes = subplots(rows, columns, figsize=(12, 1.9 * rows), squeeze=False)
-    for ax, (code, abbr) in zip(axes.flat, ufs.iter_rows()):
+    for ax, (code, abbr) in zip(axes.flat, ufs.iter_rows(), strict=False):
         _fan(ax, history.filter((pl.col(STAGE) == flag) & (pl.col("CO_UF") == code)),
              states.filter((pl.col(STAGE) == flag) & (pl.col("CO_UF") == code)), abbr, words, fontsize=8)
         ax.tick_params(labelsize=6)
@@ -153,7 +153,7 @@ def totals_plot(totals: pl.DataFrame, flag: str, chosen: str, words) -> bytes:
     fig, ax = subplots(figsize=(5.5, 3.2))
     actual = totals.filter(pl.col(MODEL) == PERSISTENCE).sort(YEAR)
     ax.plot(actual[YEAR], actual[ACTUAL_TOTAL], "o-", color="#1d2330", label=words("actual"))
-    for m, style in zip(shown, ("s--", "^-")):
+    for m, style in zip(shown, ("s--", "^-"), strict=False):
         rows = totals.filter(pl.col(MODEL) == m).sort(YEAR)
         ax.plot(rows[YEAR], rows[FORECAST], style, label=m)
     ax.set_title(words("totals_title", stage=words.stage(flag)), fontsize=10)
@@ -175,7 +175,7 @@ def error_by_size_plot(errors: pl.DataFrame, flag: str, words) -> bytes:
         mae = bins.join(errors.filter(pl.col(MODEL) == m), on=SIZE_BIN, how="left")[MAE]
         ax.bar([x + i * width for x in range(bins.height)], mae, width=width, label=m)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(bins.height)],
-                  [f"{s}\n(n={words.integer(n)})" for s, n in zip(bins[SIZE_LABEL], bins[ROWS])], fontsize=7)
+                  [f"{s}\n(n={words.integer(n)})" for s, n in zip(bins[SIZE_LABEL], bins[ROWS], strict=True)], fontsize=7)
     ax.set_ylabel(words("mae_axis"))
     ax.set_title(words("size_title", stage=words.stage(flag)), fontsize=10)
     ax.legend(fontsize=7)
@@ -200,10 +200,10 @@ def sparkline(past_years: list[int], past: list[float], years: list[int], foreca
     start = [(past_years[-1], past[-1])] if past else []
     band = ""
     if all(v is not None for v in (*low, *high)) and low:
-        ring = start + list(zip(years, high)) + list(zip(reversed(years), reversed(low))) + start
+        ring = start + list(zip(years, high, strict=True)) + list(zip(reversed(years), reversed(low), strict=True)) + start
         band = f'<polygon points="{" ".join(point(x, y) for x, y in ring)}" fill="#8fb1db" opacity="0.7"/>'
-    census = " ".join(point(x, y) for x, y in zip(past_years, past))
-    ahead = " ".join(point(x, y) for x, y in start + list(zip(years, forecast)))
+    census = " ".join(point(x, y) for x, y in zip(past_years, past, strict=True))
+    ahead = " ".join(point(x, y) for x, y in start + list(zip(years, forecast, strict=True)))
     return (f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-hidden="true">'
             f'{band}<polyline points="{census}" fill="none" stroke="#1d2330" stroke-width="1.5"/>'
             f'<polyline points="{ahead}" fill="none" stroke="#1f4e8c" stroke-width="1.5" stroke-dasharray="3,2"/></svg>')

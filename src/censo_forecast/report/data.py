@@ -184,7 +184,7 @@ def quality(results: pl.DataFrame) -> pl.DataFrame:
     if HORIZON not in results.columns:
         results = results.with_columns(pl.lit(1).alias(HORIZON))
     chosen = results.filter(pl.col(CHOSEN))
-    last_h = int(results[HORIZON].max())
+    last_h = int(results.select(pl.col(HORIZON).max()).item())
     keep = {MODEL, MAE_MEAN, SKILL_VS_PERSISTENCE, SKILL_VS_COHORT, COVERAGE_80_MEAN, COVERAGE_95_MEAN, SAMPLES}
     frames = []
     for h in sorted({1, last_h}):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, outputs
+from censo_forecast import atomic, config, outputs
 from censo_forecast.inep.catalog import SCHOOL, YEAR
 from censo_forecast.outputs import (
     AGGREGATION_ADJUSTMENT,
@@ -42,15 +42,13 @@ from censo_forecast.outputs import (
 )
 from censo_forecast.report import charts, choropleth, data
 from censo_forecast.report.data import DamagedOutput
-from censo_forecast.report.i18n import DEFAULT_LANGUAGE, TILES, Words
-
-MAX_SCHOOLS = 10_000  # above this many schools the page points to the forecast files instead of a school table
+from censo_forecast.report.i18n import TILES, Words
 
 __all__ = ["build_report", "DamagedOutput"]
 
 
 def _asset(name: str) -> str:
-    return resources.files("censo_forecast.report").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("censo_forecast.report").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -93,27 +91,33 @@ def headline_section(rows: list[dict], area: str, words: Words) -> str:
             + "".join(f"<th>{y}</th>" for y in years) + f"<th>{words('change', year=years[-1])}</th>")
     body = []
     for r in rows:
-        cells = [f'<td class="stage">{html.escape(words.stage(r["flag"]))}</td>',
-                 f"<td>{charts.sparkline(r['past_years'][-charts.HISTORY_YEARS:], r['past'][-charts.HISTORY_YEARS:], years, r['forecast'], r['low'], r['high'], width=110)}</td>",
-                 f'<td class="num"><span class="big">{words.integer(r["last"])}</span></td>']
-        for value, low, high in zip(r["forecast"], r["low"], r["high"]):
+        recent = slice(-charts.HISTORY_YEARS, None)
+        path = charts.sparkline(r["past_years"][recent], r["past"][recent], years, r["forecast"], r["low"], r["high"], width=110)
+        cells = [
+            f'<td class="stage">{html.escape(words.stage(r["flag"]))}</td>',
+            f"<td>{path}</td>",
+            f'<td class="num"><span class="big">{words.integer(r["last"])}</span></td>',
+        ]
+        for value, low, high in zip(r["forecast"], r["low"], r["high"], strict=True):
             band = (words("range80", low=words.integer(low), high=words.integer(high)) if low is not None and high is not None
                     else words("unbounded"))
             cells.append(f'<td class="num"><span class="big">{words.integer(value)}</span><small>{band}</small></td>')
         change = r["forecast"][-1] - r["last"]
         cells.append(_change_cell(words, change, change / r["last"] if r["last"] else None))
         body.append(f'<tr data-stage="{r["flag"]}">{"".join(cells)}</tr>')
-    return ("<section id='headline-section'>"
-            f"<h2>{html.escape(words('headline', area=area))}</h2>"
-            f"<p class='muted'>{html.escape(words('headline_note', year=years[-1]))}</p>"
-            f"<div class='scroll'><table id='headline'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>")
+    return (
+        "<section id='headline-section'>"
+        f"<h2>{html.escape(words('headline', area=area))}</h2>"
+        f"<p class='muted'>{html.escape(words('headline_note', year=years[-1]))}</p>"
+        f"<div class='scroll'><table id='headline'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
+    )
 
 
 def _stage_options(flags, words: Words, selected: str | None = None, everything: str | None = None, values=None) -> str:
     values = list(values) if values is not None else list(flags)
     options = [f'<option value="">{html.escape(everything)}</option>'] if everything else []
     options += [f'<option value="{v}"{" selected" if f == selected else ""}>{html.escape(words.stage(f))}</option>'
-                for f, v in zip(flags, values)]
+                for f, v in zip(flags, values, strict=True)]
     return "".join(options)
 
 
@@ -145,8 +149,10 @@ def _movers_table(frame: pl.DataFrame, label, words: Words, year: int, census_ye
         band = words("range80", low=words.integer(r[LOWER_80]), high=words.integer(r[UPPER_80])) \
             if r[LOWER_80] is not None else ""
         name, where = label[1](r)
-        rows.append(f"<tr><td>{html.escape(name)}<small class='who'>{html.escape(where)}</small></td><td>{words.integer(r[LAST_ENROLLMENT])}</td>"
-                    f"<td>{words.integer(r[FORECAST])}<small>{band}</small></td>{_change_cell(words, r['change'], r['change_pct'])}</tr>")
+        rows.append(
+            f"<tr><td>{html.escape(name)}<small class='who'>{html.escape(where)}</small></td><td>{words.integer(r[LAST_ENROLLMENT])}</td>"
+            f"<td>{words.integer(r[FORECAST])}<small>{band}</small></td>{_change_cell(words, r['change'], r['change_pct'])}</tr>"
+        )
     if not rows:
         rows.append(f"<tr><td colspan='4' class='muted'>{words('none')}</td></tr>")
     return f"<table class='movers-table'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -154,8 +160,10 @@ def _movers_table(frame: pl.DataFrame, label, words: Words, year: int, census_ye
 
 def movers_section(munis: pl.DataFrame, school_rows: pl.DataFrame, year: int, census_year: int, words: Words) -> str:
     """The ten municipalities and schools with the largest expected growth and decline per stage."""
-    names = dict(zip(munis["CO_MUNICIPIO"].to_list(), munis["NO_MUNICIPIO"].to_list())) if "NO_MUNICIPIO" in munis.columns else {}
-    ufs = dict(zip(munis["CO_MUNICIPIO"].to_list(), munis["SG_UF"].to_list())) if "SG_UF" in munis.columns else {}
+    names = (
+        dict(zip(munis["CO_MUNICIPIO"].to_list(), munis["NO_MUNICIPIO"].to_list(), strict=True)) if "NO_MUNICIPIO" in munis.columns else {}
+    )
+    ufs = dict(zip(munis["CO_MUNICIPIO"].to_list(), munis["SG_UF"].to_list(), strict=True)) if "SG_UF" in munis.columns else {}
 
     def place(code) -> str:
         return f"{names.get(code) or code}/{ufs.get(code) or ''}"
@@ -183,6 +191,7 @@ def movers_section(munis: pl.DataFrame, school_rows: pl.DataFrame, year: int, ce
 
 def _finder(kind: str, payload: dict, words: Words, years: list[int], stages: list[str], ufs: list[str]) -> str:
     schools = kind == "escolas"
+    stage_names = [[f, words.stage(f)] for f in stages]
     columns = [("code", SCHOOL if schools else "CO_MUNICIPIO"), ("name", words("school" if schools else "municipality"))]
     columns += [("muni", words("municipality")), ("uf", words("uf"))] if schools else [("uf", words("uf"))]
     columns += [("stage", words("stage")), ("last", words("census", year=years[0] - 1))]
@@ -192,15 +201,18 @@ def _finder(kind: str, payload: dict, words: Words, years: list[int], stages: li
                    for i, (k, label) in enumerate(columns))
     uf_options = f'<option value="">{words("all_ufs")}</option>' + "".join(f'<option value="{u}">{u}</option>' for u in ufs)
     placeholder = words("search_school" if schools else "search_muni")
-    return (f"<div class='finder' id='finder-{kind}'>"
-            f"<div class='controls'><input class='q' type='search' placeholder='{html.escape(placeholder)}' aria-label='{words('search')}'>"
-            f"<select class='uf' aria-label='{words('uf')}'>{uf_options}</select>"
-            f"<select class='stage' aria-label='{words('stage')}'>{_stage_options(stages, words, everything=words('all_stages'), values=range(len(stages)))}</select>"
-            f"<button class='download' type='button'>{words('download')}</button></div>"
-            f"<p class='count'></p><noscript><p>{html.escape(words('needs_script'))}</p></noscript>"
-            f"<div class='scroll'><table class='finder-table' id='{kind}-table'><thead><tr>{head}</tr></thead><tbody></tbody></table></div>"
-            f"<button class='more' type='button' hidden>{words('more')}</button>"
-            f"{_json_block({'kind': kind, 'years': years, 'stages': [[f, words.stage(f)] for f in stages], 'csv_columns': CSV_COLUMNS, **payload}, 'finder-data')}</div>")
+    return (
+        f"<div class='finder' id='finder-{kind}'>"
+        f"<div class='controls'><input class='q' type='search' placeholder='{html.escape(placeholder)}' aria-label='{words('search')}'>"
+        f"<select class='uf' aria-label='{words('uf')}'>{uf_options}</select>"
+        f"<select class='stage' aria-label='{words('stage')}'>"
+        f"{_stage_options(stages, words, everything=words('all_stages'), values=range(len(stages)))}</select>"
+        f"<button class='download' type='button'>{words('download')}</button></div>"
+        f"<p class='count'></p><noscript><p>{html.escape(words('needs_script'))}</p></noscript>"
+        f"<div class='scroll'><table class='finder-table' id='{kind}-table'><thead><tr>{head}</tr></thead><tbody></tbody></table></div>"
+        f"<button class='more' type='button' hidden>{words('more')}</button>"
+        f"{_json_block({'kind': kind, 'years': years, 'stages': stage_names, 'csv_columns': CSV_COLUMNS, **payload}, 'finder-data')}</div>"
+    )
 
 
 # the forecast columns of the finder's CSV download, as the forecast files name them
@@ -215,7 +227,10 @@ def finder_section(out: Path, munis: pl.DataFrame, years: list[int], words: Word
     parts = [f"<section id='municipios-section'><h2>{words('find')}</h2><p class='muted'>{html.escape(words('find_note'))}</p>",
              _finder("municipios", muni_payload, words, years, stages, ufs), f"<h3>{words('school_table')}</h3>"]
     if school_payload is None:
-        parts.append(f"<p class='muted' id='school-limit'>{html.escape(words('school_limit', schools=words.integer(count), limit=words.integer(max_schools)))}</p>")
+        parts.append(
+            f"<p class='muted' id='school-limit'>"
+            f"{html.escape(words('school_limit', schools=words.integer(count), limit=words.integer(max_schools)))}</p>"
+        )
     else:
         school_payload["municipalities"] = muni_payload["places"]
         parts.append(f"<p class='muted'>{html.escape(words('school_note'))}</p>")
@@ -239,7 +254,7 @@ def horizon_table(results: pl.DataFrame) -> pl.DataFrame:
 def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -> str:
     """How good, in words and one chart, then the numbers behind them."""
     table = data.quality(results)
-    horizons = sorted({1, int(results[HORIZON].max())}) if HORIZON in results.columns else [1]
+    horizons = sorted({1, int(results.select(pl.col(HORIZON).max()).item())}) if HORIZON in results.columns else [1]
     h = horizons[-1]
 
     def versus(column: str, h: int = 1) -> str:
@@ -324,8 +339,15 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
         images = [_img(charts.totals_plot(totals.filter(pl.col(STAGE) == flag), flag, chosen.get(flag, ENSEMBLE), words), f"{flag} totals"),
                   _img(charts.error_by_size_plot(errors.filter(pl.col(STAGE) == flag), flag, words), f"{flag} error by size")]
         shap_pngs = sorted((out / outputs.SHAP).glob(outputs.shap_png("*", flag, "*")))
-        shap_part = (f"<h3>{words('shap')}</h3><div class='grid'>" + "".join(_img(charts.compact_png(p.read_bytes()), p.stem) for p in shap_pngs)
-                     + "</div>") if shap_pngs else ""
+        shap_part = (
+            (
+                f"<h3>{words('shap')}</h3><div class='grid'>"
+                + "".join(_img(charts.compact_png(p.read_bytes()), p.stem) for p in shap_pngs)
+                + "</div>"
+            )
+            if shap_pngs
+            else ""
+        )
         parts.append(f"<details id='stage-{flag}'><summary>{html.escape(words('stage_details', stage=words.stage(flag)))}</summary>"
                      f"<div class='grid'>{''.join(images)}</div>{shap_part}</details>")
     parts.append(f"<details id='run-details'><summary>{words('run')}</summary>{_metadata(meta, words)}</details></section>")
@@ -369,8 +391,10 @@ def build_report(out: Path, lang: str | None = None, *, target: Path | None = No
     meta = data.run_record(out)
     data.verify(out, meta)
     recorded = meta.get("settings", {}) if isinstance(meta.get("settings"), dict) else {}
-    words = Words(lang or recorded.get("report_lang") or DEFAULT_LANGUAGE)
-    max_schools = max_schools if max_schools is not None else int(recorded.get("report_max_schools") or MAX_SCHOOLS)
+    words = Words(lang or recorded.get("report_lang") or config.default("report_lang"))
+    if max_schools is None:  # the run's, or the setting's default (0 is a choice: no school table)
+        recorded_max = recorded.get("report_max_schools")
+        max_schools = int(recorded_max) if isinstance(recorded_max, int) else config.default("report_max_schools")
     municipal_map = municipal_map if municipal_map is not None else bool(recorded.get("municipal_map"))
     results, totals, errors = (pl.read_csv(path) for path in needed)
     years = data.forecast_years(out, meta)
