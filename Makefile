@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   := demo
 DEMO_SCHOOLS ?= 2000
 
-.PHONY: install demo test bench clean browser
+.PHONY: install demo test lint bench clean browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ demo: install
 	$(BIN)/censo-forecast run --raw-dir $(DEMO)/raw --out $(DEMO)/out --offline
 	@echo "demo outputs in $(DEMO)/out (open $(DEMO)/out/report.html)"
 
-test: install browser
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and mypy, configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check src tests benchmarks run_experiment.py
+	$(BIN)/mypy
+
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
 bench: install

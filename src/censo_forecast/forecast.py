@@ -85,7 +85,7 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     stage = catalog.stage(flag)
     offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_MUNICIPIO", "CO_UF", stage.enrollment)
     before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("offered_before"))
-    first, last = panel.select(pl.col(YEAR).min(), pl.col(YEAR).max()).row(0)
+    first, last = panel.select(pl.col(YEAR).min().alias("first"), pl.col(YEAR).max().alias("last")).row(0)
     years = [y for y in range(last - window + 1, last + 1) if y > first]
     fresh = (
         offering.filter(pl.col(YEAR).is_in(years))

@@ -83,7 +83,7 @@ class ChangeRegressor(RegressorMixin, BaseEstimator):
     """
 
     def __init__(self, learner: str = "LightGBM", anchor: int = 0, settings: ModelSettings | None = None,
-                 device: str = "cpu", n_jobs: int = 2):
+                 device: str = "cpu", n_jobs: int = 1):
         self.learner = learner
         self.anchor = anchor
         self.settings = settings

@@ -83,7 +83,7 @@ class StageCV:
 
 
 def walk_forward(data: StageData, flag: str, census_years: list[int], factory: ModelFactory, *,
-                 min_train_years: int = 3) -> StageCV:
+                 min_train_years: int) -> StageCV:
     """Walk-forward over origin years and horizons for one stage.
 
     Parameters: `data` (an engine's StageData), `flag`, `census_years`; `factory` (the

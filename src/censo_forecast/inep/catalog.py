@@ -135,9 +135,31 @@ def zip_folder(year: int) -> str:
     return f"microdados_censo_escolar_{year}"
 
 
+def data_file_name(year: int) -> str:
+    """The one-table layout's data file, as INEP's md5 list names it."""
+    return f"microdados_ed_basica_{year}.csv"
+
+
 def data_member_name(year: int) -> str:
-    ext = "CSV" if year == 2020 else "csv"
-    return f"{zip_folder(year)}/dados/microdados_ed_basica_{year}.{ext}"
+    """The data file inside the zip (2020's ends in upper-case .CSV)."""
+    name = data_file_name(year)
+    return f"{zip_folder(year)}/dados/{name[:-4]}.CSV" if year == 2020 else f"{zip_folder(year)}/dados/{name}"
+
+
+def md5_member_name(year: int, folder: str, multi_table: bool = False) -> str:
+    """INEP's md5 list in a zip's `dados/` (what `md5_member_re` finds)."""
+    stem = "microdados_censo_escolar" if multi_table else "microdados_ed_basica"
+    return f"{folder}/dados/md5_{stem}_{year}.txt"
+
+
+def companion_members(folder: str, year: int) -> dict[str, str]:
+    """The other members INEP packs beside the data (ingest ignores them): the data dictionary,
+    the read-me and, from 2023, the technical courses' supplement."""
+    members = {"dictionary": f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx",
+               "readme": f"{folder}/leia-me/Leia-me Censo Escolar {year}.pdf"}
+    if year >= 2023:
+        members["supplement"] = f"{folder}/dados/suplemento_cursos_tecnicos_{year}.csv"
+    return members
 
 
 def blanks_for_missing(year: int) -> bool:

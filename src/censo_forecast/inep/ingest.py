@@ -134,7 +134,7 @@ def ingest_year(zip_path, year: int, cache_dir) -> dict:
     return entry
 
 
-def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 2, force: bool = False, progress=None,
+def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 1, force: bool = False, progress=None,
            executor: Executor | None = None) -> IngestReport:
     """Ingest every requested year found in raw_dir; unchanged years are skipped.
 

@@ -589,48 +589,46 @@ def frame_to_csv_bytes(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue().decode("utf-8").encode(catalog.CSV_ENCODING)
 
 
+EMPTY_XLSX = b"PK\x05\x06" + b"\0" * 18  # an empty zip stands in for the data dictionary
+EMPTY_PDF = b"%PDF-1.4\n%%EOF\n"
+
+
 def write_year_zip(path: Path, year: int, csv_bytes: bytes) -> None:
+    """A one-table year as INEP packs it (member names from `catalog`)."""
     folder = catalog.zip_folder(year)
-    data_name = catalog.data_member_name(year)
+    companions = catalog.companion_members(folder, year)
     md5 = hashlib.md5(csv_bytes).hexdigest()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr(
-            _member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year),
-            b"PK\x05\x06" + b"\0" * 18,
-        )
-        zf.writestr(_member(data_name, year), csv_bytes, compresslevel=6)
-        zf.writestr(
-            _member(f"{folder}/dados/md5_microdados_ed_basica_{year}.txt", year), f"{md5} *microdados_ed_basica_{year}.csv\n".encode()
-        )
-        if year >= 2023:
-            supplement = f"NU_ANO_CENSO;CO_ENTIDADE;CO_CURSO_EDUC_PROFISSIONAL\n{year};11000023;1\n".encode()
-            zf.writestr(_member(f"{folder}/dados/suplemento_cursos_tecnicos_{year}.csv", year), supplement)
-        zf.writestr(_member(f"{folder}/leia-me/Leia-me Censo Escolar {year}.pdf", year), b"%PDF-1.4\n%%EOF\n")
+        zf.writestr(_member(companions["dictionary"], year), EMPTY_XLSX)
+        zf.writestr(_member(catalog.data_member_name(year), year), csv_bytes, compresslevel=6)
+        zf.writestr(_member(catalog.md5_member_name(year, folder), year), f"{md5} *{catalog.data_file_name(year)}\n".encode())
+        if "supplement" in companions:
+            supplement = f"{YEAR};{SCHOOL};CO_CURSO_EDUC_PROFISSIONAL\n{year};11000023;1\n".encode()
+            zf.writestr(_member(companions["supplement"], year), supplement)
+        zf.writestr(_member(companions["readme"], year), EMPTY_PDF)
     atomic.write_bytes(path, buffer.getvalue())
 
 
 def write_tables_zip(path: Path, year: int, tables: dict[str, bytes], release: catalog.Release) -> None:
     """A multi-table year as INEP packs it: `<folder>/dados/Tabela_<X>_<year>[_V2].csv`, an md5
-    list beside them, and the leia-me and Anexos folders."""
+    list beside them, and the leia-me and Anexos folders (member names from `catalog`)."""
     folder = release.folder(year)
+    companions = catalog.companion_members(folder, year)
     lines = []
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        zf.writestr(
-            _member(f"{folder}/Anexos/ANEXO I - Dicionário de Dados/dicionário_dados_educação_básica.xlsx", year),
-            b"PK\x05\x06" + b"\0" * 18,
-        )
+        zf.writestr(_member(companions["dictionary"], year), EMPTY_XLSX)
         for table, data in tables.items():
             name = release.member(table, year)
             zf.writestr(_member(name, year), data, compresslevel=6)
             lines.append(f"{hashlib.md5(data).hexdigest()} *{name.rsplit('/', 1)[-1]}\n")
-        zf.writestr(_member(f"{folder}/dados/md5_microdados_censo_escolar_{year}.txt", year), "".join(lines).encode())
-        zf.writestr(_member(f"{folder}/leia-me/Leia-me Censo Escolar {year}.pdf", year), b"%PDF-1.4\n%%EOF\n")
+        zf.writestr(_member(catalog.md5_member_name(year, folder, multi_table=True), year), "".join(lines).encode())
+        zf.writestr(_member(companions["readme"], year), EMPTY_PDF)
     atomic.write_bytes(path, buffer.getvalue())
 
 
-def generate(out_dir: Path, settings: SynthSettings, jobs: int = 2) -> dict[int, dict[str, dict[str, int]]]:
+def generate(out_dir: Path, settings: SynthSettings, jobs: int = 1) -> dict[int, dict[str, dict[str, int]]]:
     """Write one INEP-layout zip per year and `synthetic_totals.csv`; return the true totals."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
