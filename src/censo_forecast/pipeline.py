@@ -28,7 +28,7 @@ from censo_forecast.outputs import CHOSEN, MAE_MEAN, MODEL, SKILL_VS_PERSISTENCE
 from censo_forecast.panel import YEAR, build_panel
 from censo_forecast.results import CVResult
 from censo_forecast.runner import Hooks, StageFit
-from censo_forecast.validation import StageCV
+from censo_forecast.validation import CannotValidate, StageCV
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Run(Hooks):
             panel = build_panel(ingest.load_cache(self.s.cache, self.years))
         try:
             fits = forecaster._fit_panel(panel, hooks=self, device=device)
-        except ValueError as exc:
+        except CannotValidate as exc:
             raise PipelineError(str(exc)) from None
         cv = self.write_validation(forecaster, fits)
         self.write_forecast(forecaster, panel)

@@ -78,20 +78,20 @@ class StageRunner:
             for flag in flags:
                 try:
                     fits.append(self.fit_stage(panel, flag, years))
-                except ValueError as exc:
+                except validation.CannotValidate as exc:
                     skipped[flag] = str(exc)
                     log.warning("%s skipped: %s", flag, exc)
                 progress.update()
         if not fits:
-            raise ValueError("no stage could be validated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+            raise validation.CannotValidate("no stage could be validated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         return fits
 
     def fit_stage(self, panel: pl.DataFrame, flag: str, years: list[int]) -> StageFit:
-        """One stage; raises ValueError when it cannot be validated (no school offers it, too few years)."""
+        """One stage; raises CannotValidate when it cannot be (no school offers it, too few years)."""
         with self.hooks.phase(f"features {flag}"):
             data = self.engine.stage_data(panel, flag, self.horizons)
         if data.height == 0:
-            raise ValueError("no school offers this stage in these census years")
+            raise validation.CannotValidate("no school offers this stage in these census years")
         cv = self.hooks.resumed(flag)
         if cv is not None:
             log.info("%s: validation resumed from checkpoint", flag)

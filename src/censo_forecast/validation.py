@@ -39,6 +39,10 @@ from censo_forecast.stagedata import StageData
 log = logging.getLogger(__name__)
 
 
+class CannotValidate(ValueError):
+    """A stage without enough to validate it walk-forward (census years, offering schools); the message says which."""
+
+
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """MAE, RMSE, R2 and WAPE, in students."""
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -90,7 +94,7 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
     stage's models: hyper-parameters, training window, row cap, device, threads),
     `min_train_years` (census years before the first test year). Returns the stage's
     predictions and per-(horizon, test year) metrics for every model of MODEL_NAMES.
-    Raises ValueError when the census has too few years.
+    Raises CannotValidate when the census has too few years.
     """
     started = time.perf_counter()
     ahead = horizons_mod.up_to(data.horizons)
@@ -119,7 +123,7 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
                  flag, origin, test.height, out[HORIZON].n_unique(),
                  *(mae[m] for m in (models.PERSISTENCE, models.COHORT, models.ENSEMBLE)))
     if last is None:
-        raise ValueError(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
+        raise CannotValidate(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")
     folds = pl.DataFrame(fold_rows).sort(HORIZON, YEAR, maintain_order=True)
     origin, learners, rows = last  # SHAP explains the last origin's rows at every horizon: built once, here
