@@ -14,7 +14,14 @@ grade (see `../shared/methods/cohort-progression.md`):
 - intake into a stage with a feeding stage: the school's share of its municipality's
   feeding cohort (the feeder's last grade, summed over every school: grade 5 -> 6 and
   9 -> high school often change schools), pooled over the window, times that cohort at o.
-  Creche, adult elementary and special classes have no feeder: the school's mean intake.
+  Creche, adult elementary and special classes have no feeder, and most pre-school
+  pupils never attended creche (`Stage.own_intake`): the school's mean intake.
+- flows count only schools that offered the stage in both years: a school opening it
+  brings its pupils in without a cohort that moved up (its intake is counted as entry).
+- bounded, so that an outlier cannot compound over the horizons: the ratio within
+  RATIO_BOUNDS, and every forecast at most BOUND_FACTOR times the largest enrollment the
+  school ever had in the stage (census years <= o) plus its municipality's feeding cohort
+  at o (`BOUND`; 0 for stages without a fed intake).
 - Grades are the census's where the year has them (2023 on), else the stage total spread
   evenly over its grades (`panel.cohort_columns`).
 - h years ahead the method is applied h times (`ahead`): every grade moves up once a year
@@ -29,11 +36,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from censo_forecast.panel import YEAR, below_last
+from censo_forecast.panel import SCHOOL, YEAR, below_last
 
 WINDOW = 3  # transitions pooled for ratios and intake shares
 SCHOOL_PRIOR = 30.0  # students: weight of the municipal ratio in a school's
 MUNI_PRIOR = 200.0  # students: weight of the state ratio in a municipality's
+# A year's progression ratio: on the real census of Alagoas (2008-2021) 98 % of the schools'
+# smoothed ratios lie within 0.72-1.6; beyond 1.5 a year they compound absurdly.
+RATIO_BOUNDS = (0.8, 1.25)
+BOUND_FACTOR = 3.0  # a forecast is at most this many times the school's largest enrollment, plus the intake
+BOUND = "_cohort_bound"  # the bound's column, on the origin rows before their features are selected
 SUMS = ("flow_in", "flow_base", "supply")  # what area_sums adds up per area and year
 
 
@@ -41,7 +53,7 @@ def flows(back) -> list[pl.Expr]:
     """Per (school, year t), offering rows: pupils past the entry grade in t (flow_in) and the
     pupils who could move up in t - 1 (flow_base); `back(column, k)` reads year t - k."""
     base = back("continuing", 1)
-    moved = pl.col("offers") & base.is_not_null()
+    moved = pl.col("offers") & back("offers", 1).fill_null(False) & base.is_not_null()
     return [
         pl.when(moved).then(pl.col("enrollment") - pl.col("entry")).alias("flow_in"),
         pl.when(moved).then(base).alias("flow_base"),
@@ -85,15 +97,18 @@ def school_windows(back) -> list[pl.Expr]:
         pl.sum_horizontal(back("flow_base", k) for k in window).alias("_own_base"),
         *(back("entry", k).alias(f"_entry_{k}") for k in window),
         pl.when(both_graded & (base > 0)).then((pl.col("enrollment") - pl.col("entry")) / base).alias("grade_progression_lag1"),
+        pl.col("enrollment").fill_null(0).cum_max().over(SCHOOL).alias("_largest"),  # the view is in (school, year) order
     ]
 
 
-def forecast(has_feeder: bool) -> list[list[pl.Expr]]:
+def forecast(fed_intake: bool) -> list[list[pl.Expr]]:
     """Expressions, in dependency order, for origin rows that carry `school_windows` and the
-    municipal and state columns of `area_features`: ratios, intake, the Coorte forecast."""
+    municipal and state columns of `area_features`: ratios, intake, the bound, the Coorte
+    forecast. `fed_intake`: the intake is a share of the municipality's feeding cohort."""
     entries = [pl.col(f"_entry_{k}") for k in range(WINDOW)]
     mean_intake = pl.mean_horizontal(entries)
-    if has_feeder:
+    cohort_intake = pl.col("muni_supply_0").fill_null(0) if fed_intake else pl.lit(0.0)
+    if fed_intake:
         # the intake of year o - k over the municipal cohort of o - k - 1, pooled over the pairs
         # where both are known (a new school, or the census's first years, has fewer)
         supplies = [pl.col(f"muni_supply_{k + 1}") for k in range(WINDOW)]
@@ -107,9 +122,11 @@ def forecast(has_feeder: bool) -> list[list[pl.Expr]]:
     return [
         [_shrunk(pl.col("muni_flow_in"), pl.col("muni_flow_base"), state, MUNI_PRIOR).alias("_muni_ratio"),
          share.alias("intake_share")],
-        [_shrunk(pl.col("_own_in"), pl.col("_own_base"), pl.col("_muni_ratio"), SCHOOL_PRIOR).alias("cohort_ratio"),
-         intake.fill_null(0).alias("_intake")],
-        [(pl.col("cohort_ratio") * pl.col("continuing") + pl.col("_intake")).alias("cohort_forecast")],
+        [_shrunk(pl.col("_own_in"), pl.col("_own_base"), pl.col("_muni_ratio"), SCHOOL_PRIOR).clip(*RATIO_BOUNDS)
+         .alias("cohort_ratio"),
+         intake.fill_null(0).alias("_intake"), (BOUND_FACTOR * pl.col("_largest") + cohort_intake).alias(BOUND)],
+        [pl.min_horizontal(pl.col("cohort_ratio") * pl.col("continuing") + pl.col("_intake"), pl.col(BOUND))
+         .alias("cohort_forecast")],
     ]
 
 
@@ -130,4 +147,5 @@ def ahead(horizon: int, grades: int) -> pl.Expr:
     leaving_later = [pl.col(below_last(j)) if j < grades - 1 else pl.col("entry") for j in range(1, min(horizon, grades))]
     staying = (pl.col("continuing") - pl.sum_horizontal(leaving_later)) if leaving_later else pl.col("continuing")
     intakes = sum(r**j for j in range(min(horizon, grades)))
-    return (r**horizon * staying.clip(lower_bound=0) + pl.col("_intake") * intakes).alias(forecast_column(horizon))
+    return pl.min_horizontal(r**horizon * staying.clip(lower_bound=0) + pl.col("_intake") * intakes,
+                             pl.col(BOUND)).alias(forecast_column(horizon))

@@ -204,7 +204,7 @@ def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     rows = (rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left", maintain_order="left")
             .join(state, on=["CO_UF", YEAR], how="left", maintain_order="left"))
     stage = catalog.stage(flag)
-    for step in cohort.forecast(stage.feeder is not None):
+    for step in cohort.forecast(stage.fed_intake):
         rows = rows.with_columns(step)
     rows = rows.with_columns(cohort.ahead(h, stage.grades) for h in range(2, horizons + 1))
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)

@@ -208,6 +208,15 @@ class Stage:
     label_pt: str
     feeder: str | None = None  # the stage whose pupils enter this one next year
     grades: int = 1  # years a pupil spends in the stage (its grades, where it has grades)
+    # True where most of the stage's entrants never attended its feeding stage (pre-school:
+    # creche reaches a minority of children), so its intake is its own past intake, never a
+    # share of the feeder's leavers
+    own_intake: bool = False
+
+    @property
+    def fed_intake(self) -> bool:
+        """Whether cohort progression takes the stage's intake from its feeding stage's leavers."""
+        return self.feeder is not None and not self.own_intake
 
     @property
     def suffix(self) -> str:
@@ -241,7 +250,7 @@ class Stage:
 # 3 years, adult education stages about 2, special classes taken as 4.
 STAGES: tuple[Stage, ...] = (
     Stage("IN_INF_CRE", "nursery (creche)", "Creche", grades=4),
-    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE", grades=2),
+    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE", grades=2, own_intake=True),
     Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE", grades=9),
     Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE", grades=5),
     Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI", grades=4),
