@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, intervals, models
+from censo_forecast import atomic, coherence, intervals, models
 from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
@@ -73,10 +73,12 @@ def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame
     return frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
 
 
-def with_school_names(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
-    """School forecasts with NO_ENTIDADE as the last census year spells it."""
+def published(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
+    """The stages' school forecasts as they are published: stages that add up made of their
+    parts (`coherence`), with NO_ENTIDADE as the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
-    return schools.join(panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE"), on=SCHOOL, how="left")
+    names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
+    return coherence.schools(schools).join(names, on=SCHOOL, how="left")
 
 
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:

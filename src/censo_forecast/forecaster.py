@@ -19,16 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.metadata_routing import UNUSED
 from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import (
-    config,
-    features,
-    forecast,
-    machine,
-    models,
-    modelstore,
-    results,
-    validation,
-)
+from censo_forecast import coherence, config, features, forecast, machine, models, modelstore, results, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.engine import Engine, LocalEngine
 from censo_forecast.inep import catalog
@@ -226,7 +217,7 @@ class EnrollmentForecaster(BaseEstimator):
             rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
             if rows.height:
                 frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
-        return forecast.with_school_names(pl.concat(frames, how="diagonal"), panel) if frames else pl.DataFrame()
+        return forecast.published(pl.concat(frames, how="diagonal"), panel) if frames else pl.DataFrame()
 
     def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[int, dict[str, pl.DataFrame]]:
         """Municipal, state and national totals per forecast year and stage, with new
@@ -265,7 +256,7 @@ class EnrollmentForecaster(BaseEstimator):
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
         names = forecast.municipality_names(panel)
-        tables = {year: {k: pl.concat(v, how="diagonal") for k, v in parts.items()} for year, parts in out.items()}
+        tables = {year: {k: coherence.areas(pl.concat(v, how="diagonal")) for k, v in parts.items()} for year, parts in out.items()}
         for parts in tables.values():
             parts[MUNICIPALITIES] = parts[MUNICIPALITIES].join(names, on="CO_MUNICIPIO", how="left")
         return tables

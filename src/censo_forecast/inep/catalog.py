@@ -261,6 +261,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("IN_ESP_CE", "special education, exclusive classes", "Educação especial, classes exclusivas", grades=4),
 )
 STAGE_BY_FLAG = {s.flag: s for s in STAGES}
+# Stages that INEP counts as the sum of others: QT_MAT_FUND = QT_MAT_FUND_AI + QT_MAT_FUND_AF for
+# every active school in every year (measured on the real files of 2008-2021).
+STAGE_SUMS: dict[str, tuple[str, ...]] = {"IN_FUND": ("IN_FUND_AI", "IN_FUND_AF")}
 # The five stages most pupils are in: what headline figures (the report's, the benchmarks')
 # are weighted over.
 MAJOR_STAGES = ("IN_INF_CRE", "IN_INF_PRE", "IN_FUND_AI", "IN_FUND_AF", "IN_MED")

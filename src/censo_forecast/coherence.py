@@ -1,0 +1,77 @@
+"""Forecasts that add up across stages: a stage INEP counts as the sum of others (all
+elementary = early + final elementary, `catalog.STAGE_SUMS`) is forecast as that sum, in the
+school files and in every area file, so a planner never sees 417 thousand beside 442.
+
+Bottom-up: early and final elementary are the planners' units (their own schools, teachers
+and classes), each with its own validated model; the sum's point forecast is theirs.
+Its intervals keep the widths its own calibration gave (the residuals of all-elementary
+forecasts, at each level), re-centred on the sum: bounds are never added, which would
+overstate the range.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+
+from censo_forecast.inep.catalog import SCHOOL, STAGE_SUMS, YEAR
+from censo_forecast.outputs import (
+    AGGREGATION_ADJUSTMENT,
+    BOUNDS,
+    COUNTRY_KEY,
+    FORECAST,
+    HORIZON,
+    MODEL,
+    NEW_OFFERINGS_FORECAST,
+    SCHOOLS_FORECAST,
+    STAGE,
+    SUM_OF_PARTS,
+)
+
+log = logging.getLogger(__name__)
+# what an area total adds up from (the last census adds up by INEP's identity already)
+ADDITIVE = (SCHOOLS_FORECAST, AGGREGATION_ADJUSTMENT, NEW_OFFERINGS_FORECAST, FORECAST)
+
+
+def reconcilable(stages) -> dict[str, tuple[str, ...]]:
+    """The sums among `stages` whose parts are all there too (others are left as forecast, with a line in the log)."""
+    present = set(stages)
+    found = {total: parts for total, parts in STAGE_SUMS.items() if total in present and set(parts) <= present}
+    for total, parts in STAGE_SUMS.items():
+        if total in present and total not in found:
+            log.warning("%s is forecast on its own: %s are not all among the stages, so it cannot be their sum", total, parts)
+    return found
+
+
+def _as_sum(frame: pl.DataFrame, keys: list[str], total: str, parts: tuple[str, ...], additive: list[str]) -> pl.DataFrame:
+    """`total`'s rows with its additive columns replaced by the sums of its parts' rows (same
+    keys; a key a part lacks counts 0) and its bounds moved by the same change as its forecast
+    (kept at 0 or more); the other stages' rows, and every row's place, as they were."""
+    rows = frame.with_columns(pl.int_range(pl.len()).alias("_row"))
+    sums = (rows.filter(pl.col(STAGE).is_in(list(parts))).group_by(keys)
+            .agg(pl.col(c).fill_null(0).sum().alias(f"_sum_{c}") for c in additive))
+    shift = pl.col(f"_sum_{FORECAST}").fill_null(0) - pl.col(FORECAST)
+    own = rows.filter(pl.col(STAGE) == total).join(sums, on=keys, how="left").with_columns(
+        *((pl.col(c) + shift).clip(lower_bound=0).alias(c) for c in BOUNDS if c in frame.columns),
+        *(pl.col(f"_sum_{c}").fill_null(0).cast(frame.schema[c]).alias(c) for c in additive),
+        *([pl.lit(SUM_OF_PARTS).alias(MODEL)] if MODEL in frame.columns else []),
+    )
+    return pl.concat([rows.filter(pl.col(STAGE) != total), own.select(rows.columns)]).sort("_row").drop("_row")
+
+
+def schools(frame: pl.DataFrame) -> pl.DataFrame:
+    """School forecasts (`EnrollmentForecaster.predict`) with each reconcilable sum made of its parts."""
+    for total, parts in reconcilable(frame[STAGE].unique().to_list()).items():
+        frame = _as_sum(frame, [SCHOOL, YEAR], total, parts, [FORECAST])
+    return frame
+
+
+def areas(frame: pl.DataFrame) -> pl.DataFrame:
+    """One area level's totals (municipalities, states or the country) with each reconcilable
+    sum made of its parts: the forecast and its components."""
+    key = next(k for k in ("CO_MUNICIPIO", "CO_UF", COUNTRY_KEY) if k in frame.columns)
+    keys = [key, HORIZON] if HORIZON in frame.columns else [key]
+    for total, parts in reconcilable(frame[STAGE].unique().to_list()).items():
+        frame = _as_sum(frame, keys, total, parts, [c for c in ADDITIVE if c in frame.columns])
+    return frame
