@@ -12,7 +12,9 @@ it never saw (those the folder has):
 - municipal totals: WAPE of the published totals (every school and every new offering)
   against persistence's (the municipality's census total at T0);
 - state totals: absolute % error, against persistence's;
-- coverage of the 80 % and 95 % intervals of schools, municipalities and the state.
+- coverage of the 80 % and 95 % intervals of schools, municipalities and the state;
+- the state's path T0 -> T0+5 (every forecast year, seen or not): its largest year-to-year
+  change against the largest of the state's census history up to T0.
 
 The truth is training's: a school that no longer offers the stage, closed or left the
 census counts 0. The walk-forward rows of the same runs (resultados_finais.csv) are printed
@@ -124,6 +126,21 @@ def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, st
     return rows
 
 
+def path_jumps(out: Path, origin: int, truth: pl.DataFrame, stages: list[str]) -> list[dict]:
+    """Per stage: the largest year-to-year change of the published state path (from the census
+    total at T0 through T0+1 .. T0+5) and the largest the state's census showed up to T0."""
+    years = sorted(int(p.name.split("_")[1]) for p in out.glob("previsoes_*_ufs.csv"))
+    rows = []
+    for flag in stages:
+        history = (truth.filter((pl.col(outputs.STAGE) == flag) & (pl.col(YEAR) <= origin)).group_by(YEAR)
+                   .agg(pl.col("real").sum()).sort(YEAR)["real"].to_list())
+        path = [history[-1]] + [pl.read_csv(out / outputs.forecast_file(y, outputs.STATES), schema_overrides={outputs.FORECAST: pl.Float64})
+                                .filter(pl.col(outputs.STAGE) == flag)[outputs.FORECAST][0] for y in years]
+        change = lambda values: max(abs(b / a - 1) for a, b in zip(values, values[1:], strict=False) if a)  # noqa: E731
+        rows.append({"etapa": flag, "origin": origin, "path_largest_change": change(path), "history_largest_change": change(history)})
+    return rows
+
+
 def walk_forward_rows(out: Path, origin: int, stages: list[str]) -> pl.DataFrame:
     results = pl.read_csv(out / outputs.RESULTS).filter(pl.col(outputs.CHOSEN) & pl.col(outputs.STAGE).is_in(stages))
     return results.select(outputs.STAGE, pl.col(outputs.HORIZON).alias("h"), pl.lit(origin).alias("origin"),
@@ -159,11 +176,12 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     ingest.ingest(args.raw, args.work / "cache", available, jobs=2).raise_for_failures()
     truth = truth_by_school(build_panel(ingest.load_cache(args.work / "cache", available)), stages)
-    scores, cv = [], []
+    scores, cv, paths = [], [], []
     for origin in origins:
         out = run_origin(args.raw, args.work, origin, first, stages, args.fresh)
         scores += score_origin(out, origin, truth, available[-1], stages)
         cv.append(walk_forward_rows(out, origin, stages))
+        paths += path_jumps(out, origin, truth, stages)
     per_origin = pl.DataFrame(scores)
     per_origin.write_csv(args.work / "backtest_by_origin.csv")
     table = summarise(per_origin, pl.concat(cv))
@@ -173,6 +191,10 @@ def main() -> None:
                            "skill_vs_drift", "worst_skill", "cv_skill"))
         print(table.select(outputs.STAGE, "h", "wape_muni", "wape_muni_persistence", "ape_state", "ape_state_persistence",
                            "cov80_school", "cov95_school", "cov80_muni", "cov95_muni", "in80_state", "in95_state"))
+        jumps = pl.DataFrame(paths).with_columns((pl.col("path_largest_change") > pl.col("history_largest_change")).alias("beyond"))
+        jumps.write_csv(args.work / "backtest_state_paths.csv")
+        print(jumps.group_by(outputs.STAGE).agg(pl.col("beyond").sum().alias("origins_beyond_history"), pl.len().alias("origins"),
+                                                pl.col("path_largest_change", "history_largest_change").max()).sort(outputs.STAGE))
 
 
 if __name__ == "__main__":

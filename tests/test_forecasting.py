@@ -470,3 +470,20 @@ def test_openmp_waits_passively_unless_the_user_chose():
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True)
     assert mine.stdout.strip() == "ACTIVE"
+
+
+def test_the_choice_is_scored_as_it_is_published():
+    """At each origin the model with the lowest mean over the folds known then is taken, and
+    scored at that origin: LightGBM wins the first fold, Coorte every later one, so the
+    published choice is LightGBM at 2021 (a bad year for it) and Coorte at 2022."""
+    maes = {"Persistencia": (10.0, 10.0, 10.0), "LightGBM": (5.0, 30.0, 20.0), "Coorte": (8.0, 9.0, 4.0)}
+    folds = pl.DataFrame([{"etapa": "IN_MED", "modelo": m, "horizonte": 1, "NU_ANO_CENSO": year, "MAE": mae}
+                          for m, values in maes.items() for year, mae in zip((2021, 2022, 2023), values, strict=True)])
+    skill = results.choice_skill(folds).row(0, named=True)
+    # origin 2020: nothing known; 2021 (test year 2022): LightGBM, 30 against 10; 2022: Coorte
+    # (means 8.5 against 17.5), 4 against 10
+    assert skill["Skill_Escolha_vs_Persistencia"] == pytest.approx(1 - (30 + 4) / (10 + 10))
+    summary = results.summarize(folds.with_columns(pl.lit(1).alias("n"), pl.lit(0.0).alias("RMSE"), pl.lit(0.0).alias("R2"),
+                                                   pl.lit(0.0).alias("WAPE")))
+    chosen = summary.filter(pl.col("Escolhido")).row(0, named=True)
+    assert chosen["modelo"] == "Coorte" and chosen["Skill_MAE_vs_Persistencia"] == pytest.approx(1 - 7 / 10)  # hindsight: 30 %

@@ -74,6 +74,9 @@ ACTUAL = "y_true"  # the census enrollment a walk-forward forecast is scored aga
 R2_MEAN, RMSE_MEAN, MAE_MEAN, WAPE_MEAN = "R2_Media_CV", "RMSE_Media_CV", "MAE_Media_CV", "WAPE_Media_CV"
 SKILL_VS_PERSISTENCE = "Skill_MAE_vs_Persistencia"
 SKILL_VS_COHORT = "Skill_MAE_vs_Coorte"
+# on the chosen rows: the skill against persistence of the choice as it is published, made at
+# each origin from the folds known then (a model's own mean was chosen knowing every fold)
+SKILL_OF_CHOICE = "Skill_Escolha_vs_Persistencia"
 FOLDS = "n_folds"
 SAMPLES = "n_amostras"
 COVERAGE_80_MEAN, COVERAGE_95_MEAN = "Cobertura_80_CV", "Cobertura_95_CV"

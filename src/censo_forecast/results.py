@@ -37,6 +37,7 @@ from censo_forecast.outputs import (
     SEED_COLUMNS,
     SIZE_BIN,
     SIZE_LABEL,
+    SKILL_OF_CHOICE,
     SKILL_VS_COHORT,
     SKILL_VS_PERSISTENCE,
     STAGE,
@@ -64,6 +65,8 @@ class StageResults:
 def stage_results(cv: StageCV) -> StageResults:
     coverage = coverage_table(cv.predictions)
     summary = summarize(cv.folds, interval_and_totals_table(cv.predictions, coverage))
+    summary = summary.join(choice_skill(cv.folds), on=[STAGE, HORIZON], how="left", maintain_order="left").with_columns(
+        pl.when(pl.col(CHOSEN)).then(pl.col(SKILL_OF_CHOICE)).alias(SKILL_OF_CHOICE))
     return StageResults(summary, coverage, error_by_size(cv.predictions), totals_by_year(cv.predictions))
 
 
@@ -162,6 +165,25 @@ def summarize(folds: pl.DataFrame, intervals_and_totals: pl.DataFrame | None = N
         table = table.join(intervals_and_totals, on=keys, how="left", maintain_order="left")
         columns += [COVERAGE_80_MEAN, COVERAGE_95_MEAN, APE_MUNICIPALITIES, APE_STATES]
     return table.sort(HORIZON, maintain_order=True).select(*columns, CHOSEN)
+
+
+def choice_skill(folds: pl.DataFrame) -> pl.DataFrame:
+    """Per (etapa, horizonte): 1 - MAE of the choice as the product makes it / persistence's.
+    At each origin O the model with the lowest mean MAE over the folds known at O (test year
+    <= O) is chosen, and scored on the forecasts made at O; means over the origins where a
+    choice could be made (none, so null, where a horizon's first fold is also its last)."""
+    folds = folds.with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias("_origin"))
+    scored = []
+    for origin in sorted(folds["_origin"].unique().to_list()):
+        known = folds.filter(pl.col(YEAR) <= origin)
+        means = known.group_by(STAGE, HORIZON, MODEL).agg(pl.col(MAE).mean())
+        chosen = means.sort(MAE, MODEL).group_by(STAGE, HORIZON).agg(pl.col(MODEL).first())
+        made = folds.filter(pl.col("_origin") == origin)
+        persistence = made.filter(pl.col(MODEL) == models.PERSISTENCE).select(STAGE, HORIZON, pl.col(MAE).alias("_p"))
+        scored.append(made.join(chosen, on=[STAGE, HORIZON, MODEL]).join(persistence, on=[STAGE, HORIZON])
+                      .select(STAGE, HORIZON, MAE, "_p"))
+    both = pl.concat(scored) if scored else pl.DataFrame(schema={STAGE: pl.String, HORIZON: pl.Int32, MAE: pl.Float64, "_p": pl.Float64})
+    return both.group_by(STAGE, HORIZON).agg((1 - pl.col(MAE).mean() / pl.col("_p").mean()).alias(SKILL_OF_CHOICE))
 
 
 def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:

@@ -24,6 +24,7 @@ from censo_forecast.outputs import (
     MAE_MEAN,
     MODEL,
     SAMPLES,
+    SKILL_OF_CHOICE,
     SKILL_VS_COHORT,
     SKILL_VS_PERSISTENCE,
     STAGE,
@@ -180,12 +181,13 @@ def school_table(out: Path, years: list[int], stages: list[str], munis: dict, li
 
 def quality(results: pl.DataFrame) -> pl.DataFrame:
     """Per stage, at one year ahead and at the last horizon: the chosen model's MAE, its skill
-    against Persistencia and Coorte, and its interval coverage (resultados_finais.csv)."""
+    against Persistencia and Coorte, the skill of the choice as published (where the run has
+    it) and its interval coverage (resultados_finais.csv)."""
     if HORIZON not in results.columns:
         results = results.with_columns(pl.lit(1).alias(HORIZON))
     chosen = results.filter(pl.col(CHOSEN))
     last_h = int(results.select(pl.col(HORIZON).max()).item())
-    keep = {MODEL, MAE_MEAN, SKILL_VS_PERSISTENCE, SKILL_VS_COHORT, COVERAGE_80_MEAN, COVERAGE_95_MEAN, SAMPLES}
+    keep = {MODEL, MAE_MEAN, SKILL_VS_PERSISTENCE, SKILL_VS_COHORT, SKILL_OF_CHOICE, COVERAGE_80_MEAN, COVERAGE_95_MEAN, SAMPLES}
     frames = []
     for h in sorted({1, last_h}):
         part = chosen.filter(pl.col(HORIZON) == h).select(STAGE, *[c for c in chosen.columns if c in keep])

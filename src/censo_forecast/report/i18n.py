@@ -92,13 +92,17 @@ _TEXTS: dict[str, dict[str, str]] = {
     "quality": {"pt-BR": "Quão boa é a previsão", "en": "How good the forecast is"},
     "quality_words": {
         "pt-BR": "Testada como se cada ano de {first} a {last} fosse o futuro (o modelo só via os censos anteriores), "
-                 "a previsão um ano à frente errou em média {mae} alunos por escola nas etapas principais, "
-                 "{vs_p} que repetir o último censo (Persistência) e {vs_c} que o método de coorte dos planejadores. "
+                 "a previsão um ano à frente errou em média {mae} alunos por escola nas etapas principais; "
+                 "com o modelo escolhido a cada ano só com os anos já conhecidos, como a previsão publicada o escolhe, "
+                 "{vs_p} que repetir o último censo (Persistência). O modelo escolhido teve {vs_c} que o método de "
+                 "coorte dos planejadores. "
                  "{h} anos à frente: {vs_p_h} que a Persistência e {vs_c_h} que a Coorte. As faixas de 80 % contiveram "
                  "o valor real em {cov80} das escolas e as de 95 %, em {cov95}.",
         "en": "Tested as if each year from {first} to {last} were the future (the model saw only earlier censuses), "
-              "the one-year-ahead forecast missed by {mae} students per school on average on the major stages, "
-              "{vs_p} than repeating the last census (Persistence) and {vs_c} than the planners' cohort method. "
+              "the one-year-ahead forecast missed by {mae} students per school on average on the major stages; "
+              "with the model chosen each year from the years known then, as the published forecast chooses it, "
+              "{vs_p} than repeating the last census (Persistence). The chosen model had {vs_c} than the planners' "
+              "cohort method. "
               "{h} years ahead: {vs_p_h} than Persistence and {vs_c_h} than Coorte. The 80 % ranges held the "
               "actual value for {cov80} of schools, the 95 % ranges for {cov95}."},
     "less_error": {"pt-BR": "{pct} menos erro", "en": "{pct} less error"},

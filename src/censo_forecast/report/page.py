@@ -34,6 +34,7 @@ from censo_forecast.outputs import (
     NEW_OFFERINGS_FORECAST,
     PERSISTENCE,
     SCHOOLS_FORECAST,
+    SKILL_OF_CHOICE,
     SKILL_VS_COHORT,
     SKILL_VS_PERSISTENCE,
     STAGE,
@@ -266,7 +267,8 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
     tested = totals[YEAR].unique().sort().to_list() if YEAR in totals.columns else []
     summary = words("quality_words", first=tested[0] if tested else "", last=tested[-1] if tested else "",
                     mae=words.number(data.weighted(table, MAE_MEAN, 1) or float("nan")),
-                    vs_p=versus(SKILL_VS_PERSISTENCE), vs_c=versus(SKILL_VS_COHORT), h=h,
+                    vs_p=versus(SKILL_OF_CHOICE if data.at(SKILL_OF_CHOICE, 1) in table.columns else SKILL_VS_PERSISTENCE),
+                    vs_c=versus(SKILL_VS_COHORT), h=h,
                     vs_p_h=versus(SKILL_VS_PERSISTENCE, h), vs_c_h=versus(SKILL_VS_COHORT, h),
                     cov80=words.percent(data.weighted(table, COVERAGE_80_MEAN, 1), signed=False),
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
