@@ -69,7 +69,7 @@ def test_every_school_and_area_adds_up(fitted):
     for year, levels in areas.items():
         for level, frame in levels.items():
             key = {"municipios": "CO_MUNICIPIO", "ufs": "CO_UF", "brasil": "pais"}[level]
-            for column in (FORECAST, "previsao_escolas", "ajuste_agregacao", "previsao_novas_ofertas", "matriculas_ultimo_ano"):
+            for column in (FORECAST, "previsao_escolas", "previsao_novas_ofertas", "matriculas_ultimo_ano"):
                 assert _identity(frame, [key], column)["gap"].max() < 1e-6 * max(1.0, frame[column].abs().max()), (year, level, column)
             fund = frame.filter(pl.col("etapa") == "IN_FUND")
             for low, high in zip(BOUNDS[::2], BOUNDS[1::2], strict=True):

@@ -55,7 +55,7 @@ def stray_names(root: Path = PACKAGE) -> list[str]:
 
 def test_the_registry_holds_the_names_the_files_carry():
     assert {"etapa", "modelo", "horizonte", "previsao", "matriculas_ultimo_ano", "limite_inferior_80", "Escolhido",
-            "MAE_Media_CV", "previsao_escolas", "ajuste_agregacao", "previsao_novas_ofertas", "y_true", "NU_ANO_CENSO"} <= set(HOMES)
+            "MAE_Media_CV", "previsao_escolas", "previsao_novas_ofertas", "y_true", "NU_ANO_CENSO"} <= set(HOMES)
 
 
 def test_no_output_column_name_is_spelled_outside_its_home():

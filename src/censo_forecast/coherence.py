@@ -17,7 +17,6 @@ import polars as pl
 
 from censo_forecast.inep.catalog import SCHOOL, STAGE_SUMS, YEAR
 from censo_forecast.outputs import (
-    AGGREGATION_ADJUSTMENT,
     BOUNDS,
     COUNTRY_KEY,
     FORECAST,
@@ -31,7 +30,7 @@ from censo_forecast.outputs import (
 
 log = logging.getLogger(__name__)
 # what an area total adds up from (the last census adds up by INEP's identity already)
-ADDITIVE = (SCHOOLS_FORECAST, AGGREGATION_ADJUSTMENT, NEW_OFFERINGS_FORECAST, FORECAST)
+ADDITIVE = (SCHOOLS_FORECAST, NEW_OFFERINGS_FORECAST, FORECAST)
 
 
 def reconcilable(stages) -> dict[str, tuple[str, ...]]:

@@ -19,7 +19,6 @@ from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
 from censo_forecast.outputs import (
-    AGGREGATION_ADJUSTMENT,
     COUNTRY,
     COUNTRY_KEY,
     ENROLLMENT,
@@ -101,14 +100,14 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     return grid.join(fresh, on=["CO_MUNICIPIO", "CO_UF", YEAR], how="left").with_columns(pl.col("new_enrollment").fill_null(0.0))
 
 
-def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, adjust_draws: np.ndarray,
+def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, error_draws: np.ndarray,
                 new_expected: np.ndarray, new_draws: np.ndarray, key_name: str, bounded: bool) -> pl.DataFrame:
-    """An area's point forecast is the centre of the same simulated totals that give its bounds
-    (none when the horizon has no residuals)."""
-    totals = schools + adjust_draws + new_draws
-    adjust = adjust_draws.mean(axis=0)
-    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, AGGREGATION_ADJUSTMENT: adjust,
-           NEW_OFFERINGS_FORECAST: new_expected, FORECAST: schools + adjust + new_expected}
+    """An area's forecast: its schools' plus the new offerings expected. Its bounds are
+    quantiles of simulated totals whose school errors are centred: the errors' spread makes the
+    range, their mean does not move the forecast (none when the horizon has no residuals)."""
+    totals = schools + (error_draws - error_draws.mean(axis=0)) + new_draws
+    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected,
+           FORECAST: schools + new_expected}
     for level in INTERVAL_LEVELS:
         a = (1 - level / 100) / 2
         nothing = np.full(len(keys), np.nan)
@@ -128,11 +127,12 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
                 years_ahead: int = 1, draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
     """Municipal, state and national totals for one stage and horizon with resampled intervals.
 
-    `previsao_escolas` is exactly the sum of the school forecasts. `ajuste_agregacao` is the
-    mean of the resampled net errors of those forecasts: school forecasts are medians, while a
-    total needs the mean, which includes the schools that will close or drop the stage.
-    `calibration` holds the residuals of this horizon (empty: a horizon never validated,
-    totals without adjustment or bounds). New offerings: those opening in each
+    `previsao_escolas` is exactly the sum of the school forecasts and `previsao` adds the new
+    offerings expected. The resampled net errors of the school forecasts give the range, not a
+    shift: on the real census of Alagoas, adding their mean (the expected net effect of
+    closures, a total being a mean of medians) made the state totals worse at almost every stage
+    and horizon (benchmarks/README.md, "backtest.py"). `calibration` holds the residuals of this
+    horizon (empty: a horizon never validated, totals without bounds). New offerings: those opening in each
     of the `years_ahead` years, each year like one of the recent ones, still open at the
     forecast year (their later growth or closure is not modelled).
     """

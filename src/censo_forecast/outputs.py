@@ -60,10 +60,8 @@ BOUNDS = (LOWER_80, UPPER_80, LOWER_95, UPPER_95)
 SCHOOL_FORECAST_COLUMNS = (
     SCHOOL, "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", STAGE, MODEL, LAST_ENROLLMENT, FORECAST, *BOUNDS, HORIZON,
 )
-# area files: the sum of the school forecasts, the aggregation's mean net error, and the
-# enrollment expected in offerings that will open
+# area files: the sum of the school forecasts, and the enrollment expected in offerings that will open
 SCHOOLS_FORECAST = "previsao_escolas"
-AGGREGATION_ADJUSTMENT = "ajuste_agregacao"
 NEW_OFFERINGS_FORECAST = "previsao_novas_ofertas"
 COUNTRY_KEY = "pais"  # the national file's key column ("BR")
 
