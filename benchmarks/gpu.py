@@ -45,10 +45,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
         schools = fc.predict(census)
         voting = fc.cv_.summary.filter(pl.col("modelo") == models.ENSEMBLE).select("etapa", "horizonte", "MAE_Media_CV")
-        results[requested] = (schools, voting)
+        results[requested] = schools
         print(json.dumps({"requested": requested, "device": fc.device_.name, "learners": fc.device_.learners,
                           "fit_s": round(seconds, 1), "schools": schools.height, "voting_mae": voting.to_dicts()}))
-    (gpu_rows, gpu_mae), (cpu_rows, cpu_mae) = results["auto"], results["cpu"]
+    gpu_rows, cpu_rows = results["auto"], results["cpu"]
     both = gpu_rows.join(cpu_rows, on=["etapa", "CO_ENTIDADE", "horizonte"], suffix="_cpu")
     gap = (both["previsao"] - both["previsao_cpu"]).abs()
     print(json.dumps({"same_rows": both.height == gpu_rows.height == cpu_rows.height, "max_forecast_gap": float(gap.max()),
