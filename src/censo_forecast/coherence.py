@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 ADDITIVE = (SCHOOLS_FORECAST, NEW_OFFERINGS_FORECAST, FORECAST)
 
 
-def reconcilable(stages) -> dict[str, tuple[str, ...]]:
-    """The sums among `stages` whose parts are all there too (others are left as forecast, with a line in the log)."""
+def reconcilable(stages, *, say: bool = False) -> dict[str, tuple[str, ...]]:
+    """The sums among `stages` whose parts are all there too; with `say`, one log line for each
+    sum left as forecast (the school pass says it; the area passes that follow do not repeat it)."""
     present = set(stages)
     found = {total: parts for total, parts in STAGE_SUMS.items() if total in present and set(parts) <= present}
     for total, parts in STAGE_SUMS.items():
-        if total in present and total not in found:
+        if say and total in present and total not in found:
             log.warning("%s is forecast on its own: %s are not all among the stages, so it cannot be their sum", total, parts)
     return found
 
@@ -61,7 +62,7 @@ def _as_sum(frame: pl.DataFrame, keys: list[str], total: str, parts: tuple[str, 
 
 def schools(frame: pl.DataFrame) -> pl.DataFrame:
     """School forecasts (`EnrollmentForecaster.predict`) with each reconcilable sum made of its parts."""
-    for total, parts in reconcilable(frame[STAGE].unique().to_list()).items():
+    for total, parts in reconcilable(frame[STAGE].unique().to_list(), say=True).items():
         frame = _as_sum(frame, [SCHOOL, YEAR], total, parts, [FORECAST])
     return frame
 
