@@ -254,9 +254,13 @@ class Settings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
+def _field(name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(Settings) if f.name == name)
+
+
 def default(name: str):
     """A setting's default value (the CLI's, the forecaster's and the report's)."""
-    f = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    f = _field(name)
     if f.default is not dataclasses.MISSING:
         return f.default
     return f.default_factory() if callable(f.default_factory) else None
@@ -264,10 +268,9 @@ def default(name: str):
 
 def describe(name: str) -> str:
     """A setting's help text with its default, for the CLI."""
-    f = next(f for f in dataclasses.fields(Settings) if f.name == name)
     value = default(name)
     shown = "" if value is None or isinstance(value, (bool, list, ModelSettings)) else f" (default: {value})"
-    return f.metadata["help"] + shown
+    return _field(name).metadata["help"] + shown
 
 
 def load_settings(path: Path | None = None, **overrides) -> Settings:

@@ -143,12 +143,8 @@ class EnrollmentForecaster(BaseEstimator):
 
     def _fit_panel(self, panel: pl.DataFrame, hooks: Hooks | None = None, device: models.Device | None = None) -> list[StageFit]:
         """`fit` on a panel, with the pipeline's hooks; returns the stages' fits."""
-        stages, settings, threads = self._checked()
-        engine = self.engine if self.engine is not None else LocalEngine()
-        self.device_ = device if device is not None else engine.select_device(self.device)
-        log.info("device: %s (%s)", self.device_.name, self.device_.reason)
-        runner = StageRunner(engine, ModelFactory(settings, self.device_, threads), horizons=self.horizons,
-                             min_train_years=self.min_train_years, hooks=hooks)
+        stages, runner = self._runner(hooks, device)
+        self.device_ = runner.factory.device
         fits = runner.fit_all(panel, stages)
         self.training_years_ = sorted(panel[YEAR].unique().to_list())
         self.models_ = {f.flag: f.model for f in fits}
@@ -176,17 +172,18 @@ class EnrollmentForecaster(BaseEstimator):
         ValueError
             As `fit`.
         """
+        stages, runner = self._runner()
+        return results.combine(runner.validate_all(_panel(census), stages))
+
+    def _runner(self, hooks: Hooks | None = None, device: models.Device | None = None) -> tuple[list[str], StageRunner]:
+        """The checked stages and the stage loop for them: this forecaster's engine, and its
+        model settings, device (the engine's choice unless given) and threads in one factory."""
         stages, settings, threads = self._checked()
         engine = self.engine if self.engine is not None else LocalEngine()
-        factory = ModelFactory(settings, engine.select_device(self.device), threads)
-        panel = _panel(census)
-        years = sorted(panel[YEAR].unique().to_list())
-        done = []
-        for flag in stages:
-            cv = validation.walk_forward(engine.stage_data(panel, flag, self.horizons), flag, years, factory,
-                                         min_train_years=self.min_train_years)
-            done.append((cv, results.stage_results(cv)))
-        return results.combine(done)
+        device = device if device is not None else engine.select_device(self.device)
+        log.info("device: %s (%s)", device.name, device.reason)
+        return stages, StageRunner(engine, ModelFactory(settings, device, threads), horizons=self.horizons,
+                                   min_train_years=self.min_train_years, hooks=hooks)
 
     # ----------------------------------------------------------- forecast
     def predict(self, census: pl.DataFrame) -> pl.DataFrame:

@@ -173,6 +173,7 @@ class Run(Hooks):
         self.shap_failures: dict[str, str] = {}
         self.schools: list[pl.DataFrame] = []  # each stage's forecast per school, made from the rows in hand
         self.years: list[int] = []
+        self.fingerprints: dict[str, str] = {}
 
     def execute(self) -> dict:
         self.prepare_output()
@@ -255,7 +256,10 @@ class Run(Hooks):
             self.schools.append(forecast.school_forecasts(forecast_rows, fit.flag, fit.model, fit.chosen, fit.calibration))
 
     def _fingerprint(self, flag: str) -> str:
-        return checkpoints.fingerprint(self.s, self.years, flag)
+        """The stage's checkpoint fingerprint, computed once (`resumed`, then `validated`)."""
+        if flag not in self.fingerprints:
+            self.fingerprints[flag] = checkpoints.fingerprint(self.s, self.years, flag)
+        return self.fingerprints[flag]
 
     # ----------------------------------------------------------- outputs
     def write_validation(self, forecaster: EnrollmentForecaster, fits: list[StageFit]) -> CVResult:

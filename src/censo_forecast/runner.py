@@ -10,9 +10,10 @@ timings, the forecast from the rows in hand).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import polars as pl
 
@@ -28,6 +29,7 @@ from censo_forecast.stagedata import StageData
 from censo_forecast.validation import StageCV
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,24 +72,32 @@ class StageRunner:
         self.hooks = hooks or Hooks()
 
     def fit_all(self, panel: pl.DataFrame, flags: list[str]) -> list[StageFit]:
-        """Every stage that can be validated; the others are skipped with a warning naming why.
-        Raises ValueError when none can."""
+        """Every stage that can be validated, validated and refitted; the others are skipped
+        with a warning naming why. Raises CannotValidate when none can."""
+        return self._each_stage(panel, flags, self.fit_stage)
+
+    def validate_all(self, panel: pl.DataFrame, flags: list[str]) -> list[tuple[StageCV, StageResults]]:
+        """Every stage that can be validated, validated only (nothing refitted); skipped as in `fit_all`."""
+        return self._each_stage(panel, flags, lambda p, flag, years: self.validate_stage(p, flag, years)[1:])
+
+    def _each_stage(self, panel: pl.DataFrame, flags: list[str], step: Callable[[pl.DataFrame, str, list[int]], T]) -> list[T]:
         years = sorted(panel[YEAR].unique().to_list())
-        fits, skipped = [], {}
+        done, skipped = [], {}
         with runlog.Progress("stages", len(flags), unit="stage") as progress:
             for flag in flags:
                 try:
-                    fits.append(self.fit_stage(panel, flag, years))
+                    done.append(step(panel, flag, years))
                 except validation.CannotValidate as exc:
                     skipped[flag] = str(exc)
                     log.warning("%s skipped: %s", flag, exc)
                 progress.update()
-        if not fits:
+        if not done:
             raise validation.CannotValidate("no stage could be validated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-        return fits
+        return done
 
-    def fit_stage(self, panel: pl.DataFrame, flag: str, years: list[int]) -> StageFit:
-        """One stage; raises CannotValidate when it cannot be (no school offers it, too few years)."""
+    def validate_stage(self, panel: pl.DataFrame, flag: str, years: list[int]) -> tuple[StageData, StageCV, StageResults]:
+        """A stage's rows, its walk-forward (or its checkpoint) and its tables, the choice among
+        them; raises CannotValidate when it cannot be validated (no school offers it, too few years)."""
         with self.hooks.phase(f"features {flag}"):
             data = self.engine.stage_data(panel, flag, self.horizons)
         if data.height == 0:
@@ -100,7 +110,11 @@ class StageRunner:
                 cv = validation.walk_forward(data, flag, years, self.factory, min_train_years=self.min_train_years)
             log.info("%s: validated in %.1fs (%s)", flag, cv.seconds, catalog.stage(flag).label)
             self.hooks.validated(cv)
-        results = stage_results(cv)
+        return data, cv, stage_results(cv)
+
+    def fit_stage(self, panel: pl.DataFrame, flag: str, years: list[int]) -> StageFit:
+        """One stage validated (`validate_stage`), then refitted and calibrated."""
+        data, cv, results = self.validate_stage(panel, flag, years)
         chosen = self._chosen(flag, results)
         with self.hooks.phase(f"refit {flag}"):
             model = self._refit(chosen, data, years[-1])
