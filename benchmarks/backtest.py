@@ -12,7 +12,9 @@ it never saw (those the folder has):
 - municipal totals: WAPE of the published totals (every school and every new offering)
   against persistence's (the municipality's census total at T0);
 - state totals: absolute % error, against persistence's;
-- coverage of the 80 % and 95 % intervals of schools, municipalities and the state;
+- coverage of the 80 % and 95 % intervals of schools, municipalities and the state, over
+  the origins whose run publishes intervals at that horizon (a run too short to validate a
+  horizon publishes none; `origins_with_intervals` says how many did);
 - the state's path T0 -> T0+5 (every forecast year, seen or not): its largest year-to-year
   change against the largest of the state's census history up to T0.
 
@@ -117,11 +119,12 @@ def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, st
                 "etapa": flag, "origin": origin, "h": h, "year": year, "schools": s.height, **school,
                 "wape_muni": float((m[outputs.FORECAST] - m["real"]).abs().sum() / total),
                 "wape_muni_persistence": float((m["persistence"] - m["real"]).abs().sum() / total),
-                "cov80_muni": float(m.filter(pl.col(outputs.LOWER_80).is_not_null()).select(inside(80).mean()).item() or 0),
-                "cov95_muni": float(m.filter(pl.col(outputs.LOWER_95).is_not_null()).select(inside(95).mean()).item() or 0),
+                # coverage where intervals are published (a horizon the run could not validate has none)
+                "cov80_muni": m.filter(pl.col(outputs.LOWER_80).is_not_null()).select(inside(80).mean()).item(),
+                "cov95_muni": m.filter(pl.col(outputs.LOWER_95).is_not_null()).select(inside(95).mean()).item(),
                 "ape_state": abs(st[outputs.FORECAST] / total - 1), "ape_state_persistence": abs(m["persistence"].sum() / total - 1),
-                "in80_state": st[outputs.LOWER_80] is not None and st[outputs.LOWER_80] <= total <= st[outputs.UPPER_80],
-                "in95_state": st[outputs.LOWER_95] is not None and st[outputs.LOWER_95] <= total <= st[outputs.UPPER_95],
+                "in80_state": None if st[outputs.LOWER_80] is None else st[outputs.LOWER_80] <= total <= st[outputs.UPPER_80],
+                "in95_state": None if st[outputs.LOWER_95] is None else st[outputs.LOWER_95] <= total <= st[outputs.UPPER_95],
             })
     return rows
 
@@ -154,7 +157,8 @@ def summarise(scores: pl.DataFrame, cv: pl.DataFrame) -> pl.DataFrame:
         (1 - pl.col("mae") / pl.col("mae_persistence")).min().alias("worst_skill"),
         pl.col("wape_muni", "wape_muni_persistence", "ape_state", "ape_state_persistence",
                "cov80_school", "cov95_school", "cov80_muni", "cov95_muni").mean(),
-        pl.col("in80_state", "in95_state").cast(pl.Float64).mean())
+        pl.col("in80_state", "in95_state").cast(pl.Float64).mean(),
+        pl.col("in80_state").is_not_null().sum().alias("origins_with_intervals"))
     table = table.with_columns((1 - pl.col("mae") / pl.col("mae_persistence")).alias("skill_vs_persistence"),
                                (1 - pl.col("mae") / pl.col("mae_drift")).alias("skill_vs_drift"))
     walk = cv.group_by(outputs.STAGE, "h").agg(pl.col("cv_skill").mean())
@@ -190,7 +194,8 @@ def main() -> None:
         print(table.select(outputs.STAGE, "h", "origins", "mae", "mae_persistence", "mae_drift", "skill_vs_persistence",
                            "skill_vs_drift", "worst_skill", "cv_skill"))
         print(table.select(outputs.STAGE, "h", "wape_muni", "wape_muni_persistence", "ape_state", "ape_state_persistence",
-                           "cov80_school", "cov95_school", "cov80_muni", "cov95_muni", "in80_state", "in95_state"))
+                           "cov80_school", "cov95_school", "cov80_muni", "cov95_muni", "in80_state", "in95_state",
+                           "origins_with_intervals"))
         jumps = pl.DataFrame(paths).with_columns((pl.col("path_largest_change") > pl.col("history_largest_change")).alias("beyond"))
         jumps.write_csv(args.work / "backtest_state_paths.csv")
         print(jumps.group_by(outputs.STAGE).agg(pl.col("beyond").sum().alias("origins_beyond_history"), pl.len().alias("origins"),

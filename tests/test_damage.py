@@ -64,7 +64,8 @@ def test_a_damaged_model_file_is_refused_before_the_native_loader(run_out, tmp_p
         EnrollmentForecaster.load(models)
 
 
-@pytest.mark.parametrize("damage", ["not utf-8", "a list", "a changed value", "a path outside", "truncated"])
+@pytest.mark.parametrize("damage", ["not utf-8", "a list", "a changed value", "a path outside", "an own model outside",
+                                    "truncated"])
 def test_a_damaged_models_metadata_is_a_clear_error(run_out, tmp_path, damage):
     models = tmp_path / "models"
     shutil.copytree(run_out / "models", models)
@@ -85,13 +86,19 @@ def test_a_damaged_models_metadata_is_a_clear_error(run_out, tmp_path, damage):
         entry["files"][next(iter(entry["files"]))] = "../../../../etc/passwd"
         meta[modelstore.SELF_HASH] = modelstore._content_hash(meta)  # even when the metadata is consistent
         path.write_text(json.dumps(meta))
+    elif damage == "an own model outside":  # a one-year model of its own (`own_files`)
+        entry = next(e for e in meta["stages"].values() if e.get("own_files"))
+        own = entry["own_files"][next(iter(entry["own_files"]))]
+        own[next(iter(own))] = "../../../../etc/passwd"
+        meta[modelstore.SELF_HASH] = modelstore._content_hash(meta)
+        path.write_text(json.dumps(meta))
     else:
         path.write_text(text[: len(text) // 3])
     with pytest.raises(modelstore.ModelStoreError) as caught:
         EnrollmentForecaster.load(models)
     message = str(caught.value)
     assert "metadata.json" in message
-    if damage == "a path outside":
+    if damage in ("a path outside", "an own model outside"):
         assert "'../../../../etc/passwd'" in message and "refused" in message
 
 

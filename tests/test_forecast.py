@@ -32,7 +32,8 @@ def _synthetic_predictions(rng, years=(2020, 2021, 2022), n=6000) -> pl.DataFram
         last = rng.integers(0, 600, n).astype(float)
         pred = last * 0.98
         y = np.maximum(pred + rng.normal(0, 1 + 0.08 * last), 0)
-        frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": last, "Voting": pred, "y_true": y}))
+        frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": last, "Voting": pred, "y_true": y,
+                                    "CO_MUNICIPIO": 2700000 + np.arange(n) % 50, "CO_UF": 27}))
     return pl.concat(frames)
 
 
@@ -51,6 +52,32 @@ def test_mondrian_bins_give_small_schools_narrow_intervals():
     width = b["limite_superior_95"] - b["limite_inferior_95"]
     assert width[0] < width[1] / 5
     assert (b["limite_inferior_95"] >= 0).all()
+
+
+def test_area_intervals_come_from_the_errors_of_totals_at_their_own_level():
+    """Schools of one municipality err together (each municipality's own shock, +-10 %, a
+    different sign each year): its totals' range is that shock's, which independent school
+    draws would average away; the state's range, where those shocks cancel, stays narrow."""
+    rng = np.random.default_rng(3)
+    munis, per_muni, years = 60, 20, (2018, 2019, 2020, 2021)
+    frames = []
+    for year in years:
+        muni = np.repeat(np.arange(munis), per_muni)
+        shock = rng.choice([-0.1, 0.1], size=munis)[muni]
+        pred = np.full(len(muni), 100.0)
+        frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": pred, "Voting": pred, "CO_MUNICIPIO": 2700000 + muni,
+                                    "CO_UF": 27, "y_true": pred * (1 + shock) + rng.normal(0, 3, len(muni))}))
+    calibration = intervals.calibration_table(pl.concat(frames), "Voting")
+    schools = pl.DataFrame({"CO_MUNICIPIO": 2700000 + np.repeat(np.arange(munis), per_muni), "CO_UF": 27,
+                            "previsao": 100.0, "matriculas_ultimo_ano": 100.0})
+    offerings = pl.DataFrame({"CO_MUNICIPIO": [2700000], "CO_UF": [27], "NU_ANO_CENSO": [2021], "new_enrollment": [0.0]})
+    areas = forecast.area_totals(schools, calibration, offerings, "IN_MED")
+    width = lambda f: ((f["limite_superior_80"] - f["limite_inferior_80"]) / f["previsao"]).to_numpy()  # noqa: E731
+    assert np.all(width(areas["municipios"]) > 0.15)  # about +-10 %
+    assert width(areas["ufs"])[0] < 0.06  # sixty shocks of either sign nearly cancel
+    for frame in areas.values():  # the forecast itself always inside
+        inside = (pl.col("limite_inferior_95") <= pl.col("previsao")) & (pl.col("previsao") <= pl.col("limite_superior_95"))
+        assert frame.select(inside).to_series().all()
 
 
 def test_new_offerings_come_from_recent_openings():
@@ -101,7 +128,7 @@ def test_aggregates_equal_the_sums_of_their_parts(run_out):
     for frame in (munis, ufs, country):
         assert np.allclose(frame["previsao"], frame["previsao_escolas"] + frame["previsao_novas_ofertas"])
         assert "ajuste_agregacao" not in frame.columns  # the errors' mean is not added (it made totals worse)
-        # the point is the centre of the simulated totals that give the bounds
+        # the forecast lies inside its own bounds
         assert frame.select(
             ((pl.col("limite_inferior_95") <= pl.col("previsao")) & (pl.col("previsao") <= pl.col("limite_superior_95"))).all()
         ).item()
@@ -115,11 +142,6 @@ def test_aggregates_equal_the_sums_of_their_parts(run_out):
             (pl.col("limite_inferior_95") <= pl.col("limite_inferior_80")).all()
             & (pl.col("limite_superior_80") <= pl.col("limite_superior_95")).all()
         ).item()
-    # a sum's interval comes from resampled residuals: far narrower than adding the schools' bounds
-    big = ufs.sort("previsao", descending=True).row(0, named=True)
-    in_uf = schools.filter((pl.col("etapa") == big["etapa"]) & (pl.col("CO_UF") == big["CO_UF"]))
-    added = (in_uf["limite_superior_95"] - in_uf["limite_inferior_95"]).sum()
-    assert big["limite_superior_95"] - big["limite_inferior_95"] < added / 2
 
 
 @pytest.mark.slow

@@ -346,6 +346,37 @@ def test_training_pairs_end_at_the_origin_and_keep_the_window(small_panel):
         assert np.array_equal(a, b) == same, window
 
 
+def test_first_years_ahead_get_models_of_their_own(small_panel):
+    """separate_horizons = 1: one year ahead each learner is a model trained on the one-year
+    pairs only, further ahead the shared model of every horizon; 0: the shared model everywhere."""
+    from dataclasses import replace
+
+    data = LocalStageData(features.stage_rows(small_panel, "IN_FUND_AI", horizons=3), horizons=3)
+    device = models.select_device("cpu")
+    test = horizons.stack(data.origin_rows(2020), [1, 2, 3], truth=False)
+    X, ahead = horizons.matrix(test), test["horizon"].to_numpy()
+    split = data.fit_learners(2020, ModelFactory(FAST, device, 1))
+    shared = data.fit_learners(2020, ModelFactory(replace(FAST, separate_horizons=0), device, 1))
+    assert isinstance(shared["LightGBM"], models.ChangeRegressor)
+    lgbm = split["LightGBM"]
+    assert isinstance(lgbm, models.HorizonSplit) and sorted(lgbm.own) == [1]
+    one_year = data.training_pairs(2020, FAST.train_window_years, FAST.max_training_rows, [1])
+    own = models.ChangeRegressor("LightGBM", features.ANCHOR_INDEX, FAST, "cpu", 1).fit(horizons.matrix(one_year),
+                                                                                          one_year["y_true"].to_numpy())
+    near = ahead == 1
+    assert np.array_equal(lgbm.predict(X)[near], own.predict(X[near]))
+    assert np.array_equal(lgbm.predict(X)[~near], shared["LightGBM"].predict(X[~near]))
+    assert not np.array_equal(lgbm.predict(X)[near], shared["LightGBM"].predict(X[near]))
+    voting = split["Voting"].predict(X)
+    assert np.allclose(voting, (lgbm.predict(X) + split["XGBoost"].predict(X)) / 2)
+    values, base = split["Voting"].contributions(X)  # SHAP of each row from the model serving it
+    assert np.allclose(base + values.sum(axis=1), split["Voting"].predict_change(X), atol=1e-3)
+    everything = data.fit_learners(2020, ModelFactory(replace(FAST, separate_horizons=5), device, 1))["XGBoost"]
+    assert sorted(everything.own) == [1, 2, 3] and everything.shared is None  # no shared fit when it serves no horizon
+    with pytest.raises(ValueError, match="separate_horizons"):
+        ModelSettings(separate_horizons=-1)
+
+
 def test_training_rows_are_sampled_by_a_hash_that_any_partitioning_repeats(small_panel):
     """The cap keeps about max_training_rows pairs, spread over horizons and years, and the
     same pairs whether the rows are held in one frame or split into parts (an engine's)."""
@@ -358,7 +389,7 @@ def test_training_rows_are_sampled_by_a_hash_that_any_partitioning_repeats(small
     share = capped.group_by("horizon").len().join(every.group_by("horizon").len(), on="horizon").select(pl.col("len") / pl.col("len_right"))
     assert share.to_series().is_between(0.15, 0.35).all()  # every horizon keeps about a quarter
     fraction = horizons.sampling_fraction(every.height, every.height // 4)
-    parts = [horizons.training_pairs(part, 2024, FAST.train_window_years, 5, fraction)
+    parts = [horizons.training_pairs(part, 2024, FAST.train_window_years, [1, 2, 3, 4, 5], fraction)
              for part in (frame.filter(pl.col("CO_UF") < 30), frame.filter(pl.col("CO_UF") >= 30))]
     keys = ["CO_ENTIDADE", "origin_year", "horizon"]
     assert pl.concat(parts).sort(keys).equals(capped.sort(keys))

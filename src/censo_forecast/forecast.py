@@ -1,7 +1,8 @@
 """Forecasts for each forecast year: per school with intervals (`school_forecasts`, from the
 origin rows of the last census year), and summed to municipality, state and country with
-intervals from resampled residuals (never by adding bounds), plus the enrollment expected
-in offerings that will open (new schools or stages); and the files that hold them.
+intervals calibrated on the walk-forward errors of totals at each level (never by adding
+bounds), plus the enrollment expected in offerings that will open (new schools or stages);
+and the files that hold them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, coherence, intervals, models
+from censo_forecast import atomic, coherence, intervals, models, statepaths
 from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
@@ -73,11 +74,12 @@ def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame
 
 
 def published(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
-    """The stages' school forecasts as they are published: stages that add up made of their
-    parts (`coherence`), with NO_ENTIDADE as the last census year spells it."""
+    """The stages' school forecasts as they are published: each state's path within its record
+    (`statepaths`), stages that add up made of their parts (`coherence`), with NO_ENTIDADE as
+    the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
-    return coherence.schools(schools).join(names, on=SCHOOL, how="left")
+    return coherence.schools(statepaths.limit(schools, panel)).join(names, on=SCHOOL, how="left")
 
 
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:
@@ -100,19 +102,20 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     return grid.join(fresh, on=["CO_MUNICIPIO", "CO_UF", YEAR], how="left").with_columns(pl.col("new_enrollment").fill_null(0.0))
 
 
-def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, error_draws: np.ndarray,
-                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str, bounded: bool) -> pl.DataFrame:
+def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, errors: np.ndarray | None,
+                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str) -> pl.DataFrame:
     """An area's forecast: its schools' plus the new offerings expected. Its bounds are
-    quantiles of simulated totals whose school errors are centred: the errors' spread makes the
-    range, their mean does not move the forecast (none when the horizon has no residuals)."""
-    totals = schools + (error_draws - error_draws.mean(axis=0)) + new_draws
-    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected,
-           FORECAST: schools + new_expected}
+    quantiles of simulated totals, the schools' sum times (1 + a walk-forward error of areas of
+    its level and size) plus the new offerings drawn, widened to hold the forecast itself
+    (none when the horizon has no residuals: `errors` None)."""
+    point = schools + new_expected
+    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected, FORECAST: point}
+    totals = None if errors is None else np.maximum(schools * (1.0 + errors) + new_draws, 0.0)
     for level in INTERVAL_LEVELS:
         a = (1 - level / 100) / 2
         nothing = np.full(len(keys), np.nan)
-        out[bound("inferior", level)] = np.quantile(totals, a, axis=0) if bounded else nothing
-        out[bound("superior", level)] = np.quantile(totals, 1 - a, axis=0) if bounded else nothing
+        out[bound("inferior", level)] = nothing if totals is None else np.minimum(np.quantile(totals, a, axis=0), point)
+        out[bound("superior", level)] = nothing if totals is None else np.maximum(np.quantile(totals, 1 - a, axis=0), point)
     return pl.DataFrame(out).fill_nan(None)
 
 
@@ -125,24 +128,21 @@ def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
 
 def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
                 years_ahead: int = 1, draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
-    """Municipal, state and national totals for one stage and horizon with resampled intervals.
+    """Municipal, state and national totals for one stage and horizon with intervals.
 
     `previsao_escolas` is exactly the sum of the school forecasts and `previsao` adds the new
-    offerings expected. The resampled net errors of the school forecasts give the range, not a
-    shift: on the real census of Alagoas, adding their mean (the expected net effect of
-    closures, a total being a mean of medians) made the state totals worse at almost every stage
-    and horizon (benchmarks/README.md, "backtest.py"). `calibration` holds the residuals of this
-    horizon (empty: a horizon never validated, totals without bounds). New offerings: those opening in each
-    of the `years_ahead` years, each year like one of the recent ones, still open at the
-    forecast year (their later growth or closure is not modelled).
+    offerings expected. No adjustment moves the sum: on the real census of Alagoas, adding
+    the expected net effect of closures made the state totals worse at almost every stage and
+    horizon (benchmarks/README.md, "backtest.py"). The range comes from the walk-forward
+    errors of totals at each level (`intervals.area_errors`); `calibration` holds this
+    horizon's rows (empty: a horizon never validated, totals without bounds). New offerings:
+    those opening in each of the `years_ahead` years, each year like one of the recent ones,
+    still open at the forecast year (their later growth or closure is not modelled).
     """
     rng = np.random.default_rng(seed)
     pred = schools[FORECAST].to_numpy()
     last = schools[LAST_ENROLLMENT].to_numpy()
     bounded = calibration.height > 0
-    residuals = (intervals.sample_residuals(calibration, intervals.size_bin(last), draws, rng) if bounded
-                 else np.zeros((draws, len(pred))))
-    net_error = np.maximum(pred + residuals, 0.0) - pred  # draws x schools
     # new offerings: one of the recent years per draw, shared by all municipalities (a common shock)
     off_years = sorted(offerings[YEAR].unique().to_list()) or [None]
     munis = sorted(set(schools["CO_MUNICIPIO"].to_list()) | set(offerings["CO_MUNICIPIO"].to_list()))
@@ -164,16 +164,18 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)
 
-    levels: dict[str, tuple[np.ndarray, str, Callable[[np.ndarray], np.ndarray]]] = {
-        MUNICIPALITIES: (np.array(munis), "CO_MUNICIPIO", lambda v: v),
-        STATES: (np.array(ufs), "CO_UF", to_ufs),
-        COUNTRY: (np.array(["BR"]), COUNTRY_KEY, lambda v: to_country(to_ufs(v))),
+    # level -> (its areas, their key column, municipalities -> areas, the calibration's key (None: the country))
+    levels: dict[str, tuple[np.ndarray, str, Callable[[np.ndarray], np.ndarray], str | None]] = {
+        MUNICIPALITIES: (np.array(munis), "CO_MUNICIPIO", lambda v: v, "CO_MUNICIPIO"),
+        STATES: (np.array(ufs), "CO_UF", to_ufs, "CO_UF"),
+        COUNTRY: (np.array(["BR"]), COUNTRY_KEY, lambda v: to_country(to_ufs(v)), None),
     }
-    per_muni = (to_munis(last), to_munis(pred), to_munis(net_error), new_draws)
     out = {}
-    for name, (keys, key_name, up) in levels.items():
-        last_a, pred_a, err_a, new_a = (up(v) for v in per_muni)
-        out[name] = _area_table(keys, last_a, pred_a, err_a, up(years_ahead * per_year.mean(axis=0)), new_a, key_name, bounded)
+    for name, (keys, key_name, up, calibration_key) in levels.items():
+        last_a, pred_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(new_draws)
+        errors = (intervals.sample_area_errors(intervals.area_errors(calibration, calibration_key), pred_a, draws, rng)
+                  if bounded else None)
+        out[name] = _area_table(keys, last_a, pred_a, errors, up(years_ahead * per_year.mean(axis=0)), new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     out[STATES] = out[STATES].with_columns(_uf_abbreviation(pl.col("CO_UF")))
     return {k: v.with_columns(pl.lit(flag).alias(STAGE), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))

@@ -2,8 +2,10 @@
 
 An origin row (school, o) holds features read from census years <= o and, per horizon h,
 the truth in o + h and the Coorte forecast h years ahead (`features`). `stack` turns it into
-one row per (origin, horizon) with the feature `horizon` = h: one model per stage learns
-every horizon (benchmarks/README.md, "horizons", says why not one model per horizon).
+one row per (origin, horizon) with the feature `horizon` = h. One model per stage learns
+every horizon, and the first `separate_horizons` years ahead (default: one year) get a
+model of their own besides (`models.HorizonSplit`; benchmarks/README.md, "horizons" and
+"the hybrid", say why).
 
 Leakage rule: a fit for the origin O (the census year its forecasts are made from) sees
 only pairs whose target year o + h <= O, so a forecast made at origin O never learns from
@@ -67,11 +69,10 @@ def window(origin: int, window_years: int, horizon: int) -> pl.Expr:
     return rows & (target > origin - window_years) if window_years > 0 else rows
 
 
-def pairs_in_window(frame: pl.DataFrame, origin: int, window_years: int, horizons: int) -> int:
-    """How many (origin, horizon) pairs with known truth the window holds (an engine adds up
-    its partitions' counts to get the sampling fraction)."""
-    return sum(frame.filter(window(origin, window_years, h) & pl.col(truth_column(h)).is_not_null()).height
-               for h in range(1, horizons + 1))
+def pairs_in_window(frame: pl.DataFrame, origin: int, window_years: int, ahead: Sequence[int]) -> int:
+    """How many (origin, horizon) pairs with known truth the window holds at the years ahead in
+    `ahead` (an engine adds up its partitions' counts to get the sampling fraction)."""
+    return sum(frame.filter(window(origin, window_years, h) & pl.col(truth_column(h)).is_not_null()).height for h in ahead)
 
 
 def sampling_fraction(pairs: int, max_rows: int) -> float:
@@ -86,11 +87,11 @@ def _uniform(horizon: int) -> pl.Expr:
     return x.cast(pl.Float64) / _MODULUS
 
 
-def training_pairs(frame: pl.DataFrame, origin: int, window_years: int, horizons: int, fraction: float) -> pl.DataFrame:
-    """The stacked pairs a fit for `origin` trains on: target year <= origin, in the window,
-    each kept when its hash falls below `fraction` (1: all)."""
+def training_pairs(frame: pl.DataFrame, origin: int, window_years: int, ahead: Sequence[int], fraction: float) -> pl.DataFrame:
+    """The stacked pairs a fit for `origin` trains on, at the years ahead in `ahead`: target
+    year <= origin, in the window, each kept when its hash falls below `fraction` (1: all)."""
     parts = []
-    for h in range(1, horizons + 1):
+    for h in ahead:
         keep = window(origin, window_years, h)
         if fraction < 1.0:
             keep = keep & (_uniform(h) < fraction)

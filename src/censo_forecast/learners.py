@@ -40,6 +40,11 @@ class ModelFactory:
         """The named learners fitted on the same rows, and their Voting mean when both are named."""
         return with_ensemble({name: self.learner(name).fit(X, y) for name in names})
 
+    def own_horizons(self, horizons: int) -> list[int]:
+        """The years ahead that get a model of their own (`separate_horizons`); none with one
+        horizon, where the shared model is already that horizon's own."""
+        return horizons_mod.up_to(min(self.settings.separate_horizons, horizons)) if horizons > 1 else []
+
     def baseline(self, name: str, data: StageData, origin: int):
         """A baseline fitted for forecasts from `origin`: Persistencia; Coorte (computed with the
         features); or Deriva, the stage's aggregate one-year change into `origin` (the pairs
@@ -58,6 +63,15 @@ def with_ensemble(fitted: dict) -> dict:
     if set(models.LEARNERS) <= set(fitted):
         return {**fitted, ENSEMBLE: models.Voting([fitted[n] for n in models.LEARNERS])}
     return fitted
+
+
+def split_by_horizon(shared: dict | None, own: dict[int, dict], names: tuple[str, ...]) -> dict:
+    """Each named learner as a `models.HorizonSplit` of its own-horizon fits (`own`: {years
+    ahead: {name: model}}) and its shared fit (`shared`: {name: model}, or None), with Voting."""
+    if not own:
+        return with_ensemble({name: (shared or {})[name] for name in names})
+    return with_ensemble({name: models.HorizonSplit({h: fits[name] for h, fits in own.items()},
+                                                    (shared or {}).get(name), HORIZON_INDEX) for name in names})
 
 
 def _drift() -> models.Drift:
@@ -79,11 +93,20 @@ def restore_baseline(name: str, drift_ratio: float | None = None):
     raise ValueError(f"unknown baseline {name!r}; known: {', '.join(models.BASELINES)}")
 
 
-def restore_learner(name: str, booster) -> models.ChangeRegressor:
-    """A boosted model around a native booster loaded from a file or trained elsewhere."""
+def restore_learner(name: str, booster, own: dict | None = None) -> models.ChangeRegressor | models.HorizonSplit:
+    """A boosted model around a native booster loaded from a file or trained elsewhere
+    (`booster` None: no shared model), split by horizon when `own` ({years ahead: native
+    booster}) names models of their own."""
     if name not in models.LEARNERS:
         raise ValueError(f"unknown learner {name!r}; known: {', '.join(models.LEARNERS)}")
-    return models.ChangeRegressor(name, ANCHOR_INDEX).set_booster(booster, len(FEATURES))
+
+    def wrap(native) -> models.ChangeRegressor:
+        return models.ChangeRegressor(name, ANCHOR_INDEX).set_booster(native, len(FEATURES))
+
+    if not own:
+        return wrap(booster)
+    return models.HorizonSplit({h: wrap(b) for h, b in sorted(own.items())}, None if booster is None else wrap(booster),
+                               HORIZON_INDEX)
 
 
 def by_horizon(chosen: dict[int, object]) -> models.ByHorizon:

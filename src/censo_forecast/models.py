@@ -181,7 +181,7 @@ class Drift(RegressorMixin, BaseEstimator):
 
 class Voting(RegressorMixin, BaseEstimator):
     """The mean of already fitted models' predictions (no further fit). Parameter:
-    `estimators`, the fitted models (ChangeRegressors, for SHAP)."""
+    `estimators`, the fitted models (ChangeRegressors or HorizonSplits, for SHAP)."""
 
     def __init__(self, estimators: list | None = None):
         self.estimators = estimators
@@ -203,6 +203,64 @@ class Voting(RegressorMixin, BaseEstimator):
         """SHAP values and base values: the mean of its members' (SHAP is additive)."""
         parts = [est.contributions(X) for est in self.members]
         return np.mean([p[0] for p in parts], axis=0), np.mean([p[1] for p in parts], axis=0)
+
+
+class HorizonSplit(RegressorMixin, BaseEstimator):
+    """One learner whose first years ahead have models of their own: rows of a horizon in
+    `own` go to that horizon's model (trained on its pairs only), the others to `shared`
+    (trained on every horizon's). Parameters: `own` ({years ahead: fitted ChangeRegressor}),
+    `shared` (a fitted ChangeRegressor, or None when every horizon has its own), `horizon`
+    (the column of the years ahead)."""
+
+    def __init__(self, own: dict | None = None, shared: ChangeRegressor | None = None, horizon: int = 0):
+        self.own = own
+        self.shared = shared
+        self.horizon = horizon
+
+    def fit(self, X=None, y=None):
+        return self
+
+    @property
+    def learner(self) -> str:
+        return next(iter(self.parts().values())).learner
+
+    def parts(self) -> dict:
+        """{years ahead: own model} and, under None, the shared one."""
+        return {**dict(sorted((self.own or {}).items())), **({None: self.shared} if self.shared is not None else {})}
+
+    def _routes(self, X: np.ndarray):
+        """(rows, model) pairs: each row goes to its horizon's own model, the rest to the shared one."""
+        ahead = X[:, self.horizon].astype(int)
+        own = self.own or {}
+        served = np.zeros(len(X), dtype=bool)
+        for h, model in [*own.items(), (None, self.shared)]:
+            rows = ~served if h is None else (ahead == h)
+            if rows.any():
+                if model is None:
+                    raise ValueError(f"no model for {sorted(set(ahead[rows].tolist()))} year(s) ahead; own models for {sorted(own)}")
+                yield rows, model
+            served |= rows
+
+    def _each(self, X, method: str) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        out = np.empty(len(X), dtype=np.float64)
+        for rows, model in self._routes(X):
+            out[rows] = getattr(model, method)(X[rows])
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        return self._each(X, "predict")
+
+    def predict_change(self, X) -> np.ndarray:
+        return self._each(X, "predict_change")
+
+    def contributions(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """SHAP values and base values, each row's from the model that serves its horizon."""
+        X = np.asarray(X, dtype=np.float32)
+        values, base = np.empty(X.shape, dtype=np.float64), np.empty(len(X), dtype=np.float64)
+        for rows, model in self._routes(X):
+            values[rows], base[rows] = model.contributions(X[rows])
+        return values, base
 
 
 class ByHorizon(RegressorMixin, BaseEstimator):

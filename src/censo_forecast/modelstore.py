@@ -17,7 +17,9 @@ import polars as pl
 from censo_forecast import atomic, boosters, learners, models, storage
 from censo_forecast.features import FEATURES
 
-FORMAT_VERSION = 3  # 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon
+# 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon;
+# 4: learners with models of their own for the first years ahead ("own_files")
+FORMAT_VERSION = 4
 METADATA = "metadata.json"
 SELF_HASH = "sha256_of_this_file"  # of the metadata without this key: a changed value is caught too
 
@@ -56,18 +58,14 @@ def save(folder: Path, saved: SavedModels) -> Path:
     is complete once it exists)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stages, hashes = {}, {}
+    stages: dict[str, dict] = {}
+    hashes: dict[str, str] = {}
     for flag, by_horizon in saved.models.items():
         entry: dict = {"modelos": {str(h): name for h, name in saved.chosen[flag].items()}, "files": {}}
         for model in by_horizon.by_years_ahead.values():
-            members = model.members if isinstance(model, models.Voting) else [model]
-            for member in members:
-                if isinstance(member, models.ChangeRegressor) and member.learner not in entry["files"]:
-                    path = folder / f"{flag}_{member.learner}.{member.adapter.suffix}"
-                    with atomic.atomic_path(path) as tmp:
-                        member.adapter.save(member.booster_, tmp)
-                    entry["files"][member.learner] = path.name
-                    hashes[path.name] = storage.sha256(path)
+            for member in (model.members if isinstance(model, models.Voting) else [model]):
+                if isinstance(member, (models.ChangeRegressor, models.HorizonSplit)) and member.learner not in entry["files"]:
+                    _save_learner(folder, flag, member, entry, hashes)
             if isinstance(model, models.Drift):
                 entry["drift_ratio"] = model.ratio_
         calibration = saved.calibration.get(flag)
@@ -88,6 +86,23 @@ def save(folder: Path, saved: SavedModels) -> Path:
     meta[SELF_HASH] = _content_hash(meta)
     atomic.write_json(folder / METADATA, meta)
     return folder
+
+
+def _save_learner(folder: Path, flag: str, learner, entry: dict, hashes: dict) -> None:
+    """A learner's native booster files (a split learner's own-horizon models as `_h{years}`),
+    named in the stage's entry: "files" the shared model (None when there is none), "own_files"
+    {years ahead: file} of a split one."""
+    parts = learner.parts() if isinstance(learner, models.HorizonSplit) else {None: learner}
+    entry["files"][learner.learner] = None
+    for h, part in parts.items():
+        path = folder / f"{flag}_{learner.learner}{'' if h is None else f'_h{h}'}.{part.adapter.suffix}"
+        with atomic.atomic_path(path) as tmp:
+            part.adapter.save(part.booster_, tmp)
+        hashes[path.name] = storage.sha256(path)
+        if h is None:
+            entry["files"][learner.learner] = path.name
+        else:
+            entry.setdefault("own_files", {}).setdefault(learner.learner, {})[str(h)] = path.name
 
 
 def _packages() -> list[str]:
@@ -168,10 +183,19 @@ def _chosen(folder: Path, entry: dict) -> dict[int, str]:
 
 def _restore(folder: Path, entry: dict, hashes: dict) -> models.ByHorizon:
     fitted = {}
+    own_files = entry.get("own_files", {})
+    if not isinstance(own_files, dict) or not all(
+            isinstance(files, dict) and all(isinstance(h, str) and h.isdigit() for h in files) for files in own_files.values()):
+        raise _damaged(folder, entry)
     for name, file in entry["files"].items():
         if name not in models.LEARNERS:
             raise ModelStoreError(f"{folder / METADATA}: unknown learner {name!r}")
-        fitted[name] = learners.restore_learner(name, boosters.adapter(name).load(_verified(folder, file, hashes)))
+        adapter = boosters.adapter(name)
+        own = {int(h): adapter.load(_verified(folder, f, hashes)) for h, f in own_files.get(name, {}).items()}
+        if file is None and not own:
+            raise _damaged(folder, entry)
+        shared = None if file is None else adapter.load(_verified(folder, file, hashes))
+        fitted[name] = learners.restore_learner(name, shared, own)
     fitted = learners.with_ensemble(fitted)
     by_horizon = {}
     for h, name in _chosen(folder, entry).items():

@@ -15,6 +15,7 @@ import polars as pl
 
 from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ORIGIN_YEAR
+from censo_forecast.learners import split_by_horizon
 from censo_forecast.models import LEARNERS
 from censo_forecast.outputs import ACTUAL
 
@@ -44,9 +45,21 @@ class StageData(ABC):
         """The rows matching `predicate`, on the driver, sorted by school and origin year."""
 
     @abstractmethod
+    def fit_on(self, origin: int, factory: ModelFactory, names: tuple[str, ...], ahead: list[int]) -> dict | None:
+        """The named learners fitted on the training pairs of `origin` at the years ahead in
+        `ahead` (target year <= origin, the window, sampled to the row cap); None without pairs."""
+
     def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = LEARNERS) -> dict:
-        """The named learners fitted on the training pairs of `origin` (target year <= origin,
-        the window, sampled to the row cap), and Voting when both are named."""
+        """The named learners for forecasts from `origin`, and Voting when both are named: the
+        shared model of every horizon, and a model of its own for each of the first years
+        ahead (`ModelFactory.own_horizons`; the shared one serves an own horizon without pairs)."""
+        every = horizons_mod.up_to(self.horizons)
+        own = {h: fits for h in factory.own_horizons(self.horizons)
+               if (fits := self.fit_on(origin, factory, names, [h])) is not None}
+        shared = self.fit_on(origin, factory, names, every) if set(every) - set(own) else None
+        if shared is None and not own:
+            raise ValueError(f"no training pairs with a target year <= {origin}")
+        return split_by_horizon(shared, own, names)
 
     def origin_rows(self, origin: int) -> pl.DataFrame:
         """The rows of one origin year."""
@@ -70,14 +83,16 @@ class LocalStageData(StageData):
     def rows(self, predicate: pl.Expr) -> pl.DataFrame:
         return self.frame.filter(predicate)
 
-    def training_pairs(self, origin: int, window_years: int, max_rows: int) -> pl.DataFrame:
-        """The stacked pairs a fit for `origin` sees (target <= origin, window, sampled to the cap)."""
-        pairs = horizons_mod.pairs_in_window(self.frame, origin, window_years, self.horizons)
+    def training_pairs(self, origin: int, window_years: int, max_rows: int, ahead: list[int] | None = None) -> pl.DataFrame:
+        """The stacked pairs a fit for `origin` sees at the years ahead in `ahead` (default:
+        every horizon): target <= origin, window, sampled to the cap."""
+        ahead = horizons_mod.up_to(self.horizons) if ahead is None else ahead
+        pairs = horizons_mod.pairs_in_window(self.frame, origin, window_years, ahead)
         fraction = horizons_mod.sampling_fraction(pairs, max_rows)
-        return horizons_mod.training_pairs(self.frame, origin, window_years, self.horizons, fraction)
+        return horizons_mod.training_pairs(self.frame, origin, window_years, ahead, fraction)
 
-    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = LEARNERS) -> dict:
-        train = self.training_pairs(origin, factory.settings.train_window_years, factory.settings.max_training_rows)
+    def fit_on(self, origin: int, factory: ModelFactory, names: tuple[str, ...], ahead: list[int]) -> dict | None:
+        train = self.training_pairs(origin, factory.settings.train_window_years, factory.settings.max_training_rows, ahead)
         if train.height == 0:
-            raise ValueError(f"no training pairs with a target year <= {origin}")
-        return factory.fit_learners(horizons_mod.matrix(train), train[ACTUAL].to_numpy(), names)
+            return None
+        return {name: factory.learner(name).fit(horizons_mod.matrix(train), train[ACTUAL].to_numpy()) for name in names}

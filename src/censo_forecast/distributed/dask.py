@@ -35,7 +35,7 @@ from censo_forecast import horizons as horizons_mod
 from censo_forecast.engine import EngineError
 from censo_forecast.features import ORIGIN_YEAR
 from censo_forecast.inep import ingest
-from censo_forecast.learners import ModelFactory, with_ensemble
+from censo_forecast.learners import ModelFactory
 from censo_forecast.outputs import ACTUAL
 from censo_forecast.panel import SCHOOL, YEAR, build_panel, stage_view
 from censo_forecast.stagedata import StageData
@@ -92,8 +92,8 @@ def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
     return rows.filter(predicate)
 
 
-def _xy(rows: pl.DataFrame, origin: int, window_years: int, horizons: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    train = horizons_mod.training_pairs(rows, origin, window_years, horizons, fraction)
+def _xy(rows: pl.DataFrame, origin: int, window_years: int, ahead: list[int], fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    train = horizons_mod.training_pairs(rows, origin, window_years, ahead, fraction)
     return horizons_mod.matrix(train), train[ACTUAL].to_numpy().astype(np.float64)
 
 
@@ -205,17 +205,16 @@ class DaskStageData(StageData):
         found = self.client.gather(self.client.map(_filter, self.parts, predicate=predicate))
         return pl.concat(found).sort(SCHOOL, ORIGIN_YEAR)
 
-    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = models.LEARNERS) -> dict:
+    def fit_on(self, origin: int, factory: ModelFactory, names: tuple[str, ...], ahead: list[int]) -> dict | None:
         """The learners fitted where the rows lie, on the same sampled pairs as one machine's
         (the fraction comes from every partition's count; the sample is a hash of the rows)."""
         import dask.array as da
         from dask import delayed
 
         window = factory.settings.train_window_years
-        counts = self.client.map(horizons_mod.pairs_in_window, self.parts, origin=origin, window_years=window,
-                                 horizons=self.horizons)
+        counts = self.client.map(horizons_mod.pairs_in_window, self.parts, origin=origin, window_years=window, ahead=ahead)
         fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), factory.settings.max_training_rows)
-        pairs = self.client.map(_xy, self.parts, origin=origin, window_years=window, horizons=self.horizons, fraction=fraction)
+        pairs = self.client.map(_xy, self.parts, origin=origin, window_years=window, ahead=ahead, fraction=fraction)
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)
         X_parts, y_parts = [], []
@@ -224,11 +223,11 @@ class DaskStageData(StageData):
                 X_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 0), shape=(n, width), dtype=np.float32))
                 y_parts.append(da.from_delayed(delayed(operator.getitem)(pair, 1), shape=(n,), dtype=np.float64))
         if not X_parts:
-            raise ValueError(f"no training pairs with a target year <= {origin}")
+            return None
         X, y = da.concatenate(X_parts), da.concatenate(y_parts)
         fitted = {}
         for name in names:
             learner = factory.learner(name, jobs=self.engine.threads_per_worker)
             booster = DASK_TRAINERS[name](self.client, X, learner.change(X, y), learner.booster_params())
             fitted[name] = learner.set_booster(booster, width)
-        return with_ensemble(fitted)
+        return fitted

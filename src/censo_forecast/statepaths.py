@@ -1,0 +1,74 @@
+"""State paths a planner can believe: no forecast year moves a state's total of a stage by more
+than that state's census ever moved it in one year.
+
+The school models forecast each school; nothing ties their sum, year after year, to what the
+state has done. On the real census of Alagoas the published state path of final elementary
+changed by up to 15.0 % in a year where the state's census never changed by more than 6.4 %,
+at 4 of 8 origins, and pre-school's at 4 of 8 too (benchmarks/README.md, "backtest.py").
+The rule: the sum of a state's school forecasts for a stage, from the census year through
+each year ahead, changes by at most the largest year-to-year change of that state's census
+total for the stage; a year beyond it has its schools' forecasts and bounds scaled, all by the
+same factor, to the limit. Nothing in the census says why a state would break its own record,
+so nothing here lets it (births could, one day: issue #23).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+
+from censo_forecast.inep import catalog
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.outputs import BOUNDS, FORECAST, HORIZON, LAST_ENROLLMENT, STAGE
+from censo_forecast.panel import offers
+
+log = logging.getLogger(__name__)
+MIN_HISTORY = 3  # census years a state needs before its record limits a path
+
+
+def largest_changes(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """(etapa, CO_UF, limit): the largest absolute year-to-year change, relative, of each
+    state's census total of each stage (states with fewer than MIN_HISTORY years left out)."""
+    frames = []
+    for flag in flags:
+        stage = catalog.stage(flag)
+        totals = (panel.filter(offers(stage.flag)).group_by("CO_UF", YEAR)
+                  .agg(pl.col(stage.enrollment).fill_null(0).sum().cast(pl.Float64).alias("_total")).sort("CO_UF", YEAR))
+        change = (pl.col("_total") / pl.col("_total").shift(1).over("CO_UF") - 1).abs()
+        frames.append(totals.with_columns(change.alias("_change")).group_by("CO_UF").agg(
+            pl.col("_change").max().alias("limit"), pl.len().alias("_years"))
+            .filter(pl.col("_years") >= MIN_HISTORY).select(pl.lit(flag).alias(STAGE), "CO_UF", "limit"))
+    return pl.concat(frames) if frames else pl.DataFrame(schema={STAGE: pl.String, "CO_UF": pl.Int64, "limit": pl.Float64})
+
+
+def limit(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
+    """School forecasts (`forecast.school_forecasts` rows of every stage and horizon) with each
+    state's path kept within its record (module docstring); rows keep their order."""
+    if schools.height == 0:
+        return schools
+    limits = largest_changes(panel, schools[STAGE].unique().to_list())
+    sums = (schools.group_by(STAGE, "CO_UF", HORIZON)
+            .agg(pl.col(FORECAST).sum().alias("_sum"), pl.col(LAST_ENROLLMENT).sum().alias("_base"))
+            .join(limits, on=[STAGE, "CO_UF"], how="inner").sort(STAGE, "CO_UF", HORIZON))
+    factors = []
+    for (flag, uf), path in sums.group_by(STAGE, "CO_UF", maintain_order=True):
+        previous, bound = path["_base"][0], path["limit"][0]  # the census year's total of the schools forecast
+        for h, total in zip(path[HORIZON].to_list(), path["_sum"].to_list(), strict=True):
+            kept = min(max(total, previous * (1 - bound)), previous * (1 + bound))
+            if total > 0 and abs(kept - total) > 1e-9 * total:
+                factors.append({STAGE: flag, "CO_UF": uf, HORIZON: h, "_factor": kept / total})
+                log.debug("%s, state %s, %d year(s) ahead: the path changed %+.1f %% in a year, beyond the state's "
+                          "record of %.1f %%; its schools' forecasts scaled by %.3f",
+                          flag, catalog.UF_ABBREVIATIONS.get(uf, uf), h, 100 * (total / previous - 1), 100 * bound, kept / total)
+            previous = kept if total > 0 else total
+    if not factors:
+        return schools
+    for (flag,), rows in pl.DataFrame(factors).group_by(STAGE, maintain_order=True):
+        states = sorted({catalog.UF_ABBREVIATIONS.get(u, str(u)) for u in rows["CO_UF"].to_list()})
+        log.info("%s: %d forecast year(s) of %s scaled to keep the state's path within its largest yearly change "
+                 "on record (factors %.3f-%.3f)", flag, rows.height, ", ".join(states), rows["_factor"].min(), rows["_factor"].max())
+    scale = pl.DataFrame(factors).cast({"CO_UF": schools.schema["CO_UF"], HORIZON: schools.schema[HORIZON]})
+    scaled = [c for c in (FORECAST, *BOUNDS) if c in schools.columns]
+    return (schools.join(scale, on=[STAGE, "CO_UF", HORIZON], how="left", maintain_order="left")
+            .with_columns((pl.col(c) * pl.col("_factor").fill_null(1.0)).alias(c) for c in scaled).drop("_factor"))
