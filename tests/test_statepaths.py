@@ -56,3 +56,15 @@ def test_a_path_beyond_the_record_is_scaled_back_and_one_within_it_is_left_alone
 def test_a_path_within_the_record_is_returned_unchanged():
     schools = _forecasts([206.0, 204.0, 210.0], [50.0, 50.0, 50.0])
     assert statepaths.limit(schools, _panel()).equals(schools)
+
+
+def test_the_new_offerings_expected_count_in_the_path():
+    """Flat schools plus 10 new students a year: +4.9 % the first year, beyond the 4 % record;
+    the schools give way so that the published total (schools + new offerings) meets it."""
+    schools = _forecasts([204.0, 204.0, 204.0], [50.0, 50.0, 50.0])
+    new = pl.DataFrame({"etapa": ["IN_FUND_AF"], "CO_UF": [27], "new": [10.0]})
+    out = statepaths.limit(schools, _panel(), new)
+    sums = out.filter(pl.col("CO_UF") == 27).group_by("horizonte").agg(pl.col("previsao").sum()).sort("horizonte")["previsao"]
+    totals = [s + 10.0 * h for h, s in enumerate(sums.to_list(), start=1)]
+    assert totals == pytest.approx([204.0 * 1.04, 204.0 * 1.04**2, 204.0 * 1.04**3])
+    assert statepaths.limit(schools, _panel()).equals(schools)  # without new offerings the flat path is within the record

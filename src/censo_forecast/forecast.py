@@ -79,7 +79,20 @@ def published(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
     the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
-    return coherence.schools(statepaths.limit(schools, panel)).join(names, on=SCHOOL, how="left")
+    limited = statepaths.limit(schools, panel, new_per_state(panel, schools[STAGE].unique().to_list()) if schools.height else None)
+    return coherence.schools(limited).join(names, on=SCHOOL, how="left")
+
+
+def new_per_state(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """(etapa, CO_UF, new): the enrollment one year of new offerings brings to each state, the
+    mean of the recent years (`new_offerings`), as `area_totals` adds it."""
+    frames = []
+    for flag in flags:
+        offerings = new_offerings(panel, flag)
+        years = max(offerings[YEAR].n_unique(), 1)
+        frames.append(offerings.group_by("CO_UF").agg((pl.col("new_enrollment").sum() / years).alias("new"))
+                      .select(pl.lit(flag).alias(STAGE), "CO_UF", "new"))
+    return pl.concat(frames)
 
 
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:

@@ -5,10 +5,11 @@ The school models forecast each school; nothing ties their sum, year after year,
 state has done. On the real census of Alagoas the published state path of final elementary
 changed by up to 15.0 % in a year where the state's census never changed by more than 6.4 %,
 at 4 of 8 origins, and pre-school's at 4 of 8 too (benchmarks/README.md, "backtest.py").
-The rule: the sum of a state's school forecasts for a stage, from the census year through
-each year ahead, changes by at most the largest year-to-year change of that state's census
-total for the stage; a year beyond it has its schools' forecasts and bounds scaled, all by the
-same factor, to the limit. Nothing in the census says why a state would break its own record,
+The rule: the state's published total of a stage (its schools' forecasts plus the new
+offerings expected, as the area files sum them), from the census year through each year
+ahead, changes by at most the largest year-to-year change of that state's census total for
+the stage; a year beyond it has its schools' forecasts and bounds scaled, all by the same
+factor, so that the total meets the limit. Nothing in the census says why a state would break its own record,
 so nothing here lets it (births could, one day: issue #23).
 """
 
@@ -42,26 +43,34 @@ def largest_changes(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema={STAGE: pl.String, "CO_UF": pl.Int64, "limit": pl.Float64})
 
 
-def limit(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
+def limit(schools: pl.DataFrame, panel: pl.DataFrame, new_per_year: pl.DataFrame | None = None) -> pl.DataFrame:
     """School forecasts (`forecast.school_forecasts` rows of every stage and horizon) with each
-    state's path kept within its record (module docstring); rows keep their order."""
+    state's path kept within its record (module docstring); rows keep their order.
+    `new_per_year` (etapa, CO_UF, new): the enrollment a year of new offerings is expected to
+    bring to each state (h years ahead bring h times it); None: none."""
     if schools.height == 0:
         return schools
     limits = largest_changes(panel, schools[STAGE].unique().to_list())
     sums = (schools.group_by(STAGE, "CO_UF", HORIZON)
             .agg(pl.col(FORECAST).sum().alias("_sum"), pl.col(LAST_ENROLLMENT).sum().alias("_base"))
             .join(limits, on=[STAGE, "CO_UF"], how="inner").sort(STAGE, "CO_UF", HORIZON))
+    if new_per_year is not None:
+        sums = sums.join(new_per_year.cast({"CO_UF": sums.schema["CO_UF"]}), on=[STAGE, "CO_UF"], how="left")
+    sums = sums.with_columns((pl.col("new").fill_null(0.0) if "new" in sums.columns else pl.lit(0.0)).alias("new"))
     factors = []
     for (flag, uf), path in sums.group_by(STAGE, "CO_UF", maintain_order=True):
-        previous, bound = path["_base"][0], path["limit"][0]  # the census year's total of the schools forecast
-        for h, total in zip(path[HORIZON].to_list(), path["_sum"].to_list(), strict=True):
+        previous, bound, new = path["_base"][0], path["limit"][0], path["new"][0]  # the census year's total
+        for h, schools_sum in zip(path[HORIZON].to_list(), path["_sum"].to_list(), strict=True):
+            total = schools_sum + h * new
             kept = min(max(total, previous * (1 - bound)), previous * (1 + bound))
-            if total > 0 and abs(kept - total) > 1e-9 * total:
-                factors.append({STAGE: flag, "CO_UF": uf, HORIZON: h, "_factor": kept / total})
+            if schools_sum > 0 and abs(kept - total) > 1e-9 * total:
+                factor = max(kept - h * new, 0.0) / schools_sum
+                kept = schools_sum * factor + h * new
+                factors.append({STAGE: flag, "CO_UF": uf, HORIZON: h, "_factor": factor})
                 log.debug("%s, state %s, %d year(s) ahead: the path changed %+.1f %% in a year, beyond the state's "
                           "record of %.1f %%; its schools' forecasts scaled by %.3f",
-                          flag, catalog.UF_ABBREVIATIONS.get(uf, uf), h, 100 * (total / previous - 1), 100 * bound, kept / total)
-            previous = kept if total > 0 else total
+                          flag, catalog.UF_ABBREVIATIONS.get(uf, uf), h, 100 * (total / previous - 1), 100 * bound, factor)
+            previous = kept
     if not factors:
         return schools
     for (flag,), rows in pl.DataFrame(factors).group_by(STAGE, maintain_order=True):
