@@ -360,7 +360,8 @@ def test_first_years_ahead_get_models_of_their_own(small_panel):
     assert isinstance(shared["LightGBM"], models.ChangeRegressor)
     lgbm = split["LightGBM"]
     assert isinstance(lgbm, models.HorizonSplit) and sorted(lgbm.own) == [1]
-    one_year = data.training_pairs(2020, FAST.train_window_years, FAST.max_training_rows, [1])
+    factory = ModelFactory(FAST, device, 1)
+    one_year = data.training_pairs(2020, FAST.train_window_years, factory.row_cap([1], 3), [1])
     own = models.ChangeRegressor("LightGBM", features.ANCHOR_INDEX, FAST, "cpu", 1).fit(horizons.matrix(one_year),
                                                                                           one_year["y_true"].to_numpy())
     near = ahead == 1
@@ -375,6 +376,10 @@ def test_first_years_ahead_get_models_of_their_own(small_panel):
     assert sorted(everything.own) == [1, 2, 3] and everything.shared is None  # no shared fit when it serves no horizon
     with pytest.raises(ValueError, match="separate_horizons"):
         ModelSettings(separate_horizons=-1)
+    # an own model's fit sees its horizon's share of the row cap: the pairs the shared model sees of it
+    capped = ModelFactory(replace(FAST, max_training_rows=1000), device, 1)
+    assert (capped.row_cap([1], 5), capped.row_cap([1, 2, 3, 4, 5], 5), factory.row_cap([1], 3)) == (200, 1000, 200_000 // 3)
+    assert ModelFactory(replace(FAST, max_training_rows=0), device, 1).row_cap([1], 5) == 0  # 0: every pair
 
 
 def test_training_rows_are_sampled_by_a_hash_that_any_partitioning_repeats(small_panel):

@@ -4,6 +4,7 @@ planner uses it (search, download, map, both languages)."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import logging
@@ -22,7 +23,8 @@ from typer.testing import CliRunner
 from censo_forecast import outputs
 from censo_forecast.cli import app
 from censo_forecast.config import load_settings
-from censo_forecast.report import build_report, charts, choropleth, data
+from censo_forecast.inep.catalog import MAJOR_STAGES
+from censo_forecast.report import build_report, charts, choropleth, data, i18n
 from censo_forecast.report.i18n import TILES, Words, round_half_up
 
 ARTIFACTS = Path(os.environ.get("CENSO_FORECAST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
@@ -374,3 +376,18 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
         context.close()
         browser.close()
     assert problems == []
+
+
+def test_the_report_names_the_walk_forward_and_quotes_the_back_test_of_what_is_published(run_out):
+    """The "how good" words say what the walk-forward leaves out and quote the back-test of the
+    published files (`data.PUBLISHED_BACKTEST`), with its census, origins and range of skill."""
+    text = (run_out / outputs.REPORT).read_text(encoding="utf-8")
+    found = re.search(r"<p id='quality-published'>(.*?)</p>", text)
+    assert found, "no back-test paragraph"
+    paragraph = html.unescape(found.group(1))
+    check, words = data.PUBLISHED_BACKTEST, i18n.Words("pt-BR")
+    one = check.skill_one_year.values()
+    assert check.census in paragraph and f"{check.origins[0]} a {check.origins[1]}" in paragraph
+    assert f"de {words.percent(min(one), signed=False)} a {words.percent(max(one), signed=False)} menos erro" in paragraph
+    assert "novas ofertas" in paragraph  # what the walk-forward leaves out
+    assert set(check.skill_one_year) == set(MAJOR_STAGES) == set(check.skill_five_years)

@@ -95,7 +95,8 @@ class ModelSettings:
     # only; later horizons use the shared model (0: the shared model everywhere). On the real
     # census one year ahead a model of its own beat the shared one on every major stage
     # (final elementary +3.1 -> +7.1 % over persistence), from two years ahead it did not
-    # (benchmarks/README.md, "the hybrid"). Each costs one more fit per origin.
+    # (benchmarks/README.md, "the hybrid"). Each costs one more fit per origin, on its share of
+    # max_training_rows (the pairs of its horizon the shared model sees too).
     separate_horizons: int = 1
     seed: int = 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from censo_forecast import atomic, coherence, intervals, models, statepaths
+from censo_forecast import atomic, coherence, intervals, models, reconcile, statepaths
 from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
@@ -73,14 +73,17 @@ def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame
     return frame.with_columns(pl.Series(k, v) for k, v in intervals.bounds(pred, last_year, calibration).items())
 
 
-def published(schools: pl.DataFrame, panel: pl.DataFrame) -> pl.DataFrame:
-    """The stages' school forecasts as they are published: each state's path within its record
-    (`statepaths`), stages that add up made of their parts (`coherence`), with NO_ENTIDADE as
-    the last census year spells it."""
+def published(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
+    """The stages' school forecasts as they are published: each state's total blended with its
+    own drift where the walk-forward chose it (`reconcile`, with the stages' `calibration`
+    tables), each state's path within its record (`statepaths`), stages that add up made of
+    their parts (`coherence`), with NO_ENTIDADE as the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
-    limited = statepaths.limit(schools, panel, new_per_state(panel, schools[STAGE].unique().to_list()) if schools.height else None)
-    return coherence.schools(limited).join(names, on=SCHOOL, how="left")
+    if schools.height:
+        schools = reconcile.reconcile(schools, panel, calibration or {})
+        schools = statepaths.limit(schools, panel, new_per_state(panel, schools[STAGE].unique().to_list()))
+    return coherence.schools(schools).join(names, on=SCHOOL, how="left")
 
 
 def new_per_state(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:

@@ -214,7 +214,7 @@ class EnrollmentForecaster(BaseEstimator):
             rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
             if rows.height:
                 frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
-        return forecast.published(pl.concat(frames, how="diagonal"), panel) if frames else pl.DataFrame()
+        return forecast.published(pl.concat(frames, how="diagonal"), panel, self.calibration_) if frames else pl.DataFrame()
 
     def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[int, dict[str, pl.DataFrame]]:
         """Municipal, state and national totals per forecast year and stage, with new

@@ -40,6 +40,14 @@ class ModelFactory:
         """The named learners fitted on the same rows, and their Voting mean when both are named."""
         return with_ensemble({name: self.learner(name).fit(X, y) for name in names})
 
+    def row_cap(self, ahead: list[int], horizons: int) -> int:
+        """Pairs a fit on the years ahead in `ahead` may see: its horizons' share of
+        `max_training_rows` (0: every pair). A horizon's own model so sees as many pairs of its
+        horizon as the shared model does, and costs a fifth of its fit at five horizons (the
+        national run's budget, benchmarks/README.md); its gain is the trees it keeps to itself."""
+        cap = self.settings.max_training_rows
+        return cap if cap <= 0 else max(1, cap * len(ahead) // horizons)
+
     def own_horizons(self, horizons: int) -> list[int]:
         """The years ahead that get a model of their own (`separate_horizons`); none with one
         horizon, where the shared model is already that horizon's own."""

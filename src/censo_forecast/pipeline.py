@@ -274,7 +274,7 @@ class Run(Hooks):
 
     def write_forecast(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> None:
         with self.clock.phase("forecast"):
-            schools = forecast.published(pl.concat(self.schools, how="diagonal"), panel)
+            schools = forecast.published(pl.concat(self.schools, how="diagonal"), panel, forecaster.calibration_)
             written = _write_forecast(forecaster, panel, schools, self.out, self.s.model.seed)
             atomic.write_csv(self.out / outputs.HISTORY, forecast.history(panel, list(forecaster.models_)))
             forecaster.save(self.out / outputs.MODELS)

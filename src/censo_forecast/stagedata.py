@@ -92,7 +92,7 @@ class LocalStageData(StageData):
         return horizons_mod.training_pairs(self.frame, origin, window_years, ahead, fraction)
 
     def fit_on(self, origin: int, factory: ModelFactory, names: tuple[str, ...], ahead: list[int]) -> dict | None:
-        train = self.training_pairs(origin, factory.settings.train_window_years, factory.settings.max_training_rows, ahead)
+        train = self.training_pairs(origin, factory.settings.train_window_years, factory.row_cap(ahead, self.horizons), ahead)
         if train.height == 0:
             return None
         return {name: factory.learner(name).fit(horizons_mod.matrix(train), train[ACTUAL].to_numpy()) for name in names}

@@ -213,7 +213,7 @@ class DaskStageData(StageData):
 
         window = factory.settings.train_window_years
         counts = self.client.map(horizons_mod.pairs_in_window, self.parts, origin=origin, window_years=window, ahead=ahead)
-        fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), factory.settings.max_training_rows)
+        fraction = horizons_mod.sampling_fraction(sum(self.client.gather(counts)), factory.row_cap(ahead, self.horizons))
         pairs = self.client.map(_xy, self.parts, origin=origin, window_years=window, ahead=ahead, fraction=fraction)
         sizes = self.client.gather(self.client.map(lambda p: len(p[1]), pairs))
         width = len(features.FEATURES)

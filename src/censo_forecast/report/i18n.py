@@ -105,6 +105,17 @@ _TEXTS: dict[str, dict[str, str]] = {
               "cohort method. "
               "{h} years ahead: {vs_p_h} than Persistence and {vs_c_h} than Coorte. The 80 % ranges held the "
               "actual value for {cov80} of schools, the 95 % ranges for {cov95}."},
+    "published_check": {
+        "pt-BR": "Esse teste escolhe o modelo a cada ano como a previsão publicada, mas deixa de fora o reajuste no "
+                 "último censo, as novas ofertas e as somas por município e UF. O que o produto publica foi testado "
+                 "à parte, no censo real de {census} (origens {first} a {last}, contra os censos seguintes, que não "
+                 "tinha visto): por escola, um ano à frente, de {low} a {high} menos erro que a Persistência nas "
+                 "etapas principais; cinco anos à frente, de {low5} a {high5}.",
+        "en": "That test chooses the model each year as the published forecast does, but leaves out the refit on "
+              "the last census, the new offerings and the sums by municipality and state. What the product "
+              "publishes was tested separately, on the real census of {census} (origins {first} to {last}, against "
+              "the later censuses it had not seen): per school, one year ahead, {low} to {high} less error than "
+              "Persistence on the major stages; five years ahead, {low5} to {high5}."},
     "less_error": {"pt-BR": "{pct} menos erro", "en": "{pct} less error"},
     "more_error": {"pt-BR": "{pct} mais erro", "en": "{pct} more error"},
     "quality_table_note": {

@@ -251,6 +251,18 @@ def horizon_table(results: pl.DataFrame) -> pl.DataFrame:
     return wide.sort(STAGE, HORIZON, maintain_order=True)
 
 
+def _published_check(words: Words) -> str:
+    """The back-test of the published files (`data.PUBLISHED_BACKTEST`), named as what it is."""
+    check = data.PUBLISHED_BACKTEST
+    one, five = check.skill_one_year.values(), check.skill_five_years.values()
+
+    def pct(value: float) -> str:
+        return words.percent(value, signed=False)
+
+    return words("published_check", census=check.census, first=check.origins[0], last=check.origins[1],
+                 low=pct(min(one)), high=pct(max(one)), low5=pct(min(five)), high5=pct(max(five)))
+
+
 def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -> str:
     """How good, in words and one chart, then the numbers behind them."""
     table = data.quality(results)
@@ -271,6 +283,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
                     vs_p_h=versus(SKILL_VS_PERSISTENCE, h), vs_c_h=versus(SKILL_VS_COHORT, h),
                     cov80=words.percent(data.weighted(table, COVERAGE_80_MEAN, 1), signed=False),
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
+    published = _published_check(words)
     header = [words("stage"), words("model")]
     columns = []
     for hh in horizons:
@@ -301,6 +314,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
                          f"<p class='muted'>{html.escape(words('horizons_note'))}</p>"
                          f"{metrics_table(detail, words, 'horizons', decimals=3)}<div class='grid'>{plots}</div></details>")
     return (f"<section id='quality-section'><h2>{words('quality')}</h2><p id='quality-words'>{html.escape(summary)}</p>"
+            f"<p id='quality-published'>{html.escape(published)}</p>"
             f"{_img(charts.skill_chart(table, horizons, words), words('skill_chart'))}"
             f"<p class='muted'>{html.escape(words('quality_table_note'))}</p>"
             f"<div class='scroll'><table id='quality'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
