@@ -195,8 +195,8 @@ class PublishedBacktest:
 PUBLISHED_BACKTEST = PublishedBacktest(
     census="Alagoas",
     origins=(2013, 2020),
-    skill_one_year={"IN_INF_CRE": 0.022, "IN_INF_PRE": 0.053, "IN_FUND_AI": 0.057, "IN_FUND_AF": 0.065, "IN_MED": 0.055},
-    skill_five_years={"IN_INF_CRE": 0.053, "IN_INF_PRE": 0.103, "IN_FUND_AI": 0.135, "IN_FUND_AF": 0.102, "IN_MED": 0.059},
+    skill_one_year={"IN_INF_CRE": 0.020, "IN_INF_PRE": 0.054, "IN_FUND_AI": 0.056, "IN_FUND_AF": 0.062, "IN_MED": 0.058},
+    skill_five_years={"IN_INF_CRE": 0.025, "IN_INF_PRE": 0.095, "IN_FUND_AI": 0.141, "IN_FUND_AF": 0.090, "IN_MED": 0.086},
 )
 
 
