@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from censo_forecast import reconcile
+from censo_forecast import reconcile, statepaths
 from censo_forecast.panel import build_panel
 from test_forecasting import census_rows
 
@@ -32,10 +32,10 @@ def _schools() -> pl.DataFrame:
 
 
 def test_history_has_each_states_totals_openings_and_drift():
-    history = reconcile.state_history(_panel(), "IN_FUND_AF")
+    history = statepaths.state_history(_panel(), "IN_FUND_AF")
     assert dict(zip(history["NU_ANO_CENSO"], history["total"], strict=True)) == pytest.approx(TOTALS)
     assert history["openings"].to_list() == [None, *[0.0] * 6]  # the first year has no year before
-    origin = reconcile.at_origins(history).filter(pl.col("origin") == 2021).row(0, named=True)
+    origin = statepaths.at_origins(history).filter(pl.col("origin") == 2021).row(0, named=True)
     assert origin["drift"] == pytest.approx(1120 / 1100) and origin["new"] == 0.0
 
 
@@ -43,7 +43,7 @@ def test_a_biased_bottom_up_is_blended_with_the_states_drift_and_the_schools_car
     """The walk-forward's school sums ran 10 % above the state's totals: the blend (mean of
     bottom-up and the state's drift) halves that error, so the published total is the blend."""
     panel, schools = _panel(), _schools()
-    chosen, bottom_up, blend = reconcile.blends(_calibration(0.10), reconcile.state_history(panel, "IN_FUND_AF"))
+    chosen, bottom_up, blend = reconcile.blends(_calibration(0.10), statepaths.state_history(panel, "IN_FUND_AF"))
     assert chosen and bottom_up == pytest.approx(0.10) and blend < bottom_up
     out = reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.10)})
     expected = 0.5 * 4 * 310.0 + 0.5 * 1120 * (1120 / 1100)
@@ -55,6 +55,6 @@ def test_a_biased_bottom_up_is_blended_with_the_states_drift_and_the_schools_car
 
 def test_an_unbiased_bottom_up_is_published_as_it_is():
     panel, schools = _panel(), _schools()
-    assert not reconcile.blends(_calibration(0.0), reconcile.state_history(panel, "IN_FUND_AF"))[0]
+    assert not reconcile.blends(_calibration(0.0), statepaths.state_history(panel, "IN_FUND_AF"))[0]
     assert reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.0)}).equals(schools)
     assert reconcile.reconcile(schools, panel, {}).equals(schools)  # no walk-forward: bottom-up

@@ -41,7 +41,7 @@ from censo_forecast.panel import SCHOOL, YEAR, offers
 from censo_forecast.validation import by_horizon
 
 log = logging.getLogger(__name__)
-NEW_OFFERINGS_WINDOW = 3
+NEW_OFFERINGS_WINDOW = statepaths.NEW_OFFERINGS_WINDOW
 DRAWS = 400
 
 
@@ -82,20 +82,8 @@ def published(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str,
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
     if schools.height:
         schools = reconcile.reconcile(schools, panel, calibration or {})
-        schools = statepaths.limit(schools, panel, new_per_state(panel, schools[STAGE].unique().to_list()))
+        schools = statepaths.limit(schools, panel, statepaths.new_per_state(panel, schools[STAGE].unique().to_list()))
     return coherence.schools(schools).join(names, on=SCHOOL, how="left")
-
-
-def new_per_state(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
-    """(etapa, CO_UF, new): the enrollment one year of new offerings brings to each state, the
-    mean of the recent years (`new_offerings`), as `area_totals` adds it."""
-    frames = []
-    for flag in flags:
-        offerings = new_offerings(panel, flag)
-        years = max(offerings[YEAR].n_unique(), 1)
-        frames.append(offerings.group_by("CO_UF").agg((pl.col("new_enrollment").sum() / years).alias("new"))
-                      .select(pl.lit(flag).alias(STAGE), "CO_UF", "new"))
-    return pl.concat(frames)
 
 
 def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WINDOW) -> pl.DataFrame:

@@ -24,39 +24,12 @@ import logging
 
 import polars as pl
 
-from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import YEAR
 from censo_forecast.outputs import BOUNDS, FORECAST, HORIZON, STAGE
-from censo_forecast.panel import SCHOOL, offers
+from censo_forecast.statepaths import at_origins, state_history
 
 log = logging.getLogger(__name__)
-NEW_OFFERINGS_WINDOW = 3  # as forecast.new_offerings: the openings of the last three years
 BLEND = 0.5  # the state's drift's weight when the walk-forward chooses the mean
-
-
-def state_history(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
-    """(CO_UF, NU_ANO_CENSO, total, openings): each state's census total of the stage and the
-    enrollment in schools that offered it that year and not the year before (null the first year)."""
-    stage = catalog.stage(flag)
-    offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_UF", pl.col(stage.enrollment).fill_null(0).cast(pl.Float64))
-    before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("_before"))
-    first = panel[YEAR].min()
-    opened = (offering.join(before, on=[SCHOOL, YEAR], how="left").filter(pl.col("_before").is_null() & (pl.col(YEAR) > first))
-              .group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("openings")))
-    totals = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("total"))
-    grid = totals.join(opened, on=["CO_UF", YEAR], how="left").with_columns(
-        pl.when(pl.col(YEAR) > first).then(pl.col("openings").fill_null(0.0)).otherwise(None).alias("openings"))
-    return grid.sort("CO_UF", YEAR)
-
-
-def at_origins(history: pl.DataFrame) -> pl.DataFrame:
-    """(CO_UF, origin, total, drift, new): per state and origin year, its census total, its last
-    yearly change (total / the year before's) and the mean openings of its last three years."""
-    by_state = pl.col("CO_UF")
-    return history.select(
-        "CO_UF", pl.col(YEAR).alias("origin"), "total",
-        (pl.col("total") / pl.col("total").shift(1).over(by_state)).alias("drift"),
-        pl.col("openings").rolling_mean(NEW_OFFERINGS_WINDOW, min_samples=1).over(by_state).alias("new"))
 
 
 def errors(calibration: pl.DataFrame, history: pl.DataFrame, h: int) -> tuple[float, float] | None:

@@ -9,8 +9,11 @@ The rule: the state's published total of a stage (its schools' forecasts plus th
 offerings expected, as the area files sum them), from the census year through each year
 ahead, changes by at most the largest year-to-year change of that state's census total for
 the stage; a year beyond it has its schools' forecasts and bounds scaled, all by the same
-factor, so that the total meets the limit. Nothing in the census says why a state would break its own record,
-so nothing here lets it (births could, one day: issue #23).
+factor, so that the total meets the limit. Nothing in the census says why a state would
+break its own record, so nothing here lets it (births could, one day: issue #23).
+
+Each state's census history of a stage (its totals, openings, drift) is read here, once, for
+this limit, for the new offerings the forecast adds and for `reconcile`.
 """
 
 from __future__ import annotations
@@ -22,10 +25,44 @@ import polars as pl
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import YEAR
 from censo_forecast.outputs import BOUNDS, FORECAST, HORIZON, LAST_ENROLLMENT, STAGE
-from censo_forecast.panel import offers
+from censo_forecast.panel import SCHOOL, offers
 
 log = logging.getLogger(__name__)
 MIN_HISTORY = 3  # census years a state needs before its record limits a path
+NEW_OFFERINGS_WINDOW = 3  # new offerings: the mean of the openings of the last three years
+
+
+def state_history(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
+    """(CO_UF, NU_ANO_CENSO, total, openings): each state's census total of the stage and the
+    enrollment in schools that offered it that year and not the year before (null the first year)."""
+    stage = catalog.stage(flag)
+    offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_UF", pl.col(stage.enrollment).fill_null(0).cast(pl.Float64))
+    before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("_before"))
+    first = panel[YEAR].min()
+    opened = (offering.join(before, on=[SCHOOL, YEAR], how="left").filter(pl.col("_before").is_null() & (pl.col(YEAR) > first))
+              .group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("openings")))
+    totals = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("total"))
+    grid = totals.join(opened, on=["CO_UF", YEAR], how="left").with_columns(
+        pl.when(pl.col(YEAR) > first).then(pl.col("openings").fill_null(0.0)).otherwise(None).alias("openings"))
+    return grid.sort("CO_UF", YEAR)
+
+
+def at_origins(history: pl.DataFrame) -> pl.DataFrame:
+    """(CO_UF, origin, total, drift, new): per state and origin year, its census total, its last
+    yearly change (total / the year before's) and the mean openings of its last three years."""
+    by_state = pl.col("CO_UF")
+    return history.select(
+        "CO_UF", pl.col(YEAR).alias("origin"), "total",
+        (pl.col("total") / pl.col("total").shift(1).over(by_state)).alias("drift"),
+        pl.col("openings").rolling_mean(NEW_OFFERINGS_WINDOW, min_samples=1).over(by_state).alias("new"))
+
+
+def new_per_state(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
+    """(etapa, CO_UF, new): the enrollment one year of new offerings brings to each state at the
+    last census year, the mean of its recent openings (`at_origins`), as the area totals add it."""
+    last = panel[YEAR].max()
+    return pl.concat([at_origins(state_history(panel, flag)).filter(pl.col("origin") == last)
+                      .select(pl.lit(flag).alias(STAGE), "CO_UF", "new") for flag in flags])
 
 
 def largest_changes(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
@@ -33,13 +70,10 @@ def largest_changes(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:
     state's census total of each stage (states with fewer than MIN_HISTORY years left out)."""
     frames = []
     for flag in flags:
-        stage = catalog.stage(flag)
-        totals = (panel.filter(offers(stage.flag)).group_by("CO_UF", YEAR)
-                  .agg(pl.col(stage.enrollment).fill_null(0).sum().cast(pl.Float64).alias("_total")).sort("CO_UF", YEAR))
-        change = (pl.col("_total") / pl.col("_total").shift(1).over("CO_UF") - 1).abs()
-        frames.append(totals.with_columns(change.alias("_change")).group_by("CO_UF").agg(
-            pl.col("_change").max().alias("limit"), pl.len().alias("_years"))
-            .filter(pl.col("_years") >= MIN_HISTORY).select(pl.lit(flag).alias(STAGE), "CO_UF", "limit"))
+        change = (pl.col("total") / pl.col("total").shift(1).over("CO_UF") - 1).abs()
+        frames.append(state_history(panel, flag).with_columns(change.alias("_change")).group_by("CO_UF")
+                      .agg(pl.col("_change").max().alias("limit"), pl.len().alias("_years"))
+                      .filter(pl.col("_years") >= MIN_HISTORY).select(pl.lit(flag).alias(STAGE), "CO_UF", "limit"))
     return pl.concat(frames) if frames else pl.DataFrame(schema={STAGE: pl.String, "CO_UF": pl.Int64, "limit": pl.Float64})
 
 
