@@ -24,7 +24,7 @@ browser:
 
 demo: install
 	$(BIN)/censo-forecast synth --out $(DEMO)/raw --schools $(DEMO_SCHOOLS) --seed 7
-	$(BIN)/censo-forecast run --raw-dir $(DEMO)/raw --out $(DEMO)/out --offline
+	$(BIN)/censo-forecast run --raw-dir $(DEMO)/raw --out $(DEMO)/out --offline --demography $(DEMO)/raw/demografia
 	@echo "demo outputs in $(DEMO)/out (open $(DEMO)/out/report.html)"
 
 # ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and mypy, configured in pyproject.toml

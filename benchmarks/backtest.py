@@ -10,7 +10,10 @@ it never saw (those the folder has):
   stage-wide drift known at T0 (the stage's aggregate ratio of continuing offers from T0-1
   to T0, compounded h times), both baselines computed here, independently of the product;
 - municipal totals: WAPE of the published totals (every school and every new offering)
-  against persistence's (the municipality's census total at T0);
+  against persistence's (the municipality's census total at T0) and, given births
+  (`--demography` or `--births`), against the births-scaled baseline's (that total times the
+  municipality's birth cohorts of the stage's ages in T0+h over those in T0, births known at
+  T0 only; per school the same ratio on the school's last census), computed here;
 - state totals: absolute % error, against persistence's;
 - coverage of the 80 % and 95 % intervals of schools, municipalities and the state, over
   the origins whose run publishes intervals at that horizon (a run too short to validate a
@@ -22,7 +25,7 @@ The truth is training's: a school that no longer offers the stage, closed or lef
 census counts 0. The walk-forward rows of the same runs (resultados_finais.csv) are printed
 beside: they skip the refit, the choice, the new offerings and the aggregation.
 
-    python benchmarks/backtest.py [--raw DIR] [--origins 2013-2020] [--stages IN_MED,...] [--work DIR]
+    python benchmarks/backtest.py [--raw DIR] [--origins 2013-2020] [--stages IN_MED,...] [--work DIR] [--demography DIR]
 
 A finished origin's folder is reused (delete it, or pass --fresh, to run it again).
 """
@@ -65,13 +68,42 @@ def drift_ratio(truth: pl.DataFrame, flag: str, origin: int) -> float:
     return float(joined["after"].sum() / joined["before"].sum())
 
 
-def run_origin(raw: Path, work: Path, origin: int, first: int, stages: list[str], fresh: bool) -> Path:
+def read_births(folder: Path | None) -> pl.DataFrame | None:
+    """Live births per (7-digit municipality, year) from the folder's births CSV (the shared format)."""
+    if folder is None:
+        return None
+    path = next(p for p in sorted(Path(folder).glob("*.csv")) if "live_births" in p.read_text(encoding="utf-8")[:200])
+    return (pl.read_csv(path, schema_overrides={"cod_mun7": pl.String}).filter(pl.col("cod_mun7").is_not_null())
+            .select(pl.col("cod_mun7").cast(pl.Int64).alias("CO_MUNICIPIO"), "year", pl.col("live_births").cast(pl.Float64)))
+
+
+def births_ratio(births: pl.DataFrame, flag: str, origin: int, h: int) -> pl.DataFrame:
+    """Per municipality: the births of the stage's ages in origin + h over those in origin, counting
+    only births known at the origin (years <= origin - 1; a later birth year is taken as origin - 1's);
+    computed here from the CSV, independently of the product."""
+    ages = catalog.stage(flag).ages
+    if ages is None:
+        return pl.DataFrame(schema={"CO_MUNICIPIO": pl.Int64, "ratio": pl.Float64})
+    known = births.filter(pl.col("year") <= origin - 1)
+
+    def cohort(target: int, name: str) -> pl.DataFrame:
+        years = [min(target - a, origin - 1) for a in range(ages[0], ages[1] + 1)]
+        picked = pl.concat([known.filter(pl.col("year") == y) for y in years])
+        return picked.group_by("CO_MUNICIPIO").agg(pl.col("live_births").sum().alias(name), pl.len().alias(f"{name}_n"))
+
+    joined = cohort(origin + h, "then").join(cohort(origin, "now"), on="CO_MUNICIPIO")
+    whole = (pl.col("then_n") == len(range(ages[0], ages[1] + 1))) & (pl.col("now_n") == pl.col("then_n")) & (pl.col("now") > 0)
+    return joined.filter(whole).select("CO_MUNICIPIO", (pl.col("then") / pl.col("now")).alias("ratio"))
+
+
+def run_origin(raw: Path, work: Path, origin: int, first: int, stages: list[str], fresh: bool,
+               demography: Path | None = None) -> Path:
     out = work / f"out_{origin}"
     if fresh and out.exists():
         shutil.rmtree(out)
     if not (out / outputs.METADATA).exists() or not (out / outputs.REPORT).exists():
         settings = load_settings(None, raw_dir=raw, cache_dir=work / "cache", out_dir=out, offline=True, device="cpu",
-                                 years=list(range(first, origin + 1)), stages=stages)
+                                 years=list(range(first, origin + 1)), stages=stages, demography=demography)
         started = time.perf_counter()
         pipeline.run(settings)
         print(f"origin {origin}: run in {time.perf_counter() - started:.0f}s", flush=True)
@@ -83,7 +115,8 @@ def inside(level: int) -> pl.Expr:
     return ((pl.col("real") >= pl.col(low)) & (pl.col("real") <= pl.col(high))).cast(pl.Float64)
 
 
-def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, stages: list[str]) -> list[dict]:
+def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, stages: list[str],
+                 births: pl.DataFrame | None = None) -> list[dict]:
     rows = []
     for year in range(origin + 1, last_year + 1):
         h = year - origin
@@ -102,9 +135,14 @@ def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, st
             ratio = drift_ratio(truth, flag, origin)
             last = pl.col(outputs.LAST_ENROLLMENT)
             s = s.with_columns((last * ratio**h).alias("drift"))
+            scaled = (births_ratio(births, flag, origin, h) if births is not None
+                      else pl.DataFrame(schema={"CO_MUNICIPIO": pl.Int64, "ratio": pl.Float64}))
+            s = (s.join(scaled, on="CO_MUNICIPIO", how="left")
+                 .with_columns((last * pl.col("ratio").fill_null(1.0)).alias("births_scaled")))
             err = lambda c: (pl.col(c) - pl.col("real")).abs().mean()  # noqa: E731
             school = s.select(err(outputs.FORECAST).alias("mae"), err(outputs.LAST_ENROLLMENT).alias("mae_persistence"),
-                              err("drift").alias("mae_drift"), inside(80).mean().alias("cov80_school"),
+                              err("drift").alias("mae_drift"), err("births_scaled").alias("mae_births"),
+                              inside(80).mean().alias("cov80_school"),
                               inside(95).mean().alias("cov95_school")).row(0, named=True)
             actual = (truth.filter((pl.col(outputs.STAGE) == flag) & (pl.col(YEAR) == year))
                       .group_by("CO_MUNICIPIO").agg(pl.col("real").sum()))
@@ -112,13 +150,16 @@ def score_origin(out: Path, origin: int, truth: pl.DataFrame, last_year: int, st
                          .group_by("CO_MUNICIPIO").agg(pl.col("real").sum().alias("persistence")))
             m = (munis.filter(pl.col(outputs.STAGE) == flag).join(actual, on="CO_MUNICIPIO", how="full", coalesce=True)
                  .join(at_origin, on="CO_MUNICIPIO", how="left")
-                 .with_columns(pl.col("real", "persistence", outputs.FORECAST).fill_null(0.0)))
+                 .with_columns(pl.col("real", "persistence", outputs.FORECAST).fill_null(0.0))
+                 .join(scaled, on="CO_MUNICIPIO", how="left")
+                 .with_columns((pl.col("persistence") * pl.col("ratio").fill_null(1.0)).alias("births_scaled")))
             total = m["real"].sum()
             st = state.filter(pl.col(outputs.STAGE) == flag).row(0, named=True)
             rows.append({
                 "etapa": flag, "origin": origin, "h": h, "year": year, "schools": s.height, **school,
                 "wape_muni": float((m[outputs.FORECAST] - m["real"]).abs().sum() / total),
                 "wape_muni_persistence": float((m["persistence"] - m["real"]).abs().sum() / total),
+                "wape_muni_births": float((m["births_scaled"] - m["real"]).abs().sum() / total),
                 # coverage where intervals are published (a horizon the run could not validate has none)
                 "cov80_muni": m.filter(pl.col(outputs.LOWER_80).is_not_null()).select(inside(80).mean()).item(),
                 "cov95_muni": m.filter(pl.col(outputs.LOWER_95).is_not_null()).select(inside(95).mean()).item(),
@@ -153,14 +194,15 @@ def walk_forward_rows(out: Path, origin: int, stages: list[str]) -> pl.DataFrame
 def summarise(scores: pl.DataFrame, cv: pl.DataFrame) -> pl.DataFrame:
     """Per stage and horizon, means over origins; skill = 1 - MAE / baseline MAE."""
     table = scores.group_by(outputs.STAGE, "h").agg(
-        pl.len().alias("origins"), pl.col("mae", "mae_persistence", "mae_drift").mean(),
+        pl.len().alias("origins"), pl.col("mae", "mae_persistence", "mae_drift", "mae_births").mean(),
         (1 - pl.col("mae") / pl.col("mae_persistence")).min().alias("worst_skill"),
-        pl.col("wape_muni", "wape_muni_persistence", "ape_state", "ape_state_persistence",
+        pl.col("wape_muni", "wape_muni_persistence", "wape_muni_births", "ape_state", "ape_state_persistence",
                "cov80_school", "cov95_school", "cov80_muni", "cov95_muni").mean(),
         pl.col("in80_state", "in95_state").cast(pl.Float64).mean(),
         pl.col("in80_state").is_not_null().sum().alias("origins_with_intervals"))
     table = table.with_columns((1 - pl.col("mae") / pl.col("mae_persistence")).alias("skill_vs_persistence"),
-                               (1 - pl.col("mae") / pl.col("mae_drift")).alias("skill_vs_drift"))
+                               (1 - pl.col("mae") / pl.col("mae_drift")).alias("skill_vs_drift"),
+                               (1 - pl.col("mae") / pl.col("mae_births")).alias("skill_vs_births"))
     walk = cv.group_by(outputs.STAGE, "h").agg(pl.col("cv_skill").mean())
     return table.join(walk, on=[outputs.STAGE, "h"], how="left").sort(outputs.STAGE, "h")
 
@@ -173,6 +215,10 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(MAJOR_STAGES), help="offer flags (default: the five major stages)")
     parser.add_argument("--work", type=Path, default=HERE / "data" / "backtest", help="cache and one output folder per origin")
     parser.add_argument("--fresh", action="store_true", help="run every origin again")
+    parser.add_argument("--demography", type=Path, default=None,
+                        help="births and population for the runs (../shared/demography); default: without")
+    parser.add_argument("--births", type=Path, default=None,
+                        help="births for the births-scaled baseline only (default: --demography's)")
     args = parser.parse_args()
     stages, origins = catalog.parse_stages(args.stages), catalog.parse_years(args.origins)
     available = sorted(ingest.raw_zips(args.raw))
@@ -180,10 +226,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     ingest.ingest(args.raw, args.work / "cache", available, jobs=2).raise_for_failures()
     truth = truth_by_school(build_panel(ingest.load_cache(args.work / "cache", available)), stages)
+    births = read_births(args.births or args.demography)
     scores, cv, paths = [], [], []
     for origin in origins:
-        out = run_origin(args.raw, args.work, origin, first, stages, args.fresh)
-        scores += score_origin(out, origin, truth, available[-1], stages)
+        out = run_origin(args.raw, args.work, origin, first, stages, args.fresh, args.demography)
+        scores += score_origin(out, origin, truth, available[-1], stages, births)
         cv.append(walk_forward_rows(out, origin, stages))
         paths += path_jumps(out, origin, truth, stages)
     per_origin = pl.DataFrame(scores)
@@ -192,8 +239,9 @@ def main() -> None:
     table.write_csv(args.work / "backtest_summary.csv")
     with pl.Config(tbl_rows=100, tbl_cols=30, tbl_width_chars=250, float_precision=3):
         print(table.select(outputs.STAGE, "h", "origins", "mae", "mae_persistence", "mae_drift", "skill_vs_persistence",
-                           "skill_vs_drift", "worst_skill", "cv_skill"))
-        print(table.select(outputs.STAGE, "h", "wape_muni", "wape_muni_persistence", "ape_state", "ape_state_persistence",
+                           "skill_vs_drift", "skill_vs_births", "worst_skill", "cv_skill"))
+        print(table.select(outputs.STAGE, "h", "wape_muni", "wape_muni_persistence", "wape_muni_births", "ape_state",
+                           "ape_state_persistence",
                            "cov80_school", "cov95_school", "cov80_muni", "cov95_muni", "in80_state", "in95_state",
                            "origins_with_intervals"))
         jumps = pl.DataFrame(paths).with_columns((pl.col("path_largest_change") > pl.col("history_largest_change")).alias("beyond"))

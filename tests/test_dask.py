@@ -20,7 +20,8 @@ from censo_forecast.config import load_settings  # noqa: E402
 from censo_forecast.distributed import dask as dask_engine  # noqa: E402
 from censo_forecast.engine import EngineError  # noqa: E402
 from censo_forecast.inep import ingest  # noqa: E402
-from censo_forecast.models import BASELINES, LEARNERS, MODEL_NAMES  # noqa: E402
+from censo_forecast.models import BASELINES, LEARNERS  # noqa: E402
+from censo_forecast.models import CENSUS_MODEL_NAMES as MODEL_NAMES  # noqa: E402
 from censo_forecast.panel import build_panel  # noqa: E402
 from censo_forecast.stagedata import LocalStageData  # noqa: E402
 from conftest import FAST_RUN  # noqa: E402
@@ -79,6 +80,16 @@ def test_partitioned_features_equal_one_machine(client, cache):
         assert data.rows(pl.lit(True)).equals(_local_rows(panel, flag)), flag
         assert data.height == _local_rows(panel, flag).height
         assert data.origin_years() == LocalStageData(_local_rows(panel, flag), 5).origin_years()
+
+
+def test_partitioned_features_carry_the_births_the_client_knows(small_census, client, cache):
+    """The workers build their panels from the cache: the demography the client attached reaches them."""
+    from censo_forecast.demography import known, synthetic, tables
+
+    raw, _ = small_census
+    panel = known.attach(build_panel(ingest.load_cache(cache, YEARS)), tables.read_folder(raw / synthetic.FOLDER))
+    rows = dask_engine.DaskEngine(client, cache).stage_data(panel, "IN_FUND_AI", horizons=5).rows(pl.lit(True))
+    assert rows["birth_ratio"].null_count() == 0 and rows.equals(_local_rows(panel, "IN_FUND_AI"))
 
 
 def test_killed_worker_is_survived_with_the_same_rows(client, cache):

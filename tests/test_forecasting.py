@@ -179,11 +179,11 @@ def test_no_leakage_at_any_horizon(small_panel):
         assert not perturbed.filter(pl.col("NU_ANO_CENSO") > origin).equals(small_panel.filter(pl.col("NU_ANO_CENSO") > origin))
         (original, every), (changed, every_changed) = predictions(small_panel, origin), predictions(perturbed, origin)
         assert original.height > 50 and set(original["horizonte"]) == {h}
-        for name in models.MODEL_NAMES:
+        for name in models.CENSUS_MODEL_NAMES:
             np.testing.assert_allclose(original[name].to_numpy(), changed[name].to_numpy(), rtol=0, atol=1e-9, err_msg=f"{name} h={h}")
         assert not original["y_true"].equals(changed["y_true"])  # the truth did move: the test could fail
         # every forecast made at that origin (the nearer horizons too) is unchanged
-        for name in models.MODEL_NAMES:
+        for name in models.CENSUS_MODEL_NAMES:
             np.testing.assert_allclose(every[name].to_numpy(), every_changed[name].to_numpy(), rtol=0, atol=1e-9)
 
 
@@ -277,7 +277,7 @@ def test_forecaster_follows_the_estimator_contract(small_panel):
     fc = EnrollmentForecaster(["IN_MED"], model=FAST, device="cpu", n_jobs=1)
     params = fc.get_params(deep=False)
     assert params == {"stages": ["IN_MED"], "horizons": 5, "model": FAST, "device": "cpu", "min_train_years": 3, "n_jobs": 1,
-                      "engine": None}
+                      "engine": None, "demography": None}
     assert fc.set_params(n_jobs=2) is fc and fc.n_jobs == 2
     assert clone(fc).get_params()["stages"] == ["IN_MED"]
     with pytest.raises(NotFittedError):
@@ -290,10 +290,10 @@ def test_forecaster_follows_the_estimator_contract(small_panel):
 def test_forecaster_api_fit_predict(small_panel):
     fc = EnrollmentForecaster(stages=["IN_INF_PRE"], model=FAST, device="cpu", min_train_years=11, n_jobs=1)
     cv = fc.cross_validate(small_panel)
-    assert set(cv.summary["modelo"]) == set(models.MODEL_NAMES) and not hasattr(fc, "models_")  # nothing fitted
+    assert set(cv.summary["modelo"]) == set(models.CENSUS_MODEL_NAMES) and not hasattr(fc, "models_")  # nothing fitted
     assert fc.fit(small_panel) is fc
     assert fc.cv_.summary.equals(cv.summary)  # fit validates the same way and keeps it
-    assert sorted(fc.chosen_["IN_INF_PRE"]) == [1, 2, 3, 4, 5] and set(fc.chosen_["IN_INF_PRE"].values()) <= set(models.MODEL_NAMES)
+    assert sorted(fc.chosen_["IN_INF_PRE"]) == [1, 2, 3, 4, 5] and set(fc.chosen_["IN_INF_PRE"].values()) <= set(models.CENSUS_MODEL_NAMES)
     forecast = fc.predict(small_panel)
     offering = small_panel.filter((pl.col("NU_ANO_CENSO") == 2025) & pl.col("active") & (pl.col("IN_INF_PRE") == 1))
     assert forecast.height == 5 * offering.height  # every school, every horizon

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from censo_forecast import pipeline
 from censo_forecast.cli import app
 from censo_forecast.config import load_settings
-from censo_forecast.models import MODEL_NAMES
+from censo_forecast.models import CENSUS_MODEL_NAMES as MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["IN_INF_PRE", "IN_FUND_AF"]
@@ -58,6 +58,8 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     assert voting["MAE_Media_CV"].item() == pytest.approx(mae)
     log_text = (out / "execution_log.txt").read_text()
     assert "setting stages" in log_text and "versions:" in log_text and "device: cpu" in log_text
+    assert log_text.count("demography: none given") == 1  # without births, said once
+    assert "Demografia" not in set(table["modelo"])
     assert "timing validate IN_FUND_AF" in log_text
     meta = json.loads((out / "run_metadata.json").read_text())
     assert meta["years"] == list(range(2011, 2026)) and meta["versions"]["lightgbm"]

@@ -25,6 +25,7 @@ from censo_forecast.cli import app
 from censo_forecast.config import load_settings
 from censo_forecast.inep.catalog import MAJOR_STAGES
 from censo_forecast.report import build_report, charts, choropleth, data, i18n
+from censo_forecast.report import page as page_mod
 from censo_forecast.report.i18n import TILES, Words, round_half_up
 
 ARTIFACTS = Path(os.environ.get("CENSO_FORECAST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
@@ -391,3 +392,17 @@ def test_the_report_names_the_walk_forward_and_quotes_the_back_test_of_what_is_p
     assert f"de {words.percent(min(one), signed=False)} a {words.percent(max(one), signed=False)} menos erro" in paragraph
     assert "novas ofertas" in paragraph  # what the walk-forward leaves out
     assert set(check.skill_one_year) == set(MAJOR_STAGES) == set(check.skill_five_years)
+
+
+def test_the_report_says_whether_births_informed_the_forecast(run_out, tmp_path):
+    """The run without demography says so; the same outputs with a run record naming the
+    births files say that instead."""
+    text = (run_out / outputs.REPORT).read_text(encoding="utf-8")
+    assert "Sem dados de nascimentos e população" in html.unescape(re.search(r"<p id='quality-demography'>(.*?)</p>", text).group(1))
+    copy = tmp_path / "out"
+    shutil.copytree(run_out, copy)
+    meta = json.loads((copy / outputs.METADATA).read_text())
+    page = page_mod.quality_section(pl.read_csv(copy / outputs.RESULTS), pl.read_csv(copy / outputs.CV_TOTALS),
+                                       i18n.Words("en"), "data/demografia: births 1996-2025")
+    assert "use births and population per municipality (data/demografia: births 1996-2025)" in html.unescape(page)
+    assert meta.get("demography") is None

@@ -54,17 +54,23 @@ def write_parquet(target: Path, frame) -> None:
 
 
 def concat_parquet(target: Path, sources: list[Path]) -> None:
-    """One Parquet file from Parquet files of the same columns, copied row group by row group
-    (never all in memory: a national walk-forward's predictions are gigabytes)."""
+    """One Parquet file from Parquet files, copied row group by row group (never all in memory:
+    a national walk-forward's predictions are gigabytes). The columns are those of every file,
+    in first-seen order; a file without one (a stage without Demografia) holds it as nulls."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with atomic_path(target) as tmp:
-        schema = pq.read_schema(sources[0])
+        schema = pa.unify_schemas([pq.read_schema(s) for s in sources])
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for source in sources:
                 parts = pq.ParquetFile(source)
                 for group in range(parts.num_row_groups):
-                    writer.write_table(parts.read_row_group(group).select(schema.names).cast(schema))
+                    table = parts.read_row_group(group)
+                    for field in schema:
+                        if field.name not in table.column_names:
+                            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+                    writer.write_table(table.select(schema.names).cast(schema))
 
 
 def write_csv(target: Path, frame) -> None:

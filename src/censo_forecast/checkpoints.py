@@ -26,12 +26,13 @@ VERSION = 3  # 3: predictions and folds per horizon
 PARTS = ("predictions", "folds", "shap")
 
 
-def fingerprint(settings, years: list[int], flag: str) -> str:
-    """What a stage's results depend on: the zips' hashes and the settings that matter."""
+def fingerprint(settings, years: list[int], flag: str, demography: str = "") -> str:
+    """What a stage's results depend on: the zips' hashes, the settings that matter and the
+    demography's digest (empty: without)."""
     data = {str(y): h for y, h in ingest.year_hashes(settings.cache, years).items()}
     record = {"v": VERSION, "flag": flag, "years": years, "data": data, "model": settings.to_dict()["model"],
               "min_train_years": settings.min_train_years, "horizons": settings.horizons, "device": settings.device,
-              "shap_sample": settings.shap_sample, "engine": settings.engine}
+              "shap_sample": settings.shap_sample, "engine": settings.engine, "demography": demography}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

@@ -69,6 +69,7 @@ TimeoutOpt = setting("timeout_s", "--timeout")
 OutOpt = setting("out_dir", "--out")
 CaBundleOpt = setting("ca_bundle", "--ca-bundle")
 BaseUrlOpt = setting("base_url", "--base-url")
+DemographyOpt = setting("demography", "--demography")
 
 
 DEBUG_ENV = "CENSO_FORECAST_DEBUG"  # set to 1 to see the traceback behind an error message
@@ -181,6 +182,52 @@ def download(
         _fail("download incomplete:\n  " + "\n  ".join(report.problems()))
 
 
+demography_app = typer.Typer(help="Births and population per municipality: the demographic inputs (optional).",
+                              no_args_is_help=True)
+app.add_typer(demography_app, name="demography")
+
+
+@demography_app.command("download")
+def demography_download(
+    out: Path | None = typer.Option(None, "--out", help="Folder for the tables (default: --demography, else "
+                                    "'demografia' beside the census cache)."),
+    years: str | None = typer.Option(None, "--years", help="Birth years: '1996-2024' or 'all' (default: every year offered)."),
+    states: str | None = typer.Option(None, "--states", help="State abbreviations, comma-separated (default: all 27)."),
+    url: str | None = setting("demography_url", "--url"),
+    plain_ftp: bool = switch("plain_ftp", "--plain-ftp"),
+    ca_bundle: Path | None = CaBundleOpt,
+    timeout: float | None = TimeoutOpt,
+    raw_dir: str | None = RawDirOpt,
+    cache_dir: str | None = CacheDirOpt,
+    demography: Path | None = DemographyOpt,
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Fetch SINASC births and DATASUS population by age: resumable, retried, verified, TLS where offered."""
+    from censo_forecast.demography import download as dd
+    from censo_forecast.demography.ftp import FtpError, FtpOptions
+    from censo_forecast.runlog import setup_logging
+
+    setup_logging()
+    every_year = years is None or years.strip().lower() == "all"
+    s = _settings(config, demography_url=url, plain_ftp=plain_ftp or None, ca_bundle=ca_bundle, timeout_s=timeout,
+                  raw_dir=raw_dir, cache_dir=cache_dir, demography=demography)
+    try:
+        folder = Path(out).expanduser() if out is not None else s.demography_folder
+        wanted = None if every_year else catalog.parse_years(years)
+        opts = FtpOptions(url=s.demography_url, plain=s.plain_ftp, ca_bundle=s.ca_bundle, retries=s.retries, timeout_s=s.timeout_s)
+        report = dd.download(folder, opts, wanted, [x.strip() for x in states.split(",")] if states else None)
+    except (ValueError, FtpError) as exc:
+        _fail(str(exc))
+        raise
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume (finished files are kept)", 130)
+        raise
+    typer.echo(f"downloaded {len(report.downloaded)} file(s); unchanged {len(report.unchanged)}; tables in {folder} "
+               f"(run with --demography {folder})")
+    if not report.ok:
+        _fail(f"{len(report.failed)} file(s) failed:" + "".join(f"\n  {k}: {v}" for k, v in sorted(report.failed.items())))
+
+
 def _download(s: config_mod.Settings, years: list[int] | None):
     from censo_forecast import storage
     from censo_forecast.inep import download as dl
@@ -215,6 +262,7 @@ def run(
     workers: int | None = WorkersOpt,
     lang: str | None = LangOpt,
     municipal_map: bool = MunicipalMapOpt,
+    demography: Path | None = DemographyOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
     """The main job: (download) -> ingest -> features -> validation -> SHAP -> forecast -> report."""
@@ -226,7 +274,7 @@ def run(
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, stages=stages,
                   device=device, offline=offline or None, fresh=fresh or None, horizons=horizons, jobs=jobs, base_url=base_url,
                   listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers,
-                  report_lang=lang, municipal_map=municipal_map or None)
+                  report_lang=lang, municipal_map=municipal_map or None, demography=demography)
     try:
         record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
@@ -269,6 +317,7 @@ def predict(
     cache_dir: str | None = CacheDirOpt,
     years: str | None = YearsOpt,
     offline: bool = OfflineOpt,
+    demography: Path | None = DemographyOpt,
     config: Path | None = ConfigOpt,
 ) -> None:
     """Forecast the years after the last census year (as many as the models were fitted for) with saved models, without retraining."""
@@ -277,7 +326,8 @@ def predict(
     from censo_forecast.inep import download as dl
     from censo_forecast.inep import ingest as ingest_mod
 
-    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, offline=offline or None)
+    s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, offline=offline or None,
+                  demography=demography)
     try:
         written = pipeline.predict(s, models)
     except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError) as exc:

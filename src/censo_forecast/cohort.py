@@ -15,7 +15,9 @@ grade (see `../shared/methods/cohort-progression.md`):
   feeding cohort (the feeder's last grade, summed over every school: grade 5 -> 6 and
   9 -> high school often change schools), pooled over the window, times that cohort at o.
   Creche, adult elementary and special classes have no feeder, and most pre-school
-  pupils never attended creche (`Stage.own_intake`): the school's mean intake.
+  pupils never attended creche (`Stage.own_intake`): the school's mean intake, scaled,
+  where births are given (`demography.known`), by the births of the entry age in the
+  target year over those of the years the mean came from.
 - flows count only schools that offered the stage in both years: a school opening it
   brings its pupils in without a cohort that moved up (its intake is counted as entry).
 - bounded, so that an outlier cannot compound over the horizons: the ratio within
@@ -26,7 +28,8 @@ grade (see `../shared/methods/cohort-progression.md`):
   evenly over its grades (`panel.cohort_columns`).
 - h years ahead the method is applied h times (`ahead`): every grade moves up once a year
   with the same ratio, and each year's intake is the one forecast for o + 1 (the census
-  says nothing of later cohorts; planners hold intake constant the same way).
+  says nothing of later cohorts; planners hold intake constant the same way), or, for a
+  stage that takes its own intake and where births are given, follows the entry age's births.
 
 Everything at origin o reads census years <= o. Area sums are additive, so an engine that
 holds schools in partitions adds the partitions' sums and gets the same values.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from censo_forecast.demography import known
 from censo_forecast.panel import SCHOOL, YEAR, below_last
 
 WINDOW = 3  # transitions pooled for ratios and intake shares
@@ -101,12 +105,22 @@ def school_windows(back) -> list[pl.Expr]:
     ]
 
 
-def forecast(fed_intake: bool) -> list[list[pl.Expr]]:
+def _births_scale(entry_age: int | None, horizon: int, base: pl.Expr | None = None) -> pl.Expr:
+    """The entry age's births in o + horizon over `base` (default: their mean over the window's
+    years o - k, whose entries the mean intake averages); 1 without births or where unknown."""
+    if entry_age is None:
+        return pl.lit(1.0)
+    base = base if base is not None else pl.mean_horizontal(known.age_cohort(entry_age, -k) for k in range(WINDOW))
+    return pl.when(base > 0).then(known.age_cohort(entry_age, horizon) / base).fill_null(1.0)
+
+
+def forecast(fed_intake: bool, entry_age: int | None = None) -> list[list[pl.Expr]]:
     """Expressions, in dependency order, for origin rows that carry `school_windows` and the
     municipal and state columns of `area_features`: ratios, intake, the bound, the Coorte
-    forecast. `fed_intake`: the intake is a share of the municipality's feeding cohort."""
+    forecast. `fed_intake`: the intake is a share of the municipality's feeding cohort;
+    `entry_age`: an own intake follows the births of that age (None: held at its mean)."""
     entries = [pl.col(f"_entry_{k}") for k in range(WINDOW)]
-    mean_intake = pl.mean_horizontal(entries)
+    mean_intake = pl.mean_horizontal(entries) * _births_scale(entry_age, 1)
     cohort_intake = pl.col("muni_supply_0").fill_null(0) if fed_intake else pl.lit(0.0)
     if fed_intake:
         # the intake of year o - k over the municipal cohort of o - k - 1, pooled over the pairs
@@ -135,17 +149,20 @@ def forecast_column(horizon: int) -> str:
     return "cohort_forecast" if horizon == 1 else f"cohort_forecast_{horizon}"
 
 
-def ahead(horizon: int, grades: int) -> pl.Expr:
+def ahead(horizon: int, grades: int, entry_age: int | None = None) -> pl.Expr:
     """Coorte applied `horizon` times, for rows carrying `forecast`'s columns.
 
     After h years the pupils of grade k are in grade k + h: those below the last h grades
     are still in the stage, r**h of them (`continuing` less the grades that leave in years
     2..h); the intakes of years 1..h have moved up h - 1 .. 0 grades (r**j each), and those
-    that reached past the last grade have left. For h = 1 this is `cohort_forecast`.
+    that reached past the last grade have left. For h = 1 this is `cohort_forecast`. The
+    intake of year o + m is o + 1's, times its entry age's births in o + m over those in
+    o + 1 when `entry_age` is given.
     """
     r = pl.col("cohort_ratio")
     leaving_later = [pl.col(below_last(j)) if j < grades - 1 else pl.col("entry") for j in range(1, min(horizon, grades))]
     staying = (pl.col("continuing") - pl.sum_horizontal(leaving_later)) if leaving_later else pl.col("continuing")
-    intakes = sum(r**j for j in range(min(horizon, grades)))
+    first_year = known.age_cohort(entry_age, 1) if entry_age is not None else None
+    intakes = sum(r**j * _births_scale(entry_age, horizon - j, first_year) for j in range(min(horizon, grades)))
     return pl.min_horizontal(r**horizon * staying.clip(lower_bound=0) + pl.col("_intake") * intakes,
                              pl.col(BOUND)).alias(forecast_column(horizon))

@@ -193,6 +193,10 @@ class Settings:
     horizons: int = _setting(5, f"Forecast years after the last census year, each validated walk-forward (at most {MAX_HORIZONS}).")
     # validation and explanation
     min_train_years: int = _setting(3, "Census years before the first walk-forward test year.")
+    demography: Path | None = _setting(None, "Folder of births and population per municipality (CSV or Parquet, "
+                                       "the README's format); default: without them.")
+    demography_url: str = _setting("ftp://ftp.datasus.gov.br", "DATASUS's FTP server (or a mirror) for `demography download`.")
+    plain_ftp: bool = _setting(False, "Allow plain FTP when the server offers no TLS (DATASUS's does not; files are checked by decoding).")
     shap_sample: int = _setting(2000, "Held-out rows of the last origin explained with SHAP per stage.")
     model: ModelSettings = _setting(help="Boosting hyper-parameters and training window ([model] table).",
                                     default_factory=ModelSettings)
@@ -249,6 +253,17 @@ class Settings:
     def threads(self) -> int:
         """`jobs` as a positive count (-1: every available CPU)."""
         return machine.effective_jobs(self.jobs)
+
+    @property
+    def demography_folder(self) -> Path:
+        """Where `demography download` writes births and population (`run` reads them with --demography):
+        --demography, else a folder `demografia` beside the census cache."""
+        if self.demography is not None:
+            return Path(self.demography).expanduser()
+        cache = storage.local_path(self.cache)
+        if cache is None:
+            raise ValueError(f"the census cache {self.cache} is not a local folder; pass --out for the demographic files")
+        return Path(cache).parent / "demografia"
 
     @property
     def cache(self):

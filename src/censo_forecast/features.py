@@ -17,6 +17,7 @@ from typing import Final
 import polars as pl
 
 from censo_forecast import cohort
+from censo_forecast.demography import known
 from censo_forecast.inep import catalog
 from censo_forecast.panel import SCHOOL, YEAR, stage_view
 
@@ -27,6 +28,7 @@ INFRA_FEATURES = {flag: "has_" + flag.removeprefix("IN_").lower() + "_lag1" for 
 
 COHORT_FEATURE = cohort.forecast_column(1)  # the Coorte baseline's forecast (cohort.py), at the row's horizon
 HORIZON_FEATURE = "horizon"
+BIRTH_RATIO_FEATURE = "birth_ratio"  # at the row's horizon, like the Coorte forecast (`birth_ratio_column`)
 FEATURES: tuple[str, ...] = (
     *(f"{c}_lag{k}" for c in COUNTS for k in LAGS),
     "enrollment_mean2", "enrollment_mean3", "enrollment_diff1", "enrollment_diff2", "enrollment_growth1",
@@ -40,12 +42,19 @@ FEATURES: tuple[str, ...] = (
     # the cohort carried into the stage, and the Coorte forecast itself
     "entry_grade_lag1", "last_grade_lag1", "grade_progression_lag1", "feeder_leaving_lag1",
     "muni_feeder_leaving_lag1", "cohort_ratio", "intake_share", COHORT_FEATURE,
+    # demography (demography/known.py; null without it): the municipality's birth cohorts of
+    # the stage's ages in the target year over those at the origin, its ages' population and
+    # the share of it the municipality enrolls
+    BIRTH_RATIO_FEATURE, "age_population", "muni_enrollment_rate",
     HORIZON_FEATURE,  # years ahead of the origin: one model serves every horizon (horizons.stack)
 )
 ORIGIN_FEATURES = FEATURES[:-1]  # what an origin row holds before it is stacked by horizon
 ANCHOR = "enrollment_lag1"  # last observed enrollment: persistence, and the base the models add a change to
 # column indexes of the model matrix that the baselines and the boosters' change target read
-ANCHOR_INDEX, COHORT_INDEX, HORIZON_INDEX = (FEATURES.index(f) for f in (ANCHOR, COHORT_FEATURE, HORIZON_FEATURE))
+ANCHOR_INDEX, COHORT_INDEX, HORIZON_INDEX, BIRTH_RATIO_INDEX = (
+    FEATURES.index(f) for f in (ANCHOR, COHORT_FEATURE, HORIZON_FEATURE, BIRTH_RATIO_FEATURE))
+# the columns per horizon of an origin row, which `horizons.stack` reads at each row's horizon
+PER_HORIZON = {COHORT_FEATURE: cohort.forecast_column, BIRTH_RATIO_FEATURE: lambda h: birth_ratio_column(h)}
 ORIGIN_YEAR, TARGET_YEAR = "origin_year", "target_year"  # an origin row's census year and its first target year
 READABLE = {  # labels for plots and reports
     "enrollment_lag1": "enrollment last year", "enrollment_lag2": "enrollment 2 years ago",
@@ -67,10 +76,16 @@ READABLE = {  # labels for plots and reports
     "grade_progression_lag1": "grade progression ratio (census grades)", "feeder_leaving_lag1": "cohort leaving the feeding stage",
     "muni_feeder_leaving_lag1": "municipal cohort leaving the feeding stage", "cohort_ratio": "cohort progression ratio",
     "intake_share": "share of the municipal intake", COHORT_FEATURE: "cohort-progression forecast (Coorte)",
-    HORIZON_FEATURE: "years ahead",
+    HORIZON_FEATURE: "years ahead", BIRTH_RATIO_FEATURE: "births of the stage's ages, target / origin",
+    "age_population": "population of the stage's ages", "muni_enrollment_rate": "municipal enrollment / population",
     **{v: k.removeprefix("QT_MAT_BAS_").replace("_MAIS", "+").replace("_", "-") + " year-olds in school" for k, v in AGE_FEATURES.items()},
     **{v: v.removeprefix("has_").removesuffix("_lag1").replace("_", " ") for v in INFRA_FEATURES.values()},
 }
+
+
+def birth_ratio_column(horizon: int) -> str:
+    """The birth-cohort ratio h years ahead (h = 1 is the feature `birth_ratio`)."""
+    return BIRTH_RATIO_FEATURE if horizon == 1 else f"{BIRTH_RATIO_FEATURE}_{horizon}"
 
 
 def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -204,9 +219,14 @@ def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
     rows = (rows.join(muni, on=["CO_MUNICIPIO", YEAR], how="left", maintain_order="left")
             .join(state, on=["CO_UF", YEAR], how="left", maintain_order="left"))
     stage = catalog.stage(flag)
-    for step in cohort.forecast(stage.fed_intake):
+    # an own intake (creche, pre-school) follows its entry age's births where they are given
+    entry_age = stage.ages[0] if stage.ages and not stage.fed_intake and known.BIRTH_COLUMNS[0] in view.columns else None
+    for step in cohort.forecast(stage.fed_intake, entry_age):
         rows = rows.with_columns(step)
-    rows = rows.with_columns(cohort.ahead(h, stage.grades) for h in range(2, horizons + 1))
+    rows = rows.with_columns(cohort.ahead(h, stage.grades, entry_age) for h in range(2, horizons + 1))
+    rows = rows.with_columns(known.birth_ratio(stage, h, view.columns).cast(pl.Float32).alias(birth_ratio_column(h))
+                             for h in range(1, horizons + 1))
+    population = pl.col(known.POPULATION) if known.POPULATION in view.columns else pl.lit(None, dtype=pl.Float32)
     e1, e2, e3 = (pl.col(f"enrollment_lag{k}") for k in LAGS)
     f1, f2 = pl.col("feeder_enrollment_lag1"), pl.col("feeder_enrollment_lag2")
     infra = {flag_: pl.when(pl.col(flag_).is_in([0, 1])).then(pl.col(flag_)).otherwise(None) for flag_ in catalog.INFRASTRUCTURE_FLAGS}
@@ -233,6 +253,8 @@ def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
         pl.when(pl.col("graded")).then(pl.col("leaving")).alias("last_grade_lag1"),
         pl.col("feeder_leaving").alias("feeder_leaving_lag1"),
         pl.col("muni_supply_0").alias("muni_feeder_leaving_lag1"),
+        population.alias("age_population"),
+        _ratio(pl.col("muni_stage_total_lag1"), population).alias("muni_enrollment_rate"),
     )
     return out.select(
         SCHOOL,
@@ -241,7 +263,7 @@ def origin_query(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame] |
         "CO_MUNICIPIO",
         "CO_UF",
         *(pl.col(f).cast(pl.Float32) for f in ORIGIN_FEATURES),
-        *(pl.col(cohort.forecast_column(h)).cast(pl.Float32) for h in range(2, horizons + 1)),
+        *(pl.col(column(h)).cast(pl.Float32) for column in PER_HORIZON.values() for h in range(2, horizons + 1)),
         *([truth_column(h) for h in range(1, horizons + 1)] if truth else []),
     )
 

@@ -21,6 +21,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from censo_forecast import coherence, config, features, forecast, machine, models, modelstore, results, validation
 from censo_forecast.config import ModelSettings
+from censo_forecast.demography import known
+from censo_forecast.demography.tables import Demography
 from censo_forecast.engine import Engine, LocalEngine
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import SCHOOL, YEAR
@@ -62,6 +64,9 @@ class EnrollmentForecaster(BaseEstimator):
     engine : Engine or None, default None
         Where features and training run (None: this process; a cluster engine from
         `engine.open_engine`).
+    demography : demography.tables.Demography or None, default None
+        Births and population per municipality (`demography.tables.read_folder`); their
+        features and the `Demografia` baseline join the others (None: without them).
 
     Attributes
     ----------
@@ -77,6 +82,8 @@ class EnrollmentForecaster(BaseEstimator):
         The census years the models were fitted on.
     device_ : models.Device
         The device the learners trained on.
+    trained_with_demography_ : str or None
+        Where the births and population the models learned from came from (None: without).
     """
 
     # the census frames are the data, not metadata to route: no set_fit_request and the like
@@ -87,7 +94,7 @@ class EnrollmentForecaster(BaseEstimator):
     def __init__(self, stages: list[str] | None = None, *, horizons: int = config.default("horizons"),
                  model: ModelSettings | None = None, device: str = config.default("device"),
                  min_train_years: int = config.default("min_train_years"), n_jobs: int = config.default("jobs"),
-                 engine: Engine | None = None):
+                 engine: Engine | None = None, demography: Demography | None = None):
         self.stages = stages
         self.horizons = horizons
         self.model = model
@@ -95,6 +102,7 @@ class EnrollmentForecaster(BaseEstimator):
         self.min_train_years = min_train_years
         self.n_jobs = n_jobs
         self.engine = engine
+        self.demography = demography
 
     # ----------------------------------------------------------- parameters
     def set_params(self, **params) -> EnrollmentForecaster:
@@ -115,6 +123,13 @@ class EnrollmentForecaster(BaseEstimator):
         if not isinstance(model, ModelSettings):
             raise ValueError(f"model must be a ModelSettings, not {type(model).__name__}")
         return stages, model.replace(), machine.effective_jobs(self.n_jobs)
+
+    def _panel(self, census: pl.DataFrame) -> pl.DataFrame:
+        """The (school, year) panel of a census frame with the demography known at each year
+        (a panel is taken as it is, demography attached or not)."""
+        if "active" in census.columns:
+            return census
+        return known.attach(build_panel(census), self.demography)
 
     # ----------------------------------------------------------- fit
     def fit(self, census: pl.DataFrame) -> EnrollmentForecaster:
@@ -138,7 +153,7 @@ class EnrollmentForecaster(BaseEstimator):
             When a parameter is out of range, or no stage can be validated (too few census
             years, no school offering it); a stage that cannot be is skipped with a warning.
         """
-        self._fit_panel(_panel(census))
+        self._fit_panel(self._panel(census))
         return self
 
     def _fit_panel(self, panel: pl.DataFrame, hooks: Hooks | None = None, device: models.Device | None = None) -> list[StageFit]:
@@ -147,6 +162,8 @@ class EnrollmentForecaster(BaseEstimator):
         self.device_ = runner.factory.device
         fits = runner.fit_all(panel, stages)
         self.training_years_ = sorted(panel[YEAR].unique().to_list())
+        source = self.demography.source if self.demography is not None else "a panel with demography"
+        self.trained_with_demography_ = source if known.present(panel) else None
         self.models_ = {f.flag: f.model for f in fits}
         self.chosen_ = {f.flag: f.chosen for f in fits}
         self.calibration_ = {f.flag: f.calibration for f in fits}
@@ -173,7 +190,7 @@ class EnrollmentForecaster(BaseEstimator):
             As `fit`.
         """
         stages, runner = self._runner()
-        return results.combine(runner.validate_all(_panel(census), stages))
+        return results.combine(runner.validate_all(self._panel(census), stages))
 
     def _runner(self, hooks: Hooks | None = None, device: models.Device | None = None) -> tuple[list[str], StageRunner]:
         """The checked stages and the stage loop for them: this forecaster's engine, and its
@@ -208,7 +225,10 @@ class EnrollmentForecaster(BaseEstimator):
             Before `fit` (or `load`).
         """
         check_is_fitted(self, "models_")
-        panel = _panel(census)
+        panel = self._panel(census)
+        if self.trained_with_demography_ and not known.present(panel):
+            log.warning("these models learned from births and population (%s), which this forecast lacks: their "
+                        "demographic features are empty and the forecasts poorer", self.trained_with_demography_)
         frames = []
         for flag, model in self.models_.items():
             rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
@@ -241,7 +261,7 @@ class EnrollmentForecaster(BaseEstimator):
             For a stage without calibration (saved by an older version).
         """
         check_is_fitted(self, "models_")
-        panel = _panel(census)
+        panel = self._panel(census)
         out: dict[int, dict[str, list[pl.DataFrame]]] = {}
         for flag in schools[STAGE].unique(maintain_order=True):
             if flag not in self.calibration_:
@@ -315,7 +335,7 @@ class EnrollmentForecaster(BaseEstimator):
         """
         check_is_fitted(self, "models_")
         return modelstore.save(folder, modelstore.SavedModels(self.models_, self.chosen_, self.calibration_,
-                                                              self.training_years_))
+                                                              self.training_years_, self.trained_with_demography_))
 
     @classmethod
     def load(cls, folder: Path, **params) -> EnrollmentForecaster:
@@ -342,10 +362,8 @@ class EnrollmentForecaster(BaseEstimator):
         fc = cls(stages=list(saved.models), **params)
         fc.models_, fc.chosen_, fc.calibration_ = saved.models, saved.chosen, saved.calibration
         fc.training_years_ = saved.training_years
+        fc.trained_with_demography_ = saved.demography
         return fc
 
 
-def _panel(census: pl.DataFrame) -> pl.DataFrame:
-    """The (school, year) panel of a census frame (a panel is returned as it is)."""
-    return census if "active" in census.columns else build_panel(census)
 

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from censo_forecast import cohort
-from censo_forecast.features import COHORT_FEATURE, FEATURES, HORIZON_FEATURE, ORIGIN_YEAR, TARGET_YEAR, truth_column
+from censo_forecast.features import FEATURES, HORIZON_FEATURE, ORIGIN_YEAR, PER_HORIZON, TARGET_YEAR, truth_column
 from censo_forecast.inep.catalog import SCHOOL
 from censo_forecast.outputs import ACTUAL
 
@@ -39,13 +38,13 @@ def up_to(horizons: int) -> list[int]:
 
 def stack(frame: pl.DataFrame, ahead: Sequence[int], *, truth: bool = True) -> pl.DataFrame:
     """One row per (origin row, years ahead in `ahead`): KEYS, FEATURES (with `horizon` and the
-    Coorte forecast at that horizon) and, with `truth`, y_true (pairs whose truth is unknown
+    Coorte forecast and the birth ratio at that horizon) and, with `truth`, y_true (pairs whose truth is unknown
     are left out)."""
     parts = []
     for h in ahead:
         columns: list[pl.Expr | str] = [
             *KEYS[:2], (pl.col(ORIGIN_YEAR) + h).alias(TARGET_YEAR), *KEYS[3:],
-            *(pl.col(cohort.forecast_column(h)).alias(f) if f == COHORT_FEATURE else
+            *(pl.col(PER_HORIZON[f](h)).alias(f) if f in PER_HORIZON else
               pl.lit(h, dtype=pl.Float32).alias(f) if f == HORIZON_FEATURE else pl.col(f) for f in FEATURES),
         ]
         if truth:

@@ -16,8 +16,8 @@ import numpy as np
 from censo_forecast import horizons as horizons_mod
 from censo_forecast import models
 from censo_forecast.config import ModelSettings
-from censo_forecast.features import ANCHOR_INDEX, COHORT_INDEX, FEATURES, HORIZON_INDEX
-from censo_forecast.outputs import ACTUAL, COHORT, DRIFT, ENSEMBLE, PERSISTENCE
+from censo_forecast.features import ANCHOR_INDEX, BIRTH_RATIO_INDEX, COHORT_INDEX, FEATURES, HORIZON_INDEX
+from censo_forecast.outputs import ACTUAL, COHORT, DEMOGRAPHY, DRIFT, ENSEMBLE, PERSISTENCE
 
 if TYPE_CHECKING:
     from censo_forecast.stagedata import StageData
@@ -54,8 +54,8 @@ class ModelFactory:
         return horizons_mod.up_to(min(self.settings.separate_horizons, horizons)) if horizons > 1 else []
 
     def baseline(self, name: str, data: StageData, origin: int):
-        """A baseline fitted for forecasts from `origin`: Persistencia; Coorte (computed with the
-        features); or Deriva, the stage's aggregate one-year change into `origin` (the pairs
+        """A baseline fitted for forecasts from `origin`: Persistencia; Coorte or Demografia
+        (computed with the features); or Deriva, the stage's aggregate one-year change into `origin` (the pairs
         of the latest earlier origin at one year ahead), compounded over the horizon."""
         if name != DRIFT:
             return restore_baseline(name)
@@ -87,12 +87,14 @@ def _drift() -> models.Drift:
 
 
 def restore_baseline(name: str, drift_ratio: float | None = None):
-    """A baseline ready to predict: Persistencia, Coorte, or Deriva with a known ratio."""
+    """A baseline ready to predict: Persistencia, Coorte, Demografia, or Deriva with a known ratio."""
     empty = np.empty((0, len(FEATURES)), dtype=np.float32)
     if name == PERSISTENCE:
         return models.Persistence(ANCHOR_INDEX).fit(empty)
     if name == COHORT:
         return models.CohortProgression(COHORT_INDEX).fit(empty)
+    if name == DEMOGRAPHY:
+        return models.BirthScaled(ANCHOR_INDEX, BIRTH_RATIO_INDEX).fit(empty)
     if name == DRIFT:
         drift = _drift()
         drift.ratio_ = 1.0 if drift_ratio is None else float(drift_ratio)

@@ -17,13 +17,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from censo_forecast import boosters, machine
 from censo_forecast.config import ModelSettings
-from censo_forecast.outputs import COHORT, DRIFT, ENSEMBLE, PERSISTENCE
+from censo_forecast.outputs import COHORT, DEMOGRAPHY, DRIFT, ENSEMBLE, PERSISTENCE
 
 log = logging.getLogger(__name__)
 
-BASELINES = (PERSISTENCE, DRIFT, COHORT)
+BASELINES = (PERSISTENCE, DRIFT, COHORT, DEMOGRAPHY)  # Demografia only where demography is given
 LEARNERS = boosters.LEARNERS  # ("LightGBM", "XGBoost")
 MODEL_NAMES = (*BASELINES, *LEARNERS, ENSEMBLE)
+CENSUS_MODEL_NAMES = tuple(m for m in MODEL_NAMES if m != DEMOGRAPHY)  # those of a run without demography
 
 
 # ------------------------------------------------------------------- device
@@ -155,6 +156,25 @@ class CohortProgression(RegressorMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return np.maximum(np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.column]), 0.0)
+
+
+class BirthScaled(RegressorMixin, BaseEstimator):
+    """The last census times the municipality's birth-cohort ratio (`Demografia`, demography/known.py):
+    a shrinking cohort of six-year-olds shrinks early elementary. Without a ratio (no
+    demography, an incomplete cohort) it is persistence. Parameters: `anchor`, the column of
+    last year's enrollment; `ratio`, the column of the birth ratio at the row's horizon."""
+
+    def __init__(self, anchor: int = 0, ratio: int = 0):
+        self.anchor = anchor
+        self.ratio = ratio
+
+    def fit(self, X, y=None):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        return np.nan_to_num(X[:, self.anchor]) * np.nan_to_num(X[:, self.ratio], nan=1.0)
 
 
 class Drift(RegressorMixin, BaseEstimator):

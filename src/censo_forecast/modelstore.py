@@ -19,7 +19,7 @@ from censo_forecast.features import FEATURES
 
 # 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon;
 # 4: learners with models of their own for the first years ahead ("own_files")
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 METADATA = "metadata.json"
 SELF_HASH = "sha256_of_this_file"  # of the metadata without this key: a changed value is caught too
 
@@ -38,6 +38,7 @@ class SavedModels:
     chosen: dict[str, dict[int, str]]
     calibration: dict[str, pl.DataFrame]
     training_years: list[int]
+    demography: str | None = None  # where the births and population the models learned from came from
 
 
 def _content_hash(meta: dict) -> str:
@@ -80,6 +81,7 @@ def save(folder: Path, saved: SavedModels) -> Path:
         "features": list(FEATURES),
         "versions": {name: _version(name) for name in ("censo-forecast", *_packages(), "polars")},
         "training_years": saved.training_years,
+        "demography": saved.demography,
         "stages": stages,
         "sha256": hashes,
     }
@@ -142,7 +144,7 @@ def load(folder: Path) -> SavedModels:
         if _minor(saved) != _minor(here):
             raise ModelStoreError(f"{folder}: models saved with {package} {saved}, but {package} {here} is installed; "
                                   f"install {package}=={saved} or refit")
-    out = SavedModels({}, {}, {}, meta["training_years"])
+    out = SavedModels({}, {}, {}, meta["training_years"], meta.get("demography"))
     for flag, entry in meta["stages"].items():
         out.models[flag] = _restore(folder, entry, meta["sha256"])
         out.chosen[flag] = _chosen(folder, entry)

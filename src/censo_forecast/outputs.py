@@ -31,6 +31,7 @@ MUNICIPALITIES, STATES, COUNTRY = AREA_LEVELS = ("municipios", "ufs", "brasil")
 # ------------------------------------------------------------------ models
 # Values of the `modelo` column besides the boosters' names (boosters.LEARNERS).
 PERSISTENCE, DRIFT, COHORT, ENSEMBLE = "Persistencia", "Deriva", "Coorte", "Voting"
+DEMOGRAPHY = "Demografia"  # the last census times the birth-cohort ratio (demography/known.py)
 SUM_OF_PARTS = "Soma_das_etapas"  # a stage forecast as the sum of its parts' (all elementary = early + final)
 
 # ------------------------------------------------------------------ columns every table shares

@@ -11,6 +11,7 @@ import logging
 
 import polars as pl
 
+from censo_forecast.demography import known
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import SCHOOL, YEAR
 
@@ -63,6 +64,7 @@ def stage_view(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
         count(stage.classes).cast(pl.Float32).alias("classes"),
         (count(feeder.enrollment) if feeder else pl.lit(None)).cast(pl.Float32).alias("feeder_enrollment"),
         *cohort_columns(stage, feeder),
+        *known.view_columns(panel, stage),
     )
 
 

@@ -21,6 +21,8 @@ import polars as pl
 
 from censo_forecast import atomic, checkpoints, explain, forecast, outputs, report, runlog, storage
 from censo_forecast.config import Settings
+from censo_forecast.demography import known, tables
+from censo_forecast.demography.tables import Demography
 from censo_forecast.engine import Engine, open_engine
 from censo_forecast.forecaster import EnrollmentForecaster
 from censo_forecast.inep import ingest
@@ -83,6 +85,20 @@ def writable_folder(out: Path) -> Path:
     return out
 
 
+def load_demography(s: Settings) -> Demography | None:
+    """The births and population of `--demography`, read and checked before any other work;
+    without them the run says so once and goes on as before."""
+    if s.demography is None:
+        log.info("demography: none given (--demography DIR); forecasting from the census alone")
+        return None
+    try:
+        demography = tables.read_folder(s.demography)
+    except tables.DemographyError as exc:
+        raise PipelineError(str(exc)) from None
+    log.info("demography: %s", demography.describe())
+    return demography
+
+
 def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
     engine.ingest(s.raw_dir, s.cache, years, jobs=s.threads).raise_for_failures()
 
@@ -113,11 +129,16 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
     with _locked(out, "predict"):
         runlog.setup_logging(out)
         forecaster = EnrollmentForecaster.load(models_dir)
+        demography = load_demography(s)
+        if forecaster.trained_with_demography_ and demography is None:
+            raise PipelineError(f"the models in {models_dir} learned from births and population "
+                                f"({forecaster.trained_with_demography_}); pass --demography DIR with the same files")
+        forecaster.demography = demography
         years = ensure_raw(s)
         with open_engine(s) as engine:
             _ingest(s, engine, years)
         runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
-        panel = build_panel(ingest.load_cache(s.cache, years))
+        panel = known.attach(build_panel(ingest.load_cache(s.cache, years)), demography)
         written = _write_forecast(forecaster, panel, forecaster.predict(panel), out, s.model.seed)
     log.info("forecast for %s from saved models: %d files", _years_text(forecast_years(forecaster, panel)), len(written))
     return written
@@ -174,17 +195,21 @@ class Run(Hooks):
         self.schools: list[pl.DataFrame] = []  # each stage's forecast per school, made from the rows in hand
         self.years: list[int] = []
         self.fingerprints: dict[str, str] = {}
+        self.demography: Demography | None = None
 
     def execute(self) -> dict:
         self.prepare_output()
+        self.demography = load_demography(self.s)
         self.years = self.fetch_and_ingest()
         forecaster = EnrollmentForecaster(self.s.stages, horizons=self.s.horizons, model=self.s.model, device=self.s.device,
-                                          min_train_years=self.s.min_train_years, n_jobs=self.s.jobs, engine=self.engine)
+                                          min_train_years=self.s.min_train_years, n_jobs=self.s.jobs, engine=self.engine,
+                                          demography=self.demography)
         device = self.engine.select_device(self.s.device)
         record = runlog.run_header("run", self.s.to_dict(), {"years": self.years, "device": f"{device.name} ({device.reason})",
+                                                             "demography": self.demography.describe() if self.demography else None,
                                                              "engine": self.engine.describe()})
         with self.clock.phase("panel"):
-            panel = build_panel(ingest.load_cache(self.s.cache, self.years))
+            panel = known.attach(build_panel(ingest.load_cache(self.s.cache, self.years)), self.demography)
         try:
             fits = forecaster._fit_panel(panel, hooks=self, device=device)
         except CannotValidate as exc:
@@ -258,7 +283,8 @@ class Run(Hooks):
     def _fingerprint(self, flag: str) -> str:
         """The stage's checkpoint fingerprint, computed once (`resumed`, then `validated`)."""
         if flag not in self.fingerprints:
-            self.fingerprints[flag] = checkpoints.fingerprint(self.s, self.years, flag)
+            digest = self.demography.digest if self.demography is not None else ""
+            self.fingerprints[flag] = checkpoints.fingerprint(self.s, self.years, flag, digest)
         return self.fingerprints[flag]
 
     # ----------------------------------------------------------- outputs

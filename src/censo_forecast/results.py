@@ -117,7 +117,7 @@ def coverage_table(predictions: pl.DataFrame) -> pl.DataFrame:
         intervals.coverage_by_year(rows, model, h).with_columns(pl.lit(flag).alias(STAGE), pl.lit(h).alias(HORIZON))
         for flag in predictions[STAGE].unique(maintain_order=True)
         for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag))
-        for model in models.MODEL_NAMES
+        for model in model_names(rows)
     ]
     schema = pl.Schema({STAGE: pl.String(), MODEL: pl.String(), HORIZON: pl.Int32(), YEAR: pl.Int64(),
                         COVERAGE_80: pl.Float64(), COVERAGE_95: pl.Float64(), ROWS: pl.Int64()})
@@ -131,7 +131,7 @@ def interval_and_totals_table(predictions: pl.DataFrame, coverage: pl.DataFrame)
     totals = pl.DataFrame(
         [{STAGE: flag, MODEL: model, HORIZON: h, **totals_error(rows, model)}
          for flag in predictions[STAGE].unique(maintain_order=True)
-         for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag)) for model in models.MODEL_NAMES],
+         for h, rows in by_horizon(predictions.filter(pl.col(STAGE) == flag)) for model in model_names(rows)],
         schema={STAGE: pl.String, MODEL: pl.String, HORIZON: pl.Int32,
                 APE_MUNICIPALITIES: pl.Float64, APE_STATES: pl.Float64},
     )
@@ -186,9 +186,15 @@ def choice_skill(folds: pl.DataFrame) -> pl.DataFrame:
     return both.group_by(STAGE, HORIZON).agg((1 - pl.col(MAE).mean() / pl.col("_p").mean()).alias(SKILL_OF_CHOICE))
 
 
+def model_names(predictions: pl.DataFrame) -> list[str]:
+    """The models a predictions frame holds forecasts of (a stage without demography has no
+    Demografia; a frame of several stages holds it as nulls for those), in MODEL_NAMES order."""
+    return [m for m in models.MODEL_NAMES if m in predictions.columns and predictions[m].null_count() < predictions.height]
+
+
 def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
     """MAE per stage, model, horizon and school-size bin (intervals' bins of the origin year's enrollment)."""
-    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    names = model_names(predictions)
     binned = predictions.select(STAGE, HORIZON, ACTUAL, *names,
                                 pl.Series(SIZE_BIN, intervals.cv_size_bins(predictions), dtype=pl.Int8))
     wide = binned.group_by(STAGE, HORIZON, SIZE_BIN).agg(
@@ -203,7 +209,7 @@ def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
 
 def totals_by_year(predictions: pl.DataFrame) -> pl.DataFrame:
     """Actual and forecast stage totals per horizon, test year and model (sums of the school rows)."""
-    names = [m for m in models.MODEL_NAMES if m in predictions.columns]
+    names = model_names(predictions)
     index = [STAGE, HORIZON, YEAR]
     wide = predictions.group_by(index).agg(pl.col(ACTUAL, *names).sum())
     return (wide.unpivot(index=[*index, ACTUAL], on=names, variable_name=MODEL, value_name=FORECAST)

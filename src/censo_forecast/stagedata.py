@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from censo_forecast import horizons as horizons_mod
-from censo_forecast.features import ORIGIN_YEAR
+from censo_forecast import models
+from censo_forecast.features import BIRTH_RATIO_FEATURE, ORIGIN_YEAR
 from censo_forecast.learners import split_by_horizon
-from censo_forecast.models import LEARNERS
 from censo_forecast.outputs import ACTUAL
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class StageData(ABC):
         """The named learners fitted on the training pairs of `origin` at the years ahead in
         `ahead` (target year <= origin, the window, sampled to the row cap); None without pairs."""
 
-    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = LEARNERS) -> dict:
+    def fit_learners(self, origin: int, factory: ModelFactory, names: tuple[str, ...] = models.LEARNERS) -> dict:
         """The named learners for forecasts from `origin`, and Voting when both are named: the
         shared model of every horizon, and a model of its own for each of the first years
         ahead (`ModelFactory.own_horizons`; the shared one serves an own horizon without pairs)."""
@@ -64,6 +64,12 @@ class StageData(ABC):
     def origin_rows(self, origin: int) -> pl.DataFrame:
         """The rows of one origin year."""
         return self.rows(pl.col(ORIGIN_YEAR) == origin)
+
+    def baselines(self) -> tuple[str, ...]:
+        """The baselines the stage's walk-forward compares: Demografia only where the last
+        origin's rows have a birth ratio (demography given, and the stage made for an age)."""
+        last = self.rows((pl.col(ORIGIN_YEAR) == max(self.origin_years())) & pl.col(BIRTH_RATIO_FEATURE).is_not_null())
+        return models.BASELINES if last.height else tuple(b for b in models.BASELINES if b != models.DEMOGRAPHY)
 
 
 class LocalStageData(StageData):

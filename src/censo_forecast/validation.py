@@ -99,13 +99,14 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
     started = time.perf_counter()
     ahead = horizons_mod.up_to(data.horizons)
     preds, fold_rows, last = [], [], None
+    baselines = data.baselines()
     for origin in origins(data.origin_years(), census_years, min_train_years):
         rows = data.origin_rows(origin)
         test = horizons_mod.stack(rows, ahead).sort(HORIZON_FEATURE, SCHOOL)
         if test.height == 0:
             continue
         X_test = horizons_mod.matrix(test)
-        fitted = {**{name: factory.baseline(name, data, origin) for name in models.BASELINES},
+        fitted = {**{name: factory.baseline(name, data, origin) for name in baselines},
                   **data.fit_learners(origin, factory)}
         # students in float32 (exact for counts; a national walk-forward holds tens of millions of rows)
         out = test.select(pl.lit(flag).alias(STAGE), SCHOOL, pl.col(TARGET_YEAR).alias(YEAR),

@@ -32,6 +32,7 @@ import polars as pl
 
 from censo_forecast import boosters, features, models, storage
 from censo_forecast import horizons as horizons_mod
+from censo_forecast.demography import known
 from censo_forecast.engine import EngineError
 from censo_forecast.features import ORIGIN_YEAR
 from censo_forecast.inep import ingest
@@ -84,8 +85,9 @@ def _stage_sums(panel: pl.DataFrame, flag: str) -> dict[str, pl.DataFrame]:
     return features.area_sums(stage_view(panel, flag))
 
 
-def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int, horizons: int) -> pl.DataFrame:
-    return features.stage_rows(panel, flag, sums, last_year, horizons=horizons)
+def _stage_rows(panel: pl.DataFrame, flag: str, sums: dict[str, pl.DataFrame], last_year: int, horizons: int,
+                demography: pl.DataFrame | None) -> pl.DataFrame:
+    return features.stage_rows(known.join_known(panel, demography), flag, sums, last_year, horizons=horizons)
 
 
 def _filter(rows: pl.DataFrame, predicate: pl.Expr) -> pl.DataFrame:
@@ -171,13 +173,17 @@ class DaskEngine:
     def stage_data(self, panel: pl.DataFrame, flag: str, horizons: int) -> DaskStageData:
         """The stage's feature rows, per partition, where the partitions lie.
 
-        `panel` is the client's copy: the workers build the same years from the cache.
+        `panel` is the client's copy: the workers build the same years from the cache, and join
+        the births and population it carries (`known.known_table`, one small table).
         """
         years = sorted(panel[YEAR].unique().to_list())
         parts = self.partitions(years)
         sums = features.combine_area_sums(self.client.gather(self.client.map(_stage_sums, parts, flag=flag)))
         shared = self.client.scatter(sums, broadcast=True)
-        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=years[-1], horizons=horizons)
+        table = known.known_table(panel)
+        demography = self.client.scatter(table, broadcast=True) if table is not None else None
+        rows = self.client.map(_stage_rows, parts, flag=flag, sums=shared, last_year=years[-1], horizons=horizons,
+                               demography=demography)
         return DaskStageData(self, rows, horizons)
 
 

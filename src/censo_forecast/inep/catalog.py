@@ -212,6 +212,9 @@ class Stage:
     # creche reaches a minority of children), so its intake is its own past intake, never a
     # share of the feeder's leavers
     own_intake: bool = False
+    # the ages (first, last, in years at the census) of the children the stage is made for;
+    # demography reads their birth cohorts (None: adults, mixed ages or special classes)
+    ages: tuple[int, int] | None = None
 
     @property
     def fed_intake(self) -> bool:
@@ -249,12 +252,12 @@ class Stage:
 # final 6-9, high school 1-3 (a 4th in integrated technical courses), technical courses about
 # 3 years, adult education stages about 2, special classes taken as 4.
 STAGES: tuple[Stage, ...] = (
-    Stage("IN_INF_CRE", "nursery (creche)", "Creche", grades=4),
-    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE", grades=2, own_intake=True),
-    Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE", grades=9),
-    Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE", grades=5),
-    Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI", grades=4),
-    Stage("IN_MED", "high school", "Ensino médio", feeder="IN_FUND_AF", grades=3),
+    Stage("IN_INF_CRE", "nursery (creche)", "Creche", grades=4, ages=(0, 3)),
+    Stage("IN_INF_PRE", "pre-school", "Pré-escola", feeder="IN_INF_CRE", grades=2, own_intake=True, ages=(4, 5)),
+    Stage("IN_FUND", "elementary (all years)", "Ensino fundamental", feeder="IN_INF_PRE", grades=9, ages=(6, 14)),
+    Stage("IN_FUND_AI", "elementary, early years (1-5)", "Fundamental anos iniciais", feeder="IN_INF_PRE", grades=5, ages=(6, 10)),
+    Stage("IN_FUND_AF", "elementary, final years (6-9)", "Fundamental anos finais", feeder="IN_FUND_AI", grades=4, ages=(11, 14)),
+    Stage("IN_MED", "high school", "Ensino médio", feeder="IN_FUND_AF", grades=3, ages=(15, 17)),
     Stage("IN_PROF_TEC", "technical vocational", "Educação profissional técnica", feeder="IN_FUND_AF", grades=3),
     Stage("IN_EJA_FUND", "adult education, elementary", "EJA fundamental", grades=2),
     Stage("IN_EJA_MED", "adult education, high school", "EJA médio", feeder="IN_EJA_FUND", grades=2),

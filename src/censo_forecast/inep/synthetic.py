@@ -7,6 +7,9 @@ demographic trend, cohorts moving creche -> pre-school -> early -> final element
 high school, schools opening and closing, stages added and dropped, occasional shocks,
 and national totals tracking INEP's published ones at full scale (~180k active schools).
 
+Beside the zips, `demografia/` holds its municipalities' births and population by age in
+the documented format (`demography.synthetic`), following the same demographic factor.
+
 `placebo=True` replaces the dynamics by independent year-over-year changes, so that no
 model can beat persistence by more than the mean drift: the pipeline's leakage check.
 """
@@ -28,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from censo_forecast import atomic
+from censo_forecast.demography import synthetic as demography
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import SCHOOL, YEAR
 from censo_forecast.outputs import STAGE
@@ -638,6 +642,7 @@ def generate(out_dir: Path, settings: SynthSettings, jobs: int = 1) -> dict[int,
     sim = CensusSimulator(settings)
     sim.initialise(years[0])
     truths: dict[int, dict[str, dict[str, int]]] = {}
+    factors: dict[int, np.ndarray] = {}  # each municipality's demographic factor per year: its births follow it
 
     release = catalog.FIRST_RELEASE if settings.first_release else catalog.REPUBLICATION
 
@@ -655,6 +660,7 @@ def generate(out_dir: Path, settings: SynthSettings, jobs: int = 1) -> dict[int,
         for year in years:
             if year != years[0]:
                 sim.step(year)
+            factors[year] = sim.muni_factor.copy()
             if year >= settings.tables_from:
                 tables, truths[year] = sim.render_tables(year, release)
                 futures.append(pool.submit(write_tables, year, tables))
@@ -669,4 +675,6 @@ def generate(out_dir: Path, settings: SynthSettings, jobs: int = 1) -> dict[int,
         for flag, vals in per_stage.items()
     ]
     atomic.write_csv(out_dir / "synthetic_totals.csv", pl.DataFrame(rows))
+    demography.write(out_dir / demography.FOLDER, sim.muni_code, sim.muni_weight, sim.muni_growth, factors,
+                     settings.schools, settings.seed)
     return truths

@@ -105,6 +105,18 @@ _TEXTS: dict[str, dict[str, str]] = {
               "cohort method. "
               "{h} years ahead: {vs_p_h} than Persistence and {vs_c_h} than Coorte. The 80 % ranges held the "
               "actual value for {cov80} of schools, the 95 % ranges for {cov95}."},
+    "demography_used": {
+        "pt-BR": "As previsões usam os nascimentos e a população por município ({source}): quantas crianças chegam "
+                 "à idade de cada etapa, conhecido anos antes (modelo Demografia e variáveis dos modelos).",
+        "en": "The forecasts use births and population per municipality ({source}): how many children reach each "
+              "stage's age, known years ahead (the Demografia model and the models' features).",
+    },
+    "demography_none": {
+        "pt-BR": "Sem dados de nascimentos e população: as previsões usam só o Censo Escolar (com --demography, "
+                 "os nascimentos dizem anos antes quantas crianças chegam a cada etapa).",
+        "en": "Without births and population data: the forecasts use the School Census alone (with --demography, "
+              "births tell years ahead how many children reach each stage).",
+    },
     "published_check": {
         "pt-BR": "Esse teste escolhe o modelo a cada ano como a previsão publicada, mas deixa de fora o reajuste no "
                  "último censo, as novas ofertas e as somas por município e UF. O que o produto publica foi testado "

@@ -263,8 +263,9 @@ def _published_check(words: Words) -> str:
                  low=pct(min(one)), high=pct(max(one)), low5=pct(min(five)), high5=pct(max(five)))
 
 
-def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -> str:
-    """How good, in words and one chart, then the numbers behind them."""
+def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, demography: str | None = None) -> str:
+    """How good, in words and one chart, then the numbers behind them; and whether births and
+    population informed the forecast (`demography`: their description in the run record)."""
     table = data.quality(results)
     horizons = sorted({1, int(results.select(pl.col(HORIZON).max()).item())}) if HORIZON in results.columns else [1]
     h = horizons[-1]
@@ -284,6 +285,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
                     cov80=words.percent(data.weighted(table, COVERAGE_80_MEAN, 1), signed=False),
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
     published = _published_check(words)
+    births = words("demography_used", source=demography) if demography else words("demography_none")
     header = [words("stage"), words("model")]
     columns = []
     for hh in horizons:
@@ -315,6 +317,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words) -
                          f"{metrics_table(detail, words, 'horizons', decimals=3)}<div class='grid'>{plots}</div></details>")
     return (f"<section id='quality-section'><h2>{words('quality')}</h2><p id='quality-words'>{html.escape(summary)}</p>"
             f"<p id='quality-published'>{html.escape(published)}</p>"
+            f"<p id='quality-demography'>{html.escape(births)}</p>"
             f"{_img(charts.skill_chart(table, horizons, words), words('skill_chart'))}"
             f"<p class='muted'>{html.escape(words('quality_table_note'))}</p>"
             f"<div class='scroll'><table id='quality'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -326,6 +329,7 @@ def _metadata(meta: dict, words: Words) -> str:
         "years": ", ".join(str(y) for y in meta.get("years", [])),
         "stages": ", ".join(meta.get("stages", [])),
         "device": meta.get("device", ""),
+        "demography": meta.get("demography") or "–",
         "started (UTC)": meta.get("started_utc", ""),
         "total (s)": words.number(meta.get("timings_s", {}).get("total", 0), 0),
         "versions": ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),
@@ -430,7 +434,7 @@ def build_report(out: Path, lang: str | None = None, *, target: Path | None = No
         headline_section(data.headline(country, history), area, words),
         pictures,
         finder_section(out, munis, years, words, max_schools),
-        quality_section(results, totals, words),
+        quality_section(results, totals, words, meta.get("demography")),
         analyst_section(out, meta, results, totals, errors, country, states, words),
         _json_block(words.script_settings(), element_id="report-settings"),
         f"<script>{_asset('report.js')}</script></main></body></html>",
