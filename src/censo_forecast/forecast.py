@@ -80,8 +80,9 @@ def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame
 def published(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
     """The stages' school forecasts as they are published: municipal totals blended with their
     births-scaled forecast and each state's total with its own drift, where the walk-forward
-    chose them (`reconcile`, with the stages' `calibration` tables), each state's path within its record (`statepaths`), stages that add up made of
-    their parts (`coherence`), with NO_ENTIDADE as the last census year spells it."""
+    chose them (`reconcile`, with the stages' `calibration` tables), each state's path within
+    its record (`statepaths`), stages that add up made of their parts (`coherence`), with
+    NO_ENTIDADE as the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
     if schools.height:
