@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,25 +84,30 @@ class FolderBusy(Exception):
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str = "censo-forecast run") -> Iterator[None]:
+def folder_lock(folder: Path, what: str = "censo-forecast run", wait_s: float = 0.0) -> Iterator[None]:
     """Hold `folder/.lock` for the block, so two runs never mix their files in one folder.
 
     The lock is the kernel's (flock): it is released when the block ends or the process dies,
     even by kill -9, so a crash never leaves a stale lock. The file holds the holder's pid,
-    for the message the second process gets.
+    for the message the second process gets. `wait_s`: how long to wait for a holder first.
     """
     import fcntl
 
     path = Path(folder) / ".lock"
     handle = open(path, "a+", encoding="utf-8")
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise FolderBusy(f"{folder} is in use by another {what} (process {holder}); wait for it to finish, "
-                             "or choose another folder") from None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    raise FolderBusy(f"{folder} is in use by another {what} (process {holder}); wait for it to finish, "
+                                     "or choose another folder") from None
+                time.sleep(0.5)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +79,42 @@ DemographyOpt = setting("demography", "--demography")
 DEBUG_ENV = "CENSO_FORECAST_DEBUG"  # set to 1 to see the traceback behind an error message
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, systemd, a container stopping), met as Ctrl-C is."""
+
+
+@contextmanager
+def _terminable() -> Iterator[None]:
+    """SIGTERM raised as `Terminated` in the block, so a command stops as after Ctrl-C: files
+    written atomically, the output folder's lock released, one line, exit 143."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(exc: KeyboardInterrupt, resume: str) -> None:
+    """One line for Ctrl-C (exit 130) or SIGTERM (exit 143), saying how the same command resumes."""
+    terminated = isinstance(exc, Terminated)
+    _fail(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; {resume}", 143 if terminated else 130)
+
+
+def debugging() -> bool:
+    """CENSO_FORECAST_DEBUG set to anything but empty, 0, false, no or off."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _fail(message: str, code: int = 1) -> None:
     """Say what went wrong once on the console, and keep it in the run's log file when one is open."""
-    if os.environ.get(DEBUG_ENV) and sys.exc_info()[0] is not None:
+    if debugging() and sys.exc_info()[0] is not None:
         traceback.print_exc()
     typer.echo(f"error: {message}", err=True)
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
@@ -176,7 +213,12 @@ def download(
     every_year = years is None or years.strip().lower() == "all"  # every year the server offers
     s = _settings(config, raw_dir=raw_dir, base_url=base_url, listing_url=listing_url, jobs=jobs, ca_bundle=ca_bundle,
                   insecure=insecure or None, timeout_s=timeout, years=None if every_year else years)
-    report = _download(s, s.years)
+    try:
+        with _terminable():
+            report = _download(s, s.years)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "finished years are kept and a partial one resumes: rerun the same command")
+        raise
     typer.echo(f"downloaded {report.downloaded or 'none'}; unchanged {report.unchanged or 'none'}; folder {s.raw_dir}")
     if not report.ok:
         _fail("download incomplete:\n  " + "\n  ".join(report.problems()))
@@ -215,12 +257,13 @@ def demography_download(
         folder = Path(out).expanduser() if out is not None else s.demography_folder
         wanted = None if every_year else catalog.parse_years(years)
         opts = FtpOptions(url=s.demography_url, plain=s.plain_ftp, ca_bundle=s.ca_bundle, retries=s.retries, timeout_s=s.timeout_s)
-        report = dd.download(folder, opts, wanted, [x.strip() for x in states.split(",")] if states else None)
+        with _terminable():
+            report = dd.download(folder, opts, wanted, [x.strip() for x in states.split(",")] if states else None)
     except (ValueError, FtpError) as exc:
         _fail(str(exc))
         raise
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume (finished files are kept)", 130)
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "finished files are kept and a partial one resumes: rerun the same command")
         raise
     typer.echo(f"downloaded {len(report.downloaded)} file(s); unchanged {len(report.unchanged)}; tables in {folder} "
                f"(run with --demography {folder})")
@@ -276,11 +319,13 @@ def run(
                   listing_url=listing_url, timeout_s=timeout, engine=engine, scheduler=scheduler, workers=workers,
                   report_lang=lang, municipal_map=municipal_map or None, demography=demography)
     try:
-        record = pipeline.run(s)
+        with _terminable():
+            record = pipeline.run(s)
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted; rerun the same command to resume from the last finished stage", 130)
+    except KeyboardInterrupt as exc:
+        done = sorted(p.stem.removeprefix("cv_") for p in (s.out_dir / outputs.CHECKPOINTS).glob("cv_*.json"))
+        _stopped(exc, f"stages finished and kept: {', '.join(done) or 'none'}; rerun the same command to resume from there")
     typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / outputs.RESULTS}")
 
 
@@ -329,9 +374,12 @@ def predict(
     s = _settings(config, raw_dir=raw_dir, out_dir=out, cache_dir=cache_dir, years=years, offline=offline or None,
                   demography=demography)
     try:
-        written = pipeline.predict(s, models)
+        with _terminable():
+            written = pipeline.predict(s, models)
     except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError) as exc:
         _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _stopped(exc, "no forecast file is half-written; rerun the same command")
     typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 

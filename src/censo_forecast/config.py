@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,11 +215,19 @@ class Settings:
         _check_fields(self)
         check_stages(self.stages)
         self.raw_dir = storage.normalize(self.raw_dir)  # a path, or an fsspec URL for cluster storage
-        self.out_dir = Path(self.out_dir)
+        self.out_dir = Path(self.out_dir).expanduser()
+        storage.check_location(self.raw_dir, "--raw-dir")
         if self.cache_dir is not None:
             self.cache_dir = storage.normalize(self.cache_dir)
+            storage.check_location(self.cache_dir, "--cache-dir")
+        raw, cache = storage.local_path(self.raw_dir), storage.local_path(self.cache)
+        if raw is not None and cache is not None and raw.resolve() == cache.resolve():
+            raise ValueError(f"--cache-dir {cache} is the raw folder: each keeps its own manifest.json, so they must differ "
+                             "(default: a folder 'cache' beside the raw one)")
         if self.ca_bundle is not None:
-            self.ca_bundle = Path(self.ca_bundle)
+            self.ca_bundle = Path(self.ca_bundle).expanduser()
+        if self.demography is not None:
+            self.demography = Path(self.demography).expanduser()
         if isinstance(self.model, dict):
             unknown = sorted(set(self.model) - {f.name for f in dataclasses.fields(ModelSettings)})
             if unknown:
@@ -242,6 +251,8 @@ class Settings:
             raise ValueError(f"engine must be local or a module of censo_forecast.distributed (dask), not {self.engine!r}")
         if self.scheduler and self.engine == LOCAL_ENGINE:
             raise ValueError("--scheduler needs a cluster engine (--engine dask)")
+        if self.scheduler and not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://[^\s:/]+(:\d{1,5})?|[^\s:/]+:\d{1,5}", self.scheduler):
+            raise ValueError(f"--scheduler {self.scheduler!r}: expected tcp://host:port (a running Dask scheduler)")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.report_lang not in REPORT_LANGUAGES:
@@ -300,10 +311,14 @@ def load_settings(path: Path | None = None, **overrides) -> Settings:
     """Defaults, then the TOML file (if given), then explicit overrides that are not None."""
     values: dict = {}
     if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        try:  # utf-8-sig: a file saved with a byte-order mark (Windows Notepad) reads as without one
+            values = tomllib.loads(Path(path).expanduser().read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ValueError(f"configuration file {path} not found") from None
+        except IsADirectoryError:
+            raise ValueError(f"--config {path} is a folder; give the TOML file's path") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"configuration file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"configuration file {path}: {exc}") from None
         known = {f.name for f in dataclasses.fields(Settings)}

@@ -20,6 +20,9 @@ ERROR_BY_SIZE = "erro_por_tamanho_cv.csv"
 CV_TOTALS = "totais_cv.csv"
 HISTORY = "historico_matriculas.csv"  # census enrollment per stage, state and year: the fan charts' past
 METADATA = "run_metadata.json"
+# present while a command writes the folder, removed once its record is written: a folder that
+# keeps it was left by a command that stopped (a crash, SIGTERM) and mixes two runs' files
+INCOMPLETE = "EXECUCAO_INCOMPLETA.txt"
 REPORT = "report.html"
 LOG = "execution_log.txt"
 MODELS = "models"

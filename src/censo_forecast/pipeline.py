@@ -10,6 +10,7 @@ explains it; its forecast is made from the rows in hand. Every output is written
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -100,7 +101,7 @@ def load_demography(s: Settings) -> Demography | None:
 
 
 def _ingest(s: Settings, engine: Engine, years: list[int]) -> None:
-    engine.ingest(s.raw_dir, s.cache, years, jobs=s.threads).raise_for_failures()
+    engine.ingest(s.raw_dir, s.cache, years, jobs=s.threads).raise_for_failures()  # holds the cache (ingest.cache_lock)
 
 
 def forecast_years(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> list[int]:
@@ -111,12 +112,26 @@ def forecast_years(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> lis
 
 def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, schools: pl.DataFrame, out: Path,
                     seed: int) -> list[Path]:
-    """Each forecast year's school forecasts and area totals, from a fitted forecaster."""
+    """Each forecast year's school forecasts and area totals, from a fitted forecaster; forecast
+    files of other years (an earlier run's, with more horizons or another census) are removed."""
     areas = forecaster.aggregate(panel, schools, seed=seed)
     written = []
     for year in forecast_years(forecaster, panel):
         written += forecast.write_forecasts(out, year, schools.filter(pl.col(YEAR) == year), areas[year])
+    stale = sorted(p for p in out.glob(outputs.forecast_file("[0-9][0-9][0-9][0-9]", suffix="") + "*") if p not in set(written))
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info("removed %d forecast file(s) of an earlier run: %s", len(stale), ", ".join(p.name for p in stale))
     return written
+
+
+def mark_incomplete(out: Path, command: str) -> None:
+    """OUT/EXECUCAO_INCOMPLETA.txt, until the command's record is written (`outputs.INCOMPLETE`)."""
+    atomic.write_text(out / outputs.INCOMPLETE,
+                      f"censo-forecast {command} started writing this folder at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+                      f"(process {os.getpid()}) and has not finished. If no command is running, it stopped before the "
+                      f"end: its files may mix with an earlier run's. Rerun the same command to finish it.\n")
 
 
 def _years_text(years: list[int]) -> str:
@@ -126,6 +141,9 @@ def _years_text(years: list[int]) -> str:
 def predict(s: Settings, models_dir: Path) -> list[Path]:
     """Forecast from a (newer) census with saved models, without retraining."""
     out = writable_folder(s.out_dir)
+    if (out / outputs.METADATA).exists():
+        raise PipelineError(f"--out {out} holds a run's outputs ({outputs.METADATA}); predict would replace its forecasts "
+                            "and mix the two: choose a folder of its own")
     with _locked(out, "predict"):
         runlog.setup_logging(out)
         forecaster = EnrollmentForecaster.load(models_dir)
@@ -138,10 +156,28 @@ def predict(s: Settings, models_dir: Path) -> list[Path]:
         with open_engine(s) as engine:
             _ingest(s, engine, years)
         runlog.run_header("predict", s.to_dict(), {"models": str(models_dir), "trained_on": forecaster.training_years_, "years": years})
-        panel = known.attach(build_panel(ingest.load_cache(s.cache, years)), demography)
+        _check_predict_years(forecaster, years, s)
+        panel = known.attach(build_panel(ingest.load_cache(s.cache, years, s.raw_dir)), demography)
+        mark_incomplete(out, "predict")
         written = _write_forecast(forecaster, panel, forecaster.predict(panel), out, s.model.seed)
+        (out / outputs.INCOMPLETE).unlink()
     log.info("forecast for %s from saved models: %d files", _years_text(forecast_years(forecaster, panel)), len(written))
     return written
+
+
+def _check_predict_years(forecaster: EnrollmentForecaster, years: list[int], s: Settings) -> None:
+    """The census a prediction reads: it must reach the models' last training year (else they
+    would forecast years they were trained on) and start at their first (a school's first
+    year and largest enrollment are features that read every earlier year)."""
+    trained = forecaster.training_years_
+    if max(years) < max(trained):
+        raise PipelineError(f"the census in {s.raw_dir} ends in {max(years)}, before {max(trained)}, the models' last "
+                            f"training year: they would forecast years they were trained on; give census years up to "
+                            f"{max(trained)} or later")
+    if min(years) > min(trained):
+        raise PipelineError(f"--years starts in {min(years)}, but the models' features read every census year from "
+                            f"{min(trained)} (a school's first year, its largest enrollment): give {min(trained)}-{max(years)} "
+                            "or leave --years out")
 
 
 @contextmanager
@@ -209,7 +245,7 @@ class Run(Hooks):
                                                              "demography": self.demography.describe() if self.demography else None,
                                                              "engine": self.engine.describe()})
         with self.clock.phase("panel"):
-            panel = known.attach(build_panel(ingest.load_cache(self.s.cache, self.years)), self.demography)
+            panel = known.attach(build_panel(ingest.load_cache(self.s.cache, self.years, self.s.raw_dir)), self.demography)
         try:
             fits = forecaster._fit_panel(panel, hooks=self, device=device)
         except CannotValidate as exc:
@@ -218,6 +254,7 @@ class Run(Hooks):
         self.write_forecast(forecaster, panel)
         self.write_explanations()
         record = self.write_record(record, forecaster, panel)
+        (self.out / outputs.INCOMPLETE).unlink(missing_ok=True)  # the record lists every output: complete
         with self.clock.phase("report"):
             report.build_report(self.out, self.s.report_lang, max_schools=self.s.report_max_schools,
                                 municipal_map=self.s.municipal_map)
@@ -231,8 +268,12 @@ class Run(Hooks):
         return record
 
     def prepare_output(self) -> None:
-        """Logging into the folder (checked and locked by `run`), and the checkpoints' place."""
+        """Logging into the folder (checked and locked by `run`), the folder marked incomplete
+        until the run record is written (the report of an earlier run removed: it is rebuilt),
+        and the checkpoints' place."""
         runlog.setup_logging(self.out)
+        mark_incomplete(self.out, "run")
+        (self.out / outputs.REPORT).unlink(missing_ok=True)
         if self.s.fresh and self.checkpoints.exists():
             shutil.rmtree(self.checkpoints)
             log.info("--fresh: removed earlier checkpoints")

@@ -32,11 +32,30 @@ def is_url(location) -> bool:
 
 
 def local_path(location) -> Path | None:
-    """The local path of a plain path or file:// URL; None for a remote URL."""
+    """The local path of a plain path or file:// URL (`~` expanded); None for a remote URL."""
     text = str(location)
     if text.startswith("file://"):
-        return Path(text[len("file://"):])
-    return None if is_url(text) else Path(text)
+        return Path(text[len("file://"):]).expanduser()
+    return None if is_url(text) else Path(text).expanduser()
+
+
+def check_location(location, what: str) -> None:
+    """A remote URL whose protocol fsspec knows and whose package is installed; else a
+    one-line message naming the setting, before any work."""
+    text = str(location)
+    if local_path(text) is not None:
+        return
+    protocol = text.split("://", 1)[0]
+    try:
+        from fsspec.registry import get_filesystem_class
+
+        get_filesystem_class(protocol)
+    except ImportError as exc:
+        package = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs", "az": "adlfs"}.get(protocol)
+        hint = f"pip install {package}" if package else str(exc).splitlines()[0]
+        raise ValueError(f"{what} {text}: the {protocol}:// protocol needs a package that is not installed ({hint})") from None
+    except ValueError:
+        raise ValueError(f"{what} {text}: unknown protocol {protocol!r} (a local folder, file://, s3://, gs:// ...)") from None
 
 
 def normalize(location):

@@ -13,13 +13,15 @@ import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import storage
+from censo_forecast import atomic, storage
 from censo_forecast.inep import archive, catalog, layouts
 from censo_forecast.inep.csvread import IngestError
 
@@ -108,9 +110,9 @@ def _is_current(entry, zip_path, parquet) -> bool:
     now = _zip_fingerprint(zip_path)
     if entry.get("size") != now["size"] or entry.get("zip") != now["zip"]:
         return False
-    if entry.get("mtime_ns") == now["mtime_ns"]:
-        return True
-    return entry.get("sha256") == storage.sha256(zip_path)  # touched but identical
+    # hashed every time: a zip replaced by other content of the same size keeps its mtime when
+    # copied with its times (cp -p, rsync -t); a national year hashes in about 0.1 s
+    return entry.get("sha256") == storage.sha256(zip_path)
 
 
 def ingest_year(zip_path, year: int, cache_dir) -> dict:
@@ -139,10 +141,16 @@ def ingest(raw_dir, cache_dir, years: list[int] | None = None, jobs: int = 1, fo
     """Ingest every requested year found in raw_dir; unchanged years are skipped.
 
     Folders may be paths or fsspec URLs. Years run on `executor` (a Dask client's, for
-    one) or on `jobs` threads; the manifest is written here, after each year.
+    one) or on `jobs` threads; the manifest is written here, after each year. The cache is
+    held (`cache_lock`) throughout: another process ingesting into it waits.
     """
     cache_dir = storage.normalize(cache_dir)
     storage.makedirs(cache_dir)
+    with cache_lock(cache_dir):
+        return _ingest_locked(raw_dir, cache_dir, years, jobs, force, progress, executor)
+
+
+def _ingest_locked(raw_dir, cache_dir, years, jobs, force, progress, executor) -> IngestReport:
     available = raw_zips(raw_dir)
     wanted = years if years is not None else sorted(available)
     report = IngestReport()
@@ -206,10 +214,45 @@ def read_cached_year(cache_dir, year: int, expected_sha256: str, columns: list[s
     return pl.read_parquet(io.BytesIO(data), columns=columns)
 
 
-def load_cache(cache_dir, years: list[int]) -> pl.DataFrame:
-    """All cached years as one frame (the panel's input), each verified first."""
-    hashes = parquet_hashes(cache_dir, years)
-    return pl.concat([read_cached_year(cache_dir, y, hashes[y]) for y in years], how="vertical")
+def load_cache(cache_dir, years: list[int], raw_dir=None) -> pl.DataFrame:
+    """All cached years as one frame (the panel's input), each verified first; with `raw_dir`,
+    each year also tied to the zip it must come from (`check_tied`)."""
+    with cache_lock(cache_dir):
+        if raw_dir is not None:
+            check_tied(cache_dir, raw_dir, years)
+        hashes = parquet_hashes(cache_dir, years)
+        return pl.concat([read_cached_year(cache_dir, y, hashes[y]) for y in years], how="vertical")
+
+
+CACHE_LOCK_WAIT_S = 600.0  # another process ingesting into the same cache: wait this long for it
+
+
+@contextmanager
+def cache_lock(cache_dir) -> Iterator[None]:
+    """The cache for this process alone while it writes or reads it (a local folder; a remote
+    store is left to its own consistency): a shared cache never serves a half-replaced census."""
+    local = storage.local_path(cache_dir)
+    if local is None:
+        yield
+        return
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic.folder_lock(local, "censo-forecast process using this cache", wait_s=CACHE_LOCK_WAIT_S):
+            yield
+    except atomic.FolderBusy as exc:
+        raise IngestError(str(exc)) from None
+
+
+def check_tied(cache_dir, raw_dir, years: list[int]) -> None:
+    """Each cached year was made from the zip of that year in `raw_dir` (its sha256 in the
+    manifest): a cache shared with another census is named, never used."""
+    zips = raw_zips(raw_dir)
+    recorded = year_hashes(cache_dir, years)
+    other = [y for y in years if y in zips and storage.sha256(zips[y]) != recorded[y]]
+    if other:
+        raise IngestError(f"the cache {cache_dir} holds year(s) {other} made from other zips than those in {raw_dir} "
+                          "(another census shares this cache, or the zips changed since): rerun to ingest them again, "
+                          "or give this census a --cache-dir of its own")
 
 
 def cached_years(cache_dir) -> list[int]:

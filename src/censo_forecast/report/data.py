@@ -56,9 +56,14 @@ def run_record(out: Path) -> dict:
 def verify(out: Path, meta: dict) -> None:
     """Refuse outputs that are not the files the run wrote (their sha256 in the run record)."""
     recorded = meta.get("outputs_sha256")
-    for name, expected in (recorded.items() if isinstance(recorded, dict) else ()):
+    files = recorded if isinstance(recorded, dict) else {}
+    missing = sorted(str(name) for name in files if not (out / str(name)).exists())
+    if missing:
+        raise DamagedOutput(f"{out} lacks {len(missing)} file(s) the run wrote: {', '.join(missing)}; recreate them with "
+                            f"`censo-forecast run --out {out}` (its checkpoints make that quick)")
+    for name, expected in files.items():
         path = out / str(name)
-        if path.exists() and storage.sha256(path) != expected:
+        if storage.sha256(path) != expected:
             raise DamagedOutput(f"{path} is not the file the run wrote (its sha256 differs): the report would show "
                                 f"other numbers; rerun `censo-forecast run --out {out}`")
 

@@ -403,12 +403,15 @@ def build_report(out: Path, lang: str | None = None, *, target: Path | None = No
     """Write OUT/report.html (or `target`) from the outputs already in OUT, after checking they
     are the run's. Unset options take the run's recorded settings."""
     out = Path(out)
+    if (out / outputs.INCOMPLETE).exists():
+        raise data.DamagedOutput(f"{out} was left by a command that did not finish ({outputs.INCOMPLETE}): its files may "
+                                 f"mix two runs; rerun `censo-forecast run --out {out}` (finished stages resume)")
     needed = [out / name for name in (outputs.RESULTS, outputs.CV_TOTALS, outputs.ERROR_BY_SIZE)]
+    meta = data.run_record(out)
+    data.verify(out, meta)
     for path in needed:
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: run `censo-forecast run --out {out}` first")
-    meta = data.run_record(out)
-    data.verify(out, meta)
     recorded = meta.get("settings", {}) if isinstance(meta.get("settings"), dict) else {}
     words = Words(lang or recorded.get("report_lang") or config.default("report_lang"))
     if max_schools is None:  # the run's, or the setting's default (0 is a choice: no school table)
