@@ -1,5 +1,4 @@
-"""Municipal totals blended with births and state totals with the state's own drift, where the
-walk-forward says it helps."""
+"""State totals blended with the state's own drift, where the walk-forward says it helps."""
 
 from __future__ import annotations
 
@@ -59,53 +58,3 @@ def test_an_unbiased_bottom_up_is_published_as_it_is():
     assert not reconcile.blends(_calibration(0.0), statepaths.state_history(panel, "IN_FUND_AF"))[0]
     assert reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.0)}).equals(schools)
     assert reconcile.reconcile(schools, panel, {}).equals(schools)  # no walk-forward: bottom-up
-
-
-def _births_calibration(school_bias: float, births_bias: float) -> pl.DataFrame:
-    """Two municipalities of two schools, one and two years ahead, test years 2017-2021: the
-    chosen model `school_bias` above each truth, Demografia `births_bias` above it."""
-    rows = []
-    for h in (1, 2):
-        for year in range(2017, 2022):
-            for muni, schools in ((2704302, (1, 2)), (2700102, (3, 4))):
-                for school in schools:
-                    truth = 100.0 + 10 * school
-                    forecast = truth * (1 + school_bias)
-                    rows.append({"bin": 4, "NU_ANO_CENSO": year, "residual": truth - forecast, "CO_MUNICIPIO": muni,
-                                 "CO_UF": 27, "previsao": forecast, "previsao_demografia": truth * (1 + births_bias),
-                                 "horizonte": h})
-    return pl.DataFrame(rows).with_columns(pl.col("bin").cast(pl.Int8), pl.col("CO_UF").cast(pl.Int8),
-                                           pl.col("horizonte").cast(pl.Int32))
-
-
-def _births_schools() -> pl.DataFrame:
-    return pl.DataFrame({"CO_ENTIDADE": [1, 2, 3, 4], "CO_MUNICIPIO": [2704302, 2704302, 2700102, 2700102], "CO_UF": 27,
-                         "etapa": "IN_FUND_AI", "horizonte": 1, "previsao": [110.0, 130.0, 140.0, 150.0],
-                         "previsao_demografia": [100.0, 100.0, 150.0, 150.0], "limite_superior_80": [120.0, 140.0, 150.0, 160.0]}
-                        ).with_columns(pl.col("CO_UF").cast(pl.Int8), pl.col("horizonte").cast(pl.Int32))
-
-
-def test_municipal_totals_follow_births_where_the_walk_forward_found_them_right():
-    """Schools summed 8 % high where the births-scaled totals were right, and no school got worse
-    by it: the weight goes to births, and each municipality's schools carry its factor."""
-    weight, scores = reconcile.birth_weight(_births_calibration(0.08, 0.0))
-    assert weight == 1.0 and scores[1.0][0] < scores[0.5][0] < scores[0.0][0]
-    schools = _births_schools()
-    out, adjusted = reconcile.municipal(schools, {"IN_FUND_AI": _births_calibration(0.08, 0.0)})
-    assert out["previsao"].to_list() == pytest.approx([200 * 110 / 240, 200 * 130 / 240, 300 * 140 / 290, 300 * 150 / 290])
-    assert out["limite_superior_80"][0] == pytest.approx(120.0 * 200 / 240)
-    assert out.select("CO_ENTIDADE").equals(schools.select("CO_ENTIDADE"))
-    # the state step decides on what the blend would have published in the walk-forward
-    assert adjusted["IN_FUND_AI"]["previsao"].sum() == pytest.approx(_births_calibration(0.08, 0.0)["previsao_demografia"].sum())
-
-
-def test_births_that_would_hurt_the_schools_or_the_totals_are_left_out():
-    assert reconcile.birth_weight(_births_calibration(0.0, 0.08))[0] == 0.0  # births were the biased ones
-    # one school right, its neighbour forecast to close (0, truth 100): births make the total right
-    # by doubling the right one, so the schools' error doubles: beyond the tolerance
-    calibration = pl.DataFrame({"bin": 4, "NU_ANO_CENSO": [2020, 2020], "residual": [0.0, 100.0], "CO_MUNICIPIO": 2704302,
-                                "CO_UF": 27, "previsao": [100.0, 0.0], "previsao_demografia": [100.0, 100.0], "horizonte": 1})
-    weight, scores = reconcile.birth_weight(calibration.with_columns(pl.col("horizonte").cast(pl.Int32)))
-    assert scores[1.0][0] == 0.0 < scores[0.0][0] and scores[1.0][1] == 2 * scores[0.0][1] and weight == 0.0
-    schools = _births_schools().drop("previsao_demografia")  # no demography: nothing to blend with
-    assert reconcile.municipal(schools, {"IN_FUND_AI": _births_calibration(0.08, 0.0)})[0].equals(schools)

@@ -17,10 +17,9 @@ import polars as pl
 
 from censo_forecast import atomic, coherence, intervals, models, reconcile, statepaths
 from censo_forecast import horizons as horizons_mod
-from censo_forecast.features import ANCHOR, BIRTH_RATIO_FEATURE, HORIZON_FEATURE, TARGET_YEAR
+from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
 from censo_forecast.outputs import (
-    BIRTHS_SCALED,
     COUNTRY,
     COUNTRY_KEY,
     ENROLLMENT,
@@ -60,9 +59,6 @@ def school_forecasts(rows: pl.DataFrame, flag: str, model: models.ByHorizon, cho
     frame = frame.with_columns(
         pl.col(HORIZON).replace_strict(chosen, return_dtype=pl.String).alias(MODEL),
         pl.Series(FORECAST, np.asarray(model.predict(horizons_mod.matrix(stacked)), dtype=np.float64)))
-    if stacked[BIRTH_RATIO_FEATURE].null_count() < stacked.height:  # Demografia's, for reconcile (never published)
-        frame = frame.with_columns((pl.col(LAST_ENROLLMENT) * stacked[BIRTH_RATIO_FEATURE].cast(pl.Float64).fill_null(1.0))
-                                   .alias(BIRTHS_SCALED))
     if calibration is None:
         return frame
     return pl.concat([_with_bounds(part, calibration.filter(pl.col(HORIZON) == h)) for h, part in by_horizon(frame)],
@@ -78,15 +74,14 @@ def _with_bounds(frame: pl.DataFrame, calibration: pl.DataFrame) -> pl.DataFrame
 
 
 def published(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str, pl.DataFrame] | None = None) -> pl.DataFrame:
-    """The stages' school forecasts as they are published: municipal totals blended with their
-    births-scaled forecast and each state's total with its own drift, where the walk-forward
-    chose them (`reconcile`, with the stages' `calibration` tables), each state's path within
-    its record (`statepaths`), stages that add up made of their parts (`coherence`), with
-    NO_ENTIDADE as the last census year spells it."""
+    """The stages' school forecasts as they are published: each state's total blended with its
+    own drift where the walk-forward chose it (`reconcile`, with the stages' `calibration`
+    tables), each state's path within its record (`statepaths`), stages that add up made of
+    their parts (`coherence`), with NO_ENTIDADE as the last census year spells it."""
     last = panel.select(pl.col(YEAR).max()).item()
     names = panel.filter(pl.col(YEAR) == last).select(SCHOOL, "NO_ENTIDADE")
     if schools.height:
-        schools = reconcile.reconcile(schools, panel, calibration or {}).drop(BIRTHS_SCALED, strict=False)
+        schools = reconcile.reconcile(schools, panel, calibration or {})
         schools = statepaths.limit(schools, panel, statepaths.new_per_state(panel, schools[STAGE].unique().to_list()))
     return coherence.schools(schools).join(names, on=SCHOOL, how="left")
 

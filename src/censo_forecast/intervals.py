@@ -21,8 +21,6 @@ import polars as pl
 from censo_forecast.inep.catalog import YEAR
 from censo_forecast.outputs import (
     ACTUAL,
-    BIRTHS_SCALED,
-    DEMOGRAPHY,
     FORECAST,
     INTERVAL_LEVELS,
     MODEL,
@@ -56,17 +54,13 @@ def cv_size_bins(predictions: pl.DataFrame) -> np.ndarray:
 
 def calibration_table(predictions: pl.DataFrame, model: str) -> pl.DataFrame:
     """(bin, NU_ANO_CENSO, residual, CO_MUNICIPIO, CO_UF, previsao) from walk-forward
-    predictions of one model: school residuals, and what sums them into areas; with
-    previsao_demografia, Demografia's forecast, where the stage has one (reconcile.py)."""
-    births = ([pl.col(DEMOGRAPHY).cast(pl.Float64).alias(BIRTHS_SCALED)]
-              if DEMOGRAPHY in predictions.columns and predictions[DEMOGRAPHY].null_count() < predictions.height else [])
+    predictions of one model: school residuals, and what sums them into areas."""
     return predictions.select(
         pl.Series("bin", cv_size_bins(predictions), dtype=pl.Int8),
         YEAR,
         (pl.col(ACTUAL) - pl.col(model)).alias("residual"),
         *AREA_KEYS,
         pl.col(model).cast(pl.Float64).alias(FORECAST),
-        *births,
     )
 
 

@@ -66,9 +66,6 @@ SCHOOL_FORECAST_COLUMNS = (
 )
 # area files: the sum of the school forecasts, and the enrollment expected in offerings that will open
 SCHOOLS_FORECAST = "previsao_escolas"
-# the births-scaled forecast of a school (Demografia's), which municipal totals may be blended
-# with (reconcile.py); in the calibration tables, never in a published file
-BIRTHS_SCALED = "previsao_demografia"
 NEW_OFFERINGS_FORECAST = "previsao_novas_ofertas"
 COUNTRY_KEY = "pais"  # the national file's key column ("BR")
 

@@ -1,14 +1,5 @@
-"""Municipal and state totals reconciled with forecasts made at their own level, where the
-walk-forward says it helps.
-
-Municipalities first, where births are given (`--demography`): a municipality's total of a
-stage is its schools' forecasts, or a weighted mean of those and the births-scaled total
-(each school's last census times its municipality's birth ratio: `Demografia`, summed),
-with the weight in BIRTH_WEIGHTS whose walk-forward municipal totals had the lowest
-weighted absolute % error over the stage's test years and horizons, among the weights
-that do not make the schools' own error more than SCHOOL_TOLERANCE worse. The
-municipality's schools carry the change by one factor. Births know how many children
-reach a stage's ages; a school model summed over a municipality does not.
+"""State totals reconciled with a forecast made at the state's own level, where the walk-forward
+says it helps.
 
 A state's published total is bottom-up: its schools' forecasts plus the new offerings
 expected. A sum of school forecasts made to be right school by school can drift as a
@@ -34,84 +25,11 @@ import logging
 import polars as pl
 
 from censo_forecast.inep.catalog import YEAR
-from censo_forecast.outputs import BIRTHS_SCALED, BOUNDS, FORECAST, HORIZON, STAGE
+from censo_forecast.outputs import BOUNDS, FORECAST, HORIZON, STAGE
 from censo_forecast.statepaths import at_origins, state_history
 
 log = logging.getLogger(__name__)
 BLEND = 0.5  # the state's drift's weight when the walk-forward chooses the mean
-BIRTH_WEIGHTS = (0.0, 0.5, 1.0)  # candidate weights of the births-scaled municipal totals
-SCHOOL_TOLERANCE = 0.01  # a weight may make the schools' walk-forward MAE at most 1 % worse
-
-
-def _birth_factors(frame: pl.DataFrame, weight: float, keys: list[str]) -> pl.DataFrame:
-    """Per municipality (and `keys`): the factor that takes its schools' sum to the weighted mean
-    of that sum and its births-scaled sum (1 where the schools sum to nothing)."""
-    sums = frame.group_by("CO_MUNICIPIO", *keys).agg(pl.col(FORECAST).sum().alias("_schools"),
-                                                     pl.col(BIRTHS_SCALED).sum().alias("_births"))
-    target = (1 - weight) * pl.col("_schools") + weight * pl.col("_births")
-    return sums.select("CO_MUNICIPIO", *keys, pl.when(pl.col("_schools") > 0).then(target / pl.col("_schools"))
-                       .otherwise(1.0).alias("_factor"))
-
-
-def _with_birth_weight(calibration: pl.DataFrame, weight: float) -> pl.DataFrame:
-    """The calibration rows' forecasts as the municipal blend would have made them."""
-    if weight == 0.0:
-        return calibration
-    factors = _birth_factors(calibration, weight, [HORIZON, YEAR])
-    return (calibration.join(factors, on=["CO_MUNICIPIO", HORIZON, YEAR], how="left", maintain_order="left")
-            .with_columns(pl.col(FORECAST) * pl.col("_factor")).drop("_factor"))
-
-
-def birth_weight(calibration: pl.DataFrame) -> tuple[float, dict[float, tuple[float, float]]]:
-    """The births-scaled totals' weight for a stage, and per candidate weight its (municipal
-    WAPE, school MAE), each the mean over the validated horizons (0 without births)."""
-    if BIRTHS_SCALED not in calibration.columns:
-        return 0.0, {}
-    with_truth = calibration.with_columns((pl.col(FORECAST) + pl.col("residual")).alias("_actual"))
-    scores = {}
-    for weight in BIRTH_WEIGHTS:
-        rows = _with_birth_weight(with_truth, weight)
-        munis = rows.group_by(HORIZON, YEAR, "CO_MUNICIPIO").agg(pl.col(FORECAST, "_actual").sum())
-        wape = munis.group_by(HORIZON).agg(((pl.col(FORECAST) - pl.col("_actual")).abs().sum()
-                                            / pl.col("_actual").sum()).alias("e")).select(pl.col("e").mean()).item()
-        mae = rows.group_by(HORIZON).agg((pl.col(FORECAST) - pl.col("_actual")).abs().mean().alias("e")).select(
-            pl.col("e").mean()).item()
-        scores[weight] = (float(wape), float(mae))
-    allowed = [w for w in BIRTH_WEIGHTS if scores[w][1] <= scores[0.0][1] * (1 + SCHOOL_TOLERANCE)]
-    return min(allowed, key=lambda w: scores[w][0]), scores
-
-
-def municipal(schools: pl.DataFrame, calibration: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
-    """School forecasts with municipal totals blended with their births-scaled totals where the
-    walk-forward chose it (module docstring), and the calibration tables as the blend would
-    have made them (the state step decides on those)."""
-    if BIRTHS_SCALED not in schools.columns:
-        return schools, calibration
-    factors, adjusted = [], dict(calibration)
-    for flag in schools[STAGE].unique(maintain_order=True).to_list():
-        if flag not in calibration:
-            continue
-        weight, scores = birth_weight(calibration[flag])
-        if scores:
-            log.info("%s: municipal totals %s (walk-forward municipal error by weight of the births-scaled totals: %s)",
-                     flag, f"blended with births, weight {weight:g}" if weight else "bottom-up",
-                     ", ".join(f"{w:g}: {100 * e[0]:.1f} % (school MAE {e[1]:.2f})" for w, e in scores.items()))
-        rows = schools.filter(pl.col(STAGE) == flag)
-        if weight == 0.0 or rows[BIRTHS_SCALED].null_count() == rows.height:
-            continue
-        adjusted[flag] = _with_birth_weight(calibration[flag], weight)
-        factors.append(_birth_factors(rows, weight, [HORIZON]).with_columns(pl.lit(flag).alias(STAGE)))
-    if not factors:
-        return schools, adjusted
-    return _scaled(schools, pl.concat(factors), [STAGE, "CO_MUNICIPIO", HORIZON]), adjusted
-
-
-def _scaled(schools: pl.DataFrame, factors: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """Forecasts and bounds times the factor of their (keys); rows keep their order."""
-    scaled = [c for c in (FORECAST, *BOUNDS) if c in schools.columns]
-    factors = factors.cast({k: schools.schema[k] for k in keys})
-    return (schools.join(factors.select(*keys, "_factor"), on=keys, how="left", maintain_order="left")
-            .with_columns((pl.col(c) * pl.col("_factor").fill_null(1.0)).alias(c) for c in scaled).drop("_factor"))
 
 
 def errors(calibration: pl.DataFrame, history: pl.DataFrame, h: int) -> tuple[float, float] | None:
@@ -144,10 +62,9 @@ def blends(calibration: pl.DataFrame, history: pl.DataFrame) -> tuple[bool, floa
 
 
 def reconcile(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """School forecasts with municipal totals blended with births, then each state's total
-    blended with its drift, in the stages where the walk-forward chose them (module
-    docstring); rows keep their order. A stage without calibration stays bottom-up."""
-    schools, calibration = municipal(schools, calibration)
+    """School forecasts with each state's total blended with its drift in the stages where the
+    walk-forward chose it (module docstring); rows keep their order. A stage without
+    calibration stays bottom-up."""
     factors = []
     last = panel[YEAR].max()
     for flag in schools[STAGE].unique(maintain_order=True).to_list():
@@ -171,4 +88,7 @@ def reconcile(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str,
                                    ((target - new).clip(lower_bound=0.0) / pl.col("schools")).alias("_factor")))
     if not factors:
         return schools
-    return _scaled(schools, pl.concat(factors), [STAGE, "CO_UF", HORIZON])
+    scale = pl.concat(factors).cast({"CO_UF": schools.schema["CO_UF"]})
+    scaled = [c for c in (FORECAST, *BOUNDS) if c in schools.columns]
+    return (schools.join(scale, on=[STAGE, "CO_UF", HORIZON], how="left", maintain_order="left")
+            .with_columns((pl.col(c) * pl.col("_factor").fill_null(1.0)).alias(c) for c in scaled).drop("_factor"))
