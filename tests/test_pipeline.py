@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_c
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
-    assert "interrupted; rerun the same command to resume" in output
+    assert "interrupted; stages finished and kept: IN_INF_PRE; rerun the same command to resume" in output
     assert ck.exists() and not (out / "resultados_finais.csv").exists()
     stamp = ck.stat().st_mtime_ns
     caplog.clear()
