@@ -186,4 +186,23 @@ def test_a_rerun_with_fewer_horizons_leaves_only_its_own_forecasts(small_census,
     left = sorted(p.name for p in out.glob("previsoes_*"))
     assert {name.split("_")[1].split(".")[0] for name in left} == {"2026", "2027"} and record["forecast_years"] == [2026, 2027]
     assert "removed 15 forecast file(s) of an earlier run" in (out / outputs.LOG).read_text()  # 3 years x 5 files
-    assert not (out / outputs.INCOMPLETE).exists()
+    assert not (out / outputs.INCOMPLETE).exists() and record["skipped_stages"] == {}
+
+
+def test_a_stage_too_few_schools_offer_is_skipped_for_that_reason_and_listed(caplog):
+    """Creche offered by one school in the last census year only: the years are enough, the
+    schools are not; the message says so, and the forecaster lists it as skipped."""
+    from censo_forecast.config import ModelSettings
+    from censo_forecast.forecaster import EnrollmentForecaster
+    from test_forecasting import census_rows
+
+    rows = [{"NU_ANO_CENSO": y, "CO_ENTIDADE": s, "IN_MED": 1, "QT_MAT_MED": 100 + s + y % 7} for y in range(2015, 2022)
+            for s in range(1, 40)]
+    rows += [{"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 100, "IN_INF_CRE": 1, "QT_MAT_INF_CRE": 20}]
+    census = census_rows([r for r in rows if not (r["CO_ENTIDADE"] == 1 and r["NU_ANO_CENSO"] == 2021 and "IN_INF_CRE" not in r)])
+    fc = EnrollmentForecaster(["IN_MED", "IN_INF_CRE"], horizons=1, model=ModelSettings(n_estimators=5), device="cpu", n_jobs=1)
+    with caplog.at_level(logging.WARNING):
+        fc.fit(census)
+    assert list(fc.models_) == ["IN_MED"]
+    assert "too few schools offer this stage" in fc.skipped_stages_["IN_INF_CRE"]
+    assert "not enough years" not in fc.skipped_stages_["IN_INF_CRE"]

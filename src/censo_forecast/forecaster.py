@@ -82,6 +82,8 @@ class EnrollmentForecaster(BaseEstimator):
         The census years the models were fitted on.
     device_ : models.Device
         The device the learners trained on.
+    skipped_stages_ : dict of str to str
+        The stages asked for that could not be validated, and why.
     trained_with_demography_ : str or None
         Where the births and population the models learned from came from (None: without).
     """
@@ -161,6 +163,7 @@ class EnrollmentForecaster(BaseEstimator):
         stages, runner = self._runner(hooks, device)
         self.device_ = runner.factory.device
         fits = runner.fit_all(panel, stages)
+        self.skipped_stages_ = dict(runner.skipped)
         self.training_years_ = sorted(panel[YEAR].unique().to_list())
         source = self.demography.source if self.demography is not None else "a panel with demography"
         self.trained_with_demography_ = source if known.present(panel) else None
@@ -232,6 +235,9 @@ class EnrollmentForecaster(BaseEstimator):
         frames = []
         for flag, model in self.models_.items():
             rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
+            if rows.height == 0:
+                log.warning("%s: no school offers it in the census's last year, %d: it has no forecast",
+                            flag, panel.select(pl.col(YEAR).max()).item())
             if rows.height:
                 frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
         return forecast.published(pl.concat(frames, how="diagonal"), panel, self.calibration_) if frames else pl.DataFrame()

@@ -355,7 +355,10 @@ class Run(Hooks):
     def write_record(self, record: dict, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> dict:
         """run_metadata.json before the report: what the report reads, with each file's sha256."""
         years = forecast_years(forecaster, panel)
-        record.update({"stages": list(forecaster.models_), "forecast_year": years[0], "forecast_years": years,
+        if forecaster.skipped_stages_:
+            log.warning("stages skipped: %s", "; ".join(f"{k}: {v}" for k, v in forecaster.skipped_stages_.items()))
+        record.update({"stages": list(forecaster.models_), "skipped_stages": forecaster.skipped_stages_,
+                       "forecast_year": years[0], "forecast_years": years,
                        "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)
 

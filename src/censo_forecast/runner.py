@@ -70,6 +70,7 @@ class StageRunner:
         self.engine, self.factory = engine, factory
         self.horizons, self.min_train_years = horizons, min_train_years
         self.hooks = hooks or Hooks()
+        self.skipped: dict[str, str] = {}  # stage -> why it could not be validated
 
     def fit_all(self, panel: pl.DataFrame, flags: list[str]) -> list[StageFit]:
         """Every stage that can be validated, validated and refitted; the others are skipped
@@ -82,7 +83,7 @@ class StageRunner:
 
     def _each_stage(self, panel: pl.DataFrame, flags: list[str], step: Callable[[pl.DataFrame, str, list[int]], T]) -> list[T]:
         years = sorted(panel[YEAR].unique().to_list())
-        done, skipped = [], {}
+        done, skipped = [], self.skipped
         with runlog.Progress("stages", len(flags), unit="stage") as progress:
             for flag in flags:
                 try:

@@ -100,7 +100,8 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
     ahead = horizons_mod.up_to(data.horizons)
     preds, fold_rows, last = [], [], None
     baselines = data.baselines()
-    for origin in origins(data.origin_years(), census_years, min_train_years):
+    tested = origins(data.origin_years(), census_years, min_train_years)
+    for origin in tested:
         rows = data.origin_rows(origin)
         test = horizons_mod.stack(rows, ahead).sort(HORIZON_FEATURE, SCHOOL)
         if test.height == 0:
@@ -123,6 +124,11 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
         log.info("%s origin %d: %d test rows over %d horizon(s); one year ahead MAE persistence %.2f / cohort %.2f / voting %.2f",
                  flag, origin, test.height, out[HORIZON].n_unique(),
                  *(mae[m] for m in (models.PERSISTENCE, models.COHORT, models.ENSEMBLE)))
+    if last is None and len(census_years) > min_train_years:  # the years are enough; the schools are not
+        offered = data.origin_years()
+        raise CannotValidate(f"{flag}: schools offer it in census year(s) {offered[0]}-{offered[-1]} only, too few to train "
+                             "and test a forecast on (too few schools offer this stage)" if offered else
+                             f"{flag}: no school offers it (too few schools offer this stage)")
     if last is None:
         raise CannotValidate(f"{flag}: not enough years for walk-forward validation (census years {census_years}, "
                          f"min_train_years={min_train_years})")

@@ -330,6 +330,7 @@ def _metadata(meta: dict, words: Words) -> str:
         "stages": ", ".join(meta.get("stages", [])),
         "device": meta.get("device", ""),
         "demography": meta.get("demography") or "–",
+        "skipped stages": "; ".join(f"{k}: {v}" for k, v in (meta.get("skipped_stages") or {}).items()) or "–",
         "started (UTC)": meta.get("started_utc", ""),
         "total (s)": words.number(meta.get("timings_s", {}).get("total", 0), 0),
         "versions": ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if k != "platform"),
