@@ -26,6 +26,16 @@ VERSION = 3  # 3: predictions and folds per horizon
 PARTS = ("predictions", "folds", "shap")
 
 
+def _record(folder: Path, flag: str) -> Path:
+    """A stage's checkpoint record: written last, so its presence means the stage finished."""
+    return folder / f"cv_{flag}.json"
+
+
+def finished(folder: Path) -> list[str]:
+    """The stages whose checkpoint record is in `folder`, sorted (what a resumed run skips)."""
+    return sorted(p.stem.removeprefix("cv_") for p in Path(folder).glob(_record(Path(), "*").name))
+
+
 def fingerprint(settings, years: list[int], flag: str, demography: str = "") -> str:
     """What a stage's results depend on: the zips' hashes, the settings that matter and the
     demography's digest (empty: without)."""
@@ -42,7 +52,7 @@ def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
 
 def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
     """A stage's results and SHAP importance when its checkpoint matches; else None."""
-    info = storage.read_json_dict(folder / f"cv_{flag}.json", f"checkpoint of {flag}")  # damaged: {}, redone
+    info = storage.read_json_dict(_record(folder, flag), f"checkpoint of {flag}")  # damaged: {}, redone
     if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
         return None
     recorded = info.get("sha256")
@@ -83,4 +93,4 @@ def commit(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str
     """The SHAP part, then the JSON that makes the stage's checkpoint count."""
     atomic.write_parquet(_part(folder, cv.flag, "shap"), importance)
     hashes = {part: storage.sha256(_part(folder, cv.flag, part)) for part in PARTS}
-    atomic.write_json(folder / f"cv_{cv.flag}.json", {"fingerprint": fingerprint, "seconds": cv.seconds, "sha256": hashes})
+    atomic.write_json(_record(folder, cv.flag), {"fingerprint": fingerprint, "seconds": cv.seconds, "sha256": hashes})

@@ -324,7 +324,9 @@ def run(
     except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:
-        done = sorted(p.stem.removeprefix("cv_") for p in (s.out_dir / outputs.CHECKPOINTS).glob("cv_*.json"))
+        from censo_forecast import checkpoints
+
+        done = checkpoints.finished(s.out_dir / outputs.CHECKPOINTS)
         _stopped(exc, f"stages finished and kept: {', '.join(done) or 'none'}; rerun the same command to resume from there")
     typer.echo(f"done in {record['timings_s']['total']:.0f}s: {s.out_dir / outputs.RESULTS}")
 

@@ -269,8 +269,8 @@ class Settings:
     def demography_folder(self) -> Path:
         """Where `demography download` writes births and population (`run` reads them with --demography):
         --demography, else a folder `demografia` beside the census cache."""
-        if self.demography is not None:
-            return Path(self.demography).expanduser()
+        if self.demography is not None:  # expanded when the settings were made
+            return self.demography
         cache = storage.local_path(self.cache)
         if cache is None:
             raise ValueError(f"the census cache {self.cache} is not a local folder; pass --out for the demographic files")

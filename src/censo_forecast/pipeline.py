@@ -118,7 +118,8 @@ def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, schoo
     written = []
     for year in forecast_years(forecaster, panel):
         written += forecast.write_forecasts(out, year, schools.filter(pl.col(YEAR) == year), areas[year])
-    stale = sorted(p for p in out.glob(outputs.forecast_file("[0-9][0-9][0-9][0-9]", suffix="") + "*") if p not in set(written))
+    kept = set(written)
+    stale = sorted(p for p in out.glob(outputs.forecast_file("[0-9][0-9][0-9][0-9]", suffix="") + "*") if p not in kept)
     for path in stale:
         path.unlink()
     if stale:

@@ -77,20 +77,20 @@ def _population_year(two_digits: str) -> int:
 
 def discover(server: Server, years: list[int] | None, states: list[str]) -> tuple[list[_File], list[str]]:
     """The files to fetch, final births over preliminary, and the (state, year)s with neither."""
-    final = {m.group(0): m for n in server.listing(SINASC_FINAL) if (m := _BIRTHS_NAME.match(n))}
-    preliminary = {m.group(0): m for n in server.listing(SINASC_PRELIMINARY) if (m := _BIRTHS_NAME.match(n))}
-    offered = sorted({int(m.group(2)) for m in (*final.values(), *preliminary.values())})
+    def by_name(folder: str) -> dict[str, str]:  # DNAL2015.DBC -> the server's spelling of it
+        return {n.upper(): n for n in server.listing(folder) if _BIRTHS_NAME.match(n)}
+
+    final, preliminary = by_name(SINASC_FINAL), by_name(SINASC_PRELIMINARY)
+    offered = sorted({int(n[4:8]) for n in (*final, *preliminary)})
     wanted = years if years is not None else offered
     files, gaps = [], []
     for year in wanted:
         for uf in states:
-            name = next((n for n in final if n.upper() == f"DN{uf}{year}.DBC"), None)
-            if name is not None:
-                files.append(_File("sinasc", SINASC_FINAL, name, year))
-                continue
-            name = next((n for n in preliminary if n.upper() == f"DN{uf}{year}.DBC"), None)
-            if name is not None:
-                files.append(_File("sinasc", SINASC_PRELIMINARY, name, year, preliminary=True))
+            key = f"DN{uf}{year}.DBC"
+            if key in final:
+                files.append(_File("sinasc", SINASC_FINAL, final[key], year))
+            elif key in preliminary:
+                files.append(_File("sinasc", SINASC_PRELIMINARY, preliminary[key], year, preliminary=True))
             else:
                 gaps.append(f"{uf} {year}")
     population = [_File("popsvs", POPULATION_FOLDER, n, _population_year(m.group(1)))
