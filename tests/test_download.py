@@ -372,7 +372,11 @@ def test_unreachable_host_fails_fast_with_a_hint(tmp_path, caplog):
     url = f"http://127.0.0.1:{port}"
     report = download.download(tmp_path, [2021, 2022, 2023], _opts(url, retries=8))
     assert sorted(report.failed) == [2021, 2022, 2023]  # every year told, after one probe of the host
-    assert re.search(r"ConnectError.*is the host reachable from this machine\? use --offline", report.failed[2023])
+    assert re.search(r"ConnectError.*is the host reachable from this machine\? use --offline", report.failed[2021])
+    assert re.search(r"refused the connection.*is the host reachable from this machine\? use --offline", report.failed[2023])
+    for year in (2021, 2022, 2023):  # each year's message names its own URL, never another year's
+        urls = re.findall(r"\S*microdados_censo_escolar_\d{4}_?\.zip", report.failed[year])
+        assert urls and all(f"_{year}" in u for u in urls), report.failed[year]
     attempts = [r for r in caplog.records if "ConnectError" in r.getMessage() and "retry" in r.getMessage()]
     assert len(attempts) == 2 * (download.CONNECT_ATTEMPTS - 1)  # listing, then the HEAD fallback
 

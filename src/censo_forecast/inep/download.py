@@ -164,9 +164,15 @@ def discover(client: httpx.Client, opts: DownloadOptions, wanted: list[int] | No
             except DownloadError as exc:
                 if unreachable is None:
                     raise
-                # a host that refuses connections fails every year alike: say so for all of them at once
-                down = isinstance(exc, _Unreachable)
-                unreachable.update({y: str(exc) for y in (candidates if down else [year]) if y not in found})
+                # a host that refuses connections fails every year alike: say so for all of them at once,
+                # each year naming its own URL (not the one that was probed)
+                unreachable[year] = str(exc)
+                if isinstance(exc, _Unreachable):
+                    unreachable.update({
+                        y: f"{catalog.zip_url(y, opts.base_url)}: not tried, {urlparse(url).netloc} refused the "
+                           f"connection for {year} ({UNREACHABLE_HINT})"
+                        for y in candidates if y not in found and y not in unreachable
+                    })
                 break
     if wanted is None:
         return {y: u for y, u in found.items() if y >= catalog.DEFAULT_FIRST_YEAR}
@@ -221,6 +227,7 @@ def _sleep_before_retry(attempt: int, opts: DownloadOptions, retry_after: float 
 
 
 CONNECT_ATTEMPTS = 3  # a host that cannot be reached at all is not worth minutes of back-off
+UNREACHABLE_HINT = "is the host reachable from this machine? use --offline with local zips"
 
 
 def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions) -> httpx.Response:
@@ -238,7 +245,7 @@ def _request(client: httpx.Client, method: str, url: str, opts: DownloadOptions)
             unreachable = isinstance(exc, httpx.ConnectError)
             limit = min(opts.retries, CONNECT_ATTEMPTS) if unreachable else opts.retries
             if attempt >= limit:
-                hint = " (is the host reachable from this machine? use --offline with local zips)" if unreachable else ""
+                hint = f" ({UNREACHABLE_HINT})" if unreachable else ""
                 raise (_Unreachable if unreachable else DownloadError)(f"{method} {url}: {type(exc).__name__}: {exc}{hint}") from None
             log.warning("%s %s: %s: %s; retry %d of %d", method, url, type(exc).__name__, exc, attempt, limit - 1)
             _sleep_before_retry(attempt, opts, None)
