@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+import small_disk
 from censo_forecast.cli import app
 from censo_forecast.demography import download as dd
 from censo_forecast.demography import tables
@@ -119,3 +120,32 @@ def test_an_unknown_protocol_or_state_is_a_message(tmp_path):
         dd.download(tmp_path, FtpOptions(url="http://example.org"))
     with pytest.raises(FtpError, match=r"unknown state\(s\) \['XX'\]"):
         dd.download(tmp_path, FtpOptions(url="ftp://127.0.0.1:1"), states=["xx"])
+
+
+@pytest.mark.skipif(not small_disk.available(), reason="needs `unshare -rm` to mount a small tmpfs as a full disk")
+def test_a_full_disk_stops_in_one_line_without_retrying_and_the_rerun_finishes(mirror, tmp_path):
+    import os
+    import sys
+
+    from censo_forecast import cli
+
+    (mirror / SINASC / "NOV" / "DNRES" / "DNAL2015.dbc").write_bytes(sinasc_dbc([("270010", "01012015")] * 20_000))
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir(), logs.mkdir()
+    with ftp_server(mirror) as url:
+        command = f"{sys.executable} -m censo_forecast.cli demography download --url {url} --plain-ftp --out {disk}/d"
+        small_disk.run_script([
+            f"mount -t tmpfs -o size=64k tmpfs {disk}",
+            f"{command} >{logs}/first.out 2>{logs}/first.err; echo $? >{logs}/first.rc",
+            f"mount -o remount,size=64m {disk}",
+            f"{command} >{logs}/again.out 2>{logs}/again.err; echo $? >{logs}/again.rc",
+            f"cp {disk}/d/{dd.BIRTHS_FILE} {logs}/",
+        ], {**os.environ, cli.DEBUG_ENV: ""})
+    stderr = (logs / "first.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert (logs / "first.rc").read_text().strip() == "1", stderr[-2000:]
+    assert len(errors) == 1 and "DNAL2015.dbc" in errors[0] and "the disk is full" in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr and "retry" not in stderr  # no retry makes room
+    assert (logs / "again.rc").read_text().strip() == "0", (logs / "again.err").read_text()[-2000:]
+    births = pl.read_parquet(logs / dd.BIRTHS_FILE)
+    assert births.filter((pl.col("cod_mun6") == 270010) & (pl.col("year") == 2015))["live_births"].item() == 20_000

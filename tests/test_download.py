@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+import small_disk
 from censo_forecast.cli import app
 from censo_forecast.inep import catalog, download, synthetic
 from mirror import Faults, Mirror, MirrorState, _Handler
@@ -255,11 +256,11 @@ def test_write_failure_names_the_path_and_keeps_no_final_file(state, tmp_path, m
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
+    from censo_forecast import atomic
+
     monkeypatch.setattr(download, "open", full_disk, raising=False)
-    with Mirror(state) as url:
-        report = download.download(tmp_path, [2021], _opts(url))
-    assert "cannot write" in report.failed[2021] and "No space left" in report.failed[2021]
-    assert str(tmp_path) in report.failed[2021]
+    with Mirror(state) as url, pytest.raises(atomic.DiskFull, match=f"cannot write {tmp_path}/\\S+.part: the disk is full"):
+        download.download(tmp_path, [2021], _opts(url))  # a full disk stops every year: one message, not one per year
     assert not (tmp_path / catalog.zip_name(2021)).exists()
 
 
@@ -426,3 +427,40 @@ def test_a_hanging_server_costs_bounded_time_and_the_other_years_arrive(state, z
     _assert_identical(tmp_path, zips, [2021, 2023])
     assert not (tmp_path / catalog.zip_name(2022)).exists()
     assert elapsed < 15, elapsed  # 3 waits of 1 s (and back-off), nowhere near 8 x 60 s
+
+
+@pytest.mark.skipif(not small_disk.available(), reason="needs `unshare -rm` to mount a small tmpfs as a full disk")
+def test_a_full_disk_stops_the_download_in_one_line_and_the_rerun_resumes(state, zips, tmp_path):
+    """The raw folder fills up mid-transfer: exit 1, one line naming the .part file and the full
+    disk, no zip under its final name; with room made, the same command brings identical bytes."""
+    import os
+    import sys
+
+    from censo_forecast import cli
+
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir(), logs.mkdir()
+    room = sum(len(z) for z in zips.values()) // 2  # the second year's transfer meets the full disk
+    with Mirror(state) as url:
+        command = (f"{sys.executable} -m censo_forecast.cli download --raw-dir {disk}/raw --base-url {url}/dados_abertos/ "
+                   f"--listing-url {url}/censo-escolar --jobs 1")
+        small_disk.run_script([
+            f"mount -t tmpfs -o size={room} tmpfs {disk}",
+            f"{command} >{logs}/first.out 2>{logs}/first.err; echo $? >{logs}/first.rc",
+            f"ls {disk}/raw >{logs}/first.ls",
+            f"mount -o remount,size=64m {disk}",
+            f"{command} >{logs}/again.out 2>{logs}/again.err; echo $? >{logs}/again.rc",
+            f"cp {disk}/raw/*.zip {logs}/",
+        ], {**os.environ, cli.DEBUG_ENV: ""})
+    stderr = (logs / "first.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert (logs / "first.rc").read_text().strip() == "1", stderr[-2000:]
+    assert len(errors) == 1 and re.search(rf"cannot write {disk}/raw/\S+\.part: the disk is full", errors[0]), stderr[-2000:]
+    assert "Traceback" not in stderr
+    listed = (logs / "first.ls").read_text().split()
+    assert all(name.endswith((".zip", ".json")) or ".part" in name for name in listed)
+    kept = sorted(int(re.findall(r"\d{4}", name)[0]) for name in listed if name.endswith(".zip"))
+    assert kept and len(kept) < len(YEARS)
+    assert (logs / "again.rc").read_text().strip() == "0", (logs / "again.err").read_text()[-2000:]
+    assert f"unchanged {kept}" in (logs / "again.out").read_text()  # a zip under its final name was a whole one
+    _assert_identical(logs, zips)

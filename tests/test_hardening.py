@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import small_disk
 from censo_forecast import cli
 from censo_forecast.cli import app
 from censo_forecast.config import load_settings
@@ -206,3 +207,74 @@ def test_a_stage_too_few_schools_offer_is_skipped_for_that_reason_and_listed(cap
     assert list(fc.models_) == ["IN_MED"]
     assert "too few schools offer this stage" in fc.skipped_stages_["IN_INF_CRE"]
     assert "not enough years" not in fc.skipped_stages_["IN_INF_CRE"]
+
+
+def test_a_full_disk_is_named_whatever_words_the_writer_used(tmp_path):
+    """/dev/full fails every write with ENOSPC, as a full disk does. Python says so by errno,
+    polars' parquet writer only in words; both become one message naming the file."""
+    import polars as pl
+
+    from censo_forecast import atomic
+
+    errors = []
+    with pytest.raises(OSError) as plain:
+        with open("/dev/full", "wb") as handle:
+            handle.write(b"x" * 65536)
+    errors.append(plain.value)
+    with pytest.raises(Exception) as parquet:
+        pl.DataFrame({"a": range(100_000)}).write_parquet("/dev/full")
+    errors.append(parquet.value)
+    target = tmp_path / "previsoes_2026.parquet"
+    for error in errors:
+        full = atomic.disk_full(error, target)
+        assert isinstance(full, atomic.DiskFull), error
+        assert str(full).startswith(f"cannot write {target}: the disk is full") and "rerun the same command" in str(full)
+    # with room to spare, other failures keep their own words
+    assert atomic.disk_full(PermissionError(13, "Permission denied"), target) is None
+    assert atomic.disk_full(ValueError("bad frame"), target) is None
+
+
+@pytest.mark.skipif(not small_disk.available(), reason="needs `unshare -rm` to mount a small tmpfs as a full disk")
+def test_a_full_disk_ends_in_one_line_and_the_same_commands_resume(small_census, run_out, tmp_path):
+    """ingest, run and predict on a real full disk (a small tmpfs in a private mount namespace):
+    exit 1, one line naming the file, no traceback, no file under its final name that is half of
+    one; with room made, the same commands finish."""
+    raw, _ = small_census
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir(), logs.mkdir()
+    cli_call = f"{sys.executable} -m censo_forecast.cli"
+    run = (f"{cli_call} run --offline --raw-dir {raw} --cache-dir {tmp_path / 'cache'} --out {disk}/out --stages IN_MED "
+           "--horizons 1 --device cpu --jobs 1")
+    commands = {  # the run first, on an empty small disk: it fills up mid-run
+        "run": run,
+        "ingest": f"{cli_call} ingest --raw-dir {raw} --cache-dir {disk}/cache --years 2019-2025 --jobs 1",
+        "predict": f"{cli_call} predict --models {run_out / 'models'} --raw-dir {raw} --cache-dir {tmp_path / 'cache'} "
+                   f"--out {disk}/predict --offline",
+    }
+    script = [f"mount -t tmpfs -o size=64k tmpfs {disk}"]
+    for name, command in commands.items():
+        script.append(f"{command} >{logs}/{name}.out 2>{logs}/{name}.err; echo $? >{logs}/{name}.rc")
+    script.append(f"{sys.executable} -c \"import polars as pl, pathlib, sys; "
+                  f"[pl.read_parquet(p) for p in pathlib.Path('{disk}').rglob('*.parquet') if not p.name.startswith('.')]\" "
+                  f"2>{logs}/intact.err; echo $? >{logs}/intact.rc")
+    script.append(f"mount -o remount,size=64m {disk}")
+    for name in ("ingest", "run"):
+        script.append(f"{commands[name]} >{logs}/{name}.again.out 2>{logs}/{name}.again.err; echo $? >{logs}/{name}.again.rc")
+    script.append(f"cp {disk}/out/resultados_finais.csv {disk}/out/run_metadata.json {logs}/")
+    script.append(f"{run.replace(f'{disk}/out', str(tmp_path / 'whole'))} >/dev/null 2>&1")  # never interrupted
+    env = {**os.environ, cli.DEBUG_ENV: ""}
+    small_disk.run_script(script, env)
+
+    def read(name: str) -> str:
+        return (logs / name).read_text()
+
+    for name in commands:
+        stderr = read(f"{name}.err")
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert read(f"{name}.rc").strip() == "1", stderr[-2000:]
+        assert len(errors) == 1 and f"cannot write {disk}" in errors[0] and "the disk is full" in errors[0], stderr[-2000:]
+        assert "Traceback" not in stderr and "Logging error" not in stderr
+    assert read("intact.rc").strip() == "0", read("intact.err")  # every parquet under its final name is whole
+    for name in ("ingest", "run"):
+        assert read(f"{name}.again.rc").strip() == "0", read(f"{name}.again.err")[-2000:]
+    assert read("resultados_finais.csv") == (tmp_path / "whole" / "resultados_finais.csv").read_text()

@@ -5,8 +5,10 @@ A crash leaves either the old file or the new one under the final name, never ha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,18 +22,69 @@ def _umask() -> int:
     return current
 
 
+class DiskFull(OSError):
+    """A write that failed for want of space; the message names the file and the folder."""
+
+    def __init__(self, path: Path, free: int | None):
+        room = f"{free / 1e6:.1f} MB free" if free is not None else "no space left"
+        super().__init__(errno.ENOSPC, f"cannot write {path}: the disk is full ({room} in {path.parent}); free some "
+                                       "space and rerun the same command, which resumes where it stopped")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_NO_SPACE = "No space left on device"  # polars' parquet writer keeps only the words: "... (os error 28)"
+FULL_BELOW_BYTES = 1 << 20  # a write that failed with less than this left: taken as the disk being full
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full(exc: BaseException, path: Path) -> DiskFull | None:
+    """`exc`, met while writing `path`, as a DiskFull when the disk is full: its errno or its words
+    say so, or, where a library has wrapped the error in its own (polars: "Invalid thrift:
+    transport error"), the folder has next to nothing left. Call it before removing the partial file."""
+    if isinstance(exc, DiskFull):
+        return exc
+    free = _free_bytes(Path(path).parent)
+    chain: BaseException | None = exc
+    seen: set[int] = set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT) or _NO_SPACE in str(chain):
+            return DiskFull(Path(path), free)
+        chain = chain.__cause__ or chain.__context__
+    if isinstance(exc, Exception) and free is not None and free < FULL_BELOW_BYTES:
+        return DiskFull(Path(path), free)
+    return None
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path in target's folder; rename it onto target if the block succeeds."""
+    """Yield a temporary path in target's folder; rename it onto target if the block succeeds.
+    A failure for want of space is raised as DiskFull, naming the target."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise (disk_full(exc, target) or exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, target)
+    except Exception as exc:
+        full = disk_full(exc, target)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -110,8 +163,10 @@ def folder_lock(folder: Path, what: str = "censo-forecast run", wait_s: float = 
                 time.sleep(0.5)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # a full disk: the pid only serves the message a second process gets; the lock is the flock
         yield
     finally:
         handle.close()

@@ -18,6 +18,7 @@ import typer
 
 from censo_forecast import __version__, outputs
 from censo_forecast import config as config_mod
+from censo_forecast.atomic import DiskFull
 from censo_forecast.inep import catalog, synthetic
 
 app = typer.Typer(
@@ -156,6 +157,8 @@ def synth(
         synthetic.generate(out, settings, jobs=machine.effective_jobs(jobs))
     except ValueError as exc:
         _fail(str(exc), 2)
+    except DiskFull as exc:
+        _fail(str(exc))
     typer.echo(f"wrote {len(settings.years)} synthetic census year(s) to {out}")
 
 
@@ -185,7 +188,7 @@ def ingest(
     try:
         with open_engine(s) as eng, Progress("ingest", len(wanted), unit="year") as bar:
             report = eng.ingest(s.raw_dir, s.cache, wanted, jobs=s.threads, force=force, progress=lambda _y: bar.update())
-    except EngineError as exc:
+    except (EngineError, DiskFull) as exc:
         _fail(str(exc))
     typer.echo(f"ingested {report.written or 'none'}; unchanged {report.skipped or 'none'}; cache {s.cache}")
     if report.failed:
@@ -259,7 +262,7 @@ def demography_download(
         opts = FtpOptions(url=s.demography_url, plain=s.plain_ftp, ca_bundle=s.ca_bundle, retries=s.retries, timeout_s=s.timeout_s)
         with _terminable():
             report = dd.download(folder, opts, wanted, [x.strip() for x in states.split(",")] if states else None)
-    except (ValueError, FtpError) as exc:
+    except (ValueError, FtpError, DiskFull) as exc:
         _fail(str(exc))
         raise
     except KeyboardInterrupt as exc:
@@ -280,7 +283,7 @@ def _download(s: config_mod.Settings, years: list[int] | None):
         _fail(f"--raw-dir {s.raw_dir}: downloads go to a local folder; copy the zips to the store afterwards")
     try:
         return dl.download(s.raw_dir, years, download_options(s))
-    except dl.DownloadError as exc:
+    except (dl.DownloadError, DiskFull) as exc:
         _fail(str(exc))
         raise
 
@@ -321,7 +324,7 @@ def run(
     try:
         with _terminable():
             record = pipeline.run(s)
-    except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError) as exc:
+    except (pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError, RuntimeError, DiskFull) as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:
         from censo_forecast import checkpoints
@@ -349,7 +352,7 @@ def report(
         _fail(f"--max-schools must be 0 (no school table) or a positive number of schools, not {max_schools}", 2)
     try:
         path = report_mod.build_report(out, lang, max_schools=max_schools, municipal_map=municipal_map or None)
-    except (FileNotFoundError, report_mod.DamagedOutput) as exc:
+    except (FileNotFoundError, report_mod.DamagedOutput, DiskFull) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write {out / outputs.REPORT} ({exc.strerror or exc}); choose a folder you can write to")
@@ -378,7 +381,8 @@ def predict(
     try:
         with _terminable():
             written = pipeline.predict(s, models)
-    except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError) as exc:
+    except (modelstore.ModelStoreError, pipeline.PipelineError, ingest_mod.IngestError, dl.DownloadError, EngineError,
+            DiskFull) as exc:
         _fail(str(exc))
     except KeyboardInterrupt as exc:
         _stopped(exc, "no forecast file is half-written; rerun the same command")

@@ -311,6 +311,8 @@ class Run(Hooks):
         with self.clock.phase(f"shap {cv.flag}"):
             try:
                 importance = explain.explain_stage(cv.flag, cv.last_fold, self.shap_dir, self.s.shap_sample, self.s.model.seed)
+            except atomic.DiskFull:
+                raise  # not SHAP's failure: the run stops, and its rerun resumes
             except Exception as exc:  # reported at the end and in the exit code, never swallowed
                 log.exception("%s: SHAP explanation failed", cv.flag)
                 self.shap_failures[cv.flag] = f"{type(exc).__name__}: {exc}"

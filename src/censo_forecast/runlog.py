@@ -33,13 +33,26 @@ def setup_logging(out_dir: Path | None = None, verbose: bool = False) -> Path | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / outputs.LOG
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = _LogFile(path, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(_FORMAT))
     file_handler._censo_forecast = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
     for noisy in ("httpx", "httpcore", "matplotlib", "shap", "distributed", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path
+
+
+class _LogFile(logging.FileHandler):
+    """The output folder's log; a line it cannot write (a full disk) is said once on the console,
+    not as a traceback per line, and the run goes on to the error that names the file it could not write."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"warning: cannot write the log file {self.baseFilename} ({sys.exc_info()[1]}); "
+                             "the console keeps the log\n")
 
 
 def versions() -> dict[str, str]:

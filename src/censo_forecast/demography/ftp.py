@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 
 import certifi
 
+from censo_forecast import atomic
+
 log = logging.getLogger(__name__)
 
 TRANSIENT = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ssl.SSLError)
@@ -126,6 +128,8 @@ class Server:
         while True:
             try:
                 return action(self.connect())
+            except atomic.DiskFull:
+                raise  # no retry makes room
             except ftplib.error_perm as exc:
                 if str(exc).startswith("550"):
                     raise NotOnServer(f"{what}: not on the server ({str(exc).strip()})") from None
@@ -173,7 +177,13 @@ class Server:
             if have == size:
                 return
             with open(part, "ab") as out:
-                c.retrbinary(f"RETR {path}", out.write, rest=have or None)
+                def keep(block: bytes) -> None:
+                    try:
+                        out.write(block)
+                    except OSError as exc:
+                        raise (atomic.disk_full(exc, part) or exc) from None
+
+                c.retrbinary(f"RETR {path}", keep, rest=have or None)
 
         self._retrying(self.describe(path), retrieve, lambda: part.stat().st_size if part.exists() else 0)
         got = part.stat().st_size if part.exists() else 0

@@ -458,6 +458,9 @@ class Downloader:
                             received += len(chunk)
                             bar.update(len(chunk))
                 except OSError as exc:
+                    full = atomic.disk_full(exc, part)
+                    if full is not None:
+                        raise full from None  # every other year would fail alike: the download stops
                     raise DownloadError(f"cannot write {part}: {exc}") from None
                 if expected is not None and expected.isdigit() and received != int(expected):
                     raise _Retryable(f"body ended after {received} of {expected} bytes", progress=received > 0)

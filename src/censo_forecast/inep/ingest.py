@@ -173,6 +173,8 @@ def _ingest_locked(raw_dir, cache_dir, years, jobs, force, progress, executor) -
             year = futures[future]
             try:
                 entry = future.result()
+            except atomic.DiskFull:
+                raise  # every later year would fail alike: one message, and the rerun resumes
             except (IngestError, archive.ArchiveError, OSError) as exc:
                 report.failed[year] = str(exc)  # said once, by whoever reads the report
                 log.debug("ingest %d failed: %s", year, exc)
