@@ -278,3 +278,32 @@ def test_a_full_disk_ends_in_one_line_and_the_same_commands_resume(small_census,
     for name in ("ingest", "run"):
         assert read(f"{name}.again.rc").strip() == "0", read(f"{name}.again.err")[-2000:]
     assert read("resultados_finais.csv") == (tmp_path / "whole" / "resultados_finais.csv").read_text()
+
+
+def test_a_horizon_that_cannot_be_validated_keeps_the_last_validated_choice_and_says_so(small_census, tmp_path, caplog):
+    """Five years ahead on a census too short to test it: it keeps the model chosen four years
+    ahead (no switch to Voting where nothing was measured), has no range, and the log, the run
+    record and the report say so."""
+    import json
+
+    import polars as pl
+
+    from censo_forecast import pipeline
+    from conftest import FAST_RUN
+
+    raw, _ = small_census
+    out = tmp_path / "out"
+    settings = load_settings(None, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=out,
+                             **{**FAST_RUN, "stages": ["IN_MED"], "min_train_years": 11})
+    with caplog.at_level(logging.WARNING):
+        pipeline.run(settings)
+    schools = pl.concat([pl.read_parquet(out / f"previsoes_{year}.parquet") for year in range(2026, 2031)])
+    models = dict(schools.group_by("horizonte").agg(pl.col("modelo").unique()).select("horizonte", pl.col("modelo").list.first()).rows())
+    assert schools.group_by("horizonte").agg(pl.col("modelo").n_unique())["modelo"].max() == 1
+    assert models[5] == models[4]  # carried, not switched
+    assert schools.filter(pl.col("horizonte") == 5)["limite_inferior_80"].null_count() == schools.filter(pl.col("horizonte") == 5).height
+    assert f"they keep the model chosen for 4 year(s) ahead ({models[4]})" in caplog.text
+    record = json.loads((out / "run_metadata.json").read_text())
+    assert record["unvalidated_horizons"] == {"IN_MED": {"years_ahead": [5], "model_of": 4}}
+    page = (out / "report.html").read_text()
+    assert "testar 5 ano(s) à frente (Ensino médio): essas previsões seguem o modelo escolhido para 4 ano(s)" in page

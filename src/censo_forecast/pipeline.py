@@ -30,7 +30,7 @@ from censo_forecast.inep import ingest
 from censo_forecast.outputs import CHOSEN, MAE_MEAN, MODEL, SKILL_VS_PERSISTENCE, STAGE
 from censo_forecast.panel import YEAR, build_panel
 from censo_forecast.results import CVResult
-from censo_forecast.runner import Hooks, StageFit
+from censo_forecast.runner import Hooks, StageFit, unvalidated
 from censo_forecast.validation import CannotValidate, StageCV
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ class Run(Hooks):
         if forecaster.skipped_stages_:
             log.warning("stages skipped: %s", "; ".join(f"{k}: {v}" for k, v in forecaster.skipped_stages_.items()))
         record.update({"stages": list(forecaster.models_), "skipped_stages": forecaster.skipped_stages_,
+                       "unvalidated_horizons": unvalidated_horizons(forecaster),
                        "forecast_year": years[0], "forecast_years": years,
                        "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)
@@ -370,6 +371,18 @@ class Run(Hooks):
         record.update({"timings_s": self.clock.timings(), "phases": self.clock.phases})
         atomic.write_json(self.out / outputs.METADATA, record)
         return record
+
+
+def unvalidated_horizons(forecaster: EnrollmentForecaster) -> dict[str, dict]:
+    """Per stage, the years ahead forecast without a walk-forward of their own, and the horizon
+    whose choice they keep (`runner.carry_forward`; None: none was validated)."""
+    found = {}
+    for flag, chosen in forecaster.chosen_.items():
+        missing = unvalidated(chosen, forecaster.calibration_.get(flag))
+        if missing:
+            kept = [h for h in chosen if h not in missing]
+            found[flag] = {"years_ahead": missing, "model_of": max(kept) if kept else None}
+    return found
 
 
 def _log_table(summary: pl.DataFrame) -> None:

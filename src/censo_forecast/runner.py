@@ -44,6 +44,24 @@ class StageFit:
     calibration: pl.DataFrame  # walk-forward residuals of the chosen model per horizon (`horizonte` column)
 
 
+def carry_forward(validated: dict[int, str], ahead: list[int]) -> dict[int, str]:
+    """Each horizon's model: its validated choice, else that of the farthest validated horizon
+    before it (Voting where none is). Switching to another model exactly where nothing was
+    measured would bend the published path for no reason: on a seven-year census the fifth
+    year ahead jumped +10 % when it went to Voting after four years of the chosen model."""
+    out: dict[int, str] = {}
+    for h in ahead:
+        before = [v for v in validated if v <= h]
+        out[h] = validated[max(before)] if before else ENSEMBLE
+    return out
+
+
+def unvalidated(chosen: dict[int, str], calibration: pl.DataFrame | None) -> list[int]:
+    """The horizons a stage forecasts without a walk-forward of their own (no residuals)."""
+    validated = set() if calibration is None or calibration.height == 0 else set(calibration[HORIZON].unique().to_list())
+    return [h for h in sorted(chosen) if h not in validated]
+
+
 class Hooks:
     """What a caller adds around each stage; by default nothing."""
 
@@ -127,14 +145,18 @@ class StageRunner:
         return fit
 
     def _chosen(self, flag: str, results: StageResults) -> dict[int, str]:
-        """The validated choice per horizon; Voting (without intervals) where a horizon could not be validated."""
-        chosen = results.chosen
+        """The validated choice per horizon; a horizon that could not be validated (`carry_forward`)
+        carries the choice of the farthest validated one, without intervals."""
         ahead = horizons_mod.up_to(self.horizons)
-        unvalidated = [h for h in ahead if h not in chosen]
+        chosen = carry_forward(results.chosen, ahead)
+        unvalidated = [h for h in ahead if h not in results.chosen]
         if unvalidated:
-            log.warning("%s: %s year(s) ahead could not be validated (too few census years after the first test "
-                        "year); Voting forecasts them, without intervals", flag, unvalidated)
-        return {h: chosen.get(h, ENSEMBLE) for h in ahead}
+            source = max(results.chosen, default=None)
+            log.warning("%s: %s year(s) ahead could not be validated (too few census years after the first test year); "
+                        "%s, without intervals", flag, unvalidated,
+                        f"they keep the model chosen for {source} year(s) ahead ({results.chosen[source]})" if source
+                        else f"{ENSEMBLE} forecasts them")
+        return chosen
 
     def _refit(self, chosen: dict[int, str], data: StageData, origin: int) -> models.ByHorizon:
         """Each horizon's chosen model, fitted for forecasts from `origin` (the last census year):

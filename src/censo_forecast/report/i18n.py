@@ -111,6 +111,18 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "The forecasts use births and population per municipality ({source}): how many children reach each "
               "stage's age, known years ahead (the Demografia model and the models' features).",
     },
+    "unvalidated": {
+        "pt-BR": "Não há anos de censo suficientes para testar {years} ano(s) à frente ({stages}): essas previsões "
+                 "seguem o modelo escolhido para {source} ano(s) à frente e não têm faixa.",
+        "en": "There are too few census years to test {years} year(s) ahead ({stages}): those forecasts keep the "
+              "model chosen for {source} year(s) ahead and have no range.",
+    },
+    "unvalidated_none": {
+        "pt-BR": "Não há anos de censo suficientes para testar {years} ano(s) à frente ({stages}): essas previsões "
+                 "vêm do modelo Voting e não têm faixa.",
+        "en": "There are too few census years to test {years} year(s) ahead ({stages}): those forecasts come from "
+              "the Voting model and have no range.",
+    },
     "demography_none": {
         "pt-BR": "Sem dados de nascimentos e população: as previsões usam só o Censo Escolar (com --demography, "
                  "os nascimentos dizem anos antes quantas crianças chegam a cada etapa).",

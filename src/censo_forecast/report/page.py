@@ -263,9 +263,22 @@ def _published_check(words: Words) -> str:
                  low=pct(min(one)), high=pct(max(one)), low5=pct(min(five)), high5=pct(max(five)))
 
 
-def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, demography: str | None = None) -> str:
-    """How good, in words and one chart, then the numbers behind them; and whether births and
-    population informed the forecast (`demography`: their description in the run record)."""
+def _unvalidated_words(unvalidated: dict | None, words: Words) -> str:
+    """One sentence per set of horizons no walk-forward could test (the run record's
+    `unvalidated_horizons`), naming the stages and the horizon whose model they keep."""
+    groups: dict[tuple, list[str]] = {}
+    for flag, entry in (unvalidated or {}).items():
+        groups.setdefault((tuple(entry.get("years_ahead", [])), entry.get("model_of")), []).append(words.stage(flag))
+    return " ".join(words("unvalidated" if source else "unvalidated_none", years=", ".join(map(str, years)),
+                          stages=", ".join(stages), source=source)
+                    for (years, source), stages in groups.items())
+
+
+def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, demography: str | None = None,
+                    unvalidated: dict | None = None) -> str:
+    """How good, in words and one chart, then the numbers behind them; whether births and
+    population informed the forecast (`demography`: their description in the run record);
+    and which horizons could not be tested (`unvalidated`)."""
     table = data.quality(results)
     horizons = sorted({1, int(results.select(pl.col(HORIZON).max()).item())}) if HORIZON in results.columns else [1]
     h = horizons[-1]
@@ -286,6 +299,8 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, d
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
     published = _published_check(words)
     births = words("demography_used", source=demography) if demography else words("demography_none")
+    untested = _unvalidated_words(unvalidated, words)
+    untested = f"<p id='quality-unvalidated'>{html.escape(untested)}</p>" if untested else ""
     header = [words("stage"), words("model")]
     columns = []
     for hh in horizons:
@@ -317,7 +332,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, d
                          f"{metrics_table(detail, words, 'horizons', decimals=3)}<div class='grid'>{plots}</div></details>")
     return (f"<section id='quality-section'><h2>{words('quality')}</h2><p id='quality-words'>{html.escape(summary)}</p>"
             f"<p id='quality-published'>{html.escape(published)}</p>"
-            f"<p id='quality-demography'>{html.escape(births)}</p>"
+            f"<p id='quality-demography'>{html.escape(births)}</p>{untested}"
             f"{_img(charts.skill_chart(table, horizons, words), words('skill_chart'))}"
             f"<p class='muted'>{html.escape(words('quality_table_note'))}</p>"
             f"<div class='scroll'><table id='quality'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
@@ -438,7 +453,7 @@ def build_report(out: Path, lang: str | None = None, *, target: Path | None = No
         headline_section(data.headline(country, history), area, words),
         pictures,
         finder_section(out, munis, years, words, max_schools),
-        quality_section(results, totals, words, meta.get("demography")),
+        quality_section(results, totals, words, meta.get("demography"), meta.get("unvalidated_horizons")),
         analyst_section(out, meta, results, totals, errors, country, states, words),
         _json_block(words.script_settings(), element_id="report-settings"),
         f"<script>{_asset('report.js')}</script></main></body></html>",
