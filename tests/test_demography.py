@@ -190,6 +190,8 @@ def test_a_run_with_demography_records_it_and_predict_needs_the_same(small_censu
                              **{**FAST_RUN, "stages": ["IN_FUND_AI"]})
     record = pipeline.run(settings)
     assert record["demography"].startswith(str(folder)) and "births 1996-2025" in record["demography"]
+    from censo_forecast import municipal
+    assert set(record["births_weight"]) == {"IN_FUND_AI"} and record["births_weight"]["IN_FUND_AI"] in municipal.WEIGHTS
     table = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
     assert models.DEMOGRAPHY in set(table["modelo"])
     common = ["predict", "--models", str(tmp_path / "out" / "models"), "--raw-dir", str(raw), "--cache-dir",
@@ -203,3 +205,37 @@ def test_a_run_with_demography_records_it_and_predict_needs_the_same(small_censu
     bad = CliRunner().invoke(app, ["run", "--raw-dir", str(raw), "--out", str(tmp_path / "p3"), "--offline",
                                    "--demography", str(tmp_path / "nowhere")])
     assert bad.exit_code == 1 and "not a folder" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_published_forecast_knows_no_birth_after_its_origin(census_with_demography, caplog):
+    """The published forecast (features, reconciliation, the municipal births blend of the
+    totals) made at the last census year o is unchanged when births and population of years
+    >= o change, and changes when year o - 1's births do (what the origin knows)."""
+    census, demo = census_with_demography
+    origin = 2021
+    past = census.filter(pl.col("NU_ANO_CENSO") <= origin)
+    fc = EnrollmentForecaster(["IN_INF_PRE", "IN_FUND_AI"], horizons=3, model=FAST, device="cpu", n_jobs=1,
+                              demography=demo).fit(past)
+
+    def published(changed: tables.Demography) -> tuple[np.ndarray, np.ndarray]:
+        fc.set_params(demography=changed)
+        schools = fc.predict(past)
+        areas = fc.aggregate(past, schools)
+        munis = pl.concat([areas[y]["municipios"] for y in sorted(areas)]).sort("etapa", "horizonte", "CO_MUNICIPIO")
+        return schools.sort("etapa", "horizonte", "CO_ENTIDADE")["previsao"].to_numpy(), munis["previsao"].to_numpy()
+
+    def perturbed(years: pl.Expr) -> tables.Demography:
+        return tables.Demography(
+            demo.births.with_columns(pl.when(years).then(pl.col(tables.BIRTHS) * 2 + 17).otherwise(pl.col(tables.BIRTHS))
+                                     .alias(tables.BIRTHS)),
+            demo.population.with_columns(pl.when(years).then(pl.col(c) * 5).otherwise(pl.col(c)).alias(c)
+                                         for c in known.POPULATION_COLUMNS), "perturbed")
+
+    with caplog.at_level(logging.INFO, logger="censo_forecast.municipal"):
+        schools, munis = published(demo)
+    assert len(schools) > 100 and "municipal totals blended with births at weight" in caplog.text  # the blend is in it
+    later_schools, later_munis = published(perturbed(pl.col(tables.YEAR) >= origin))
+    np.testing.assert_allclose(schools, later_schools, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(munis, later_munis, rtol=0, atol=1e-9)
+    _, known_munis = published(perturbed(pl.col(tables.YEAR) == origin - 1))
+    assert not np.allclose(munis, known_munis)

@@ -64,6 +64,7 @@ def test_run_writes_results_predictions_and_log(small_census, tmp_path, fast_con
     meta = json.loads((out / "run_metadata.json").read_text())
     assert meta["years"] == list(range(2011, 2026)) and meta["versions"]["lightgbm"]
     assert meta["forecast_year"] == 2026 and meta["forecast_years"] == [2026, 2027, 2028, 2029, 2030]
+    assert meta["births_weight"] == {}  # without births, no municipal blend
     for year in meta["forecast_years"]:  # every forecast year's files, each year's rows only
         schools = pl.read_parquet(out / f"previsoes_{year}.parquet")
         assert set(schools["horizonte"]) == {year - 2025} and set(schools["etapa"]) == set(STAGES)

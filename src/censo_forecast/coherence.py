@@ -17,6 +17,7 @@ import polars as pl
 
 from censo_forecast.inep.catalog import SCHOOL, STAGE_SUMS, YEAR
 from censo_forecast.outputs import (
+    BIRTHS_ADJUSTMENT,
     BOUNDS,
     COUNTRY_KEY,
     FORECAST,
@@ -30,7 +31,7 @@ from censo_forecast.outputs import (
 
 log = logging.getLogger(__name__)
 # what an area total adds up from (the last census adds up by INEP's identity already)
-ADDITIVE = (SCHOOLS_FORECAST, NEW_OFFERINGS_FORECAST, FORECAST)
+ADDITIVE = (SCHOOLS_FORECAST, NEW_OFFERINGS_FORECAST, BIRTHS_ADJUSTMENT, FORECAST)
 
 
 def reconcilable(stages, *, say: bool = False) -> dict[str, tuple[str, ...]]:

@@ -20,6 +20,7 @@ from censo_forecast import horizons as horizons_mod
 from censo_forecast.features import ANCHOR, HORIZON_FEATURE, TARGET_YEAR
 from censo_forecast.inep import catalog
 from censo_forecast.outputs import (
+    BIRTHS_ADJUSTMENT,
     COUNTRY,
     COUNTRY_KEY,
     ENROLLMENT,
@@ -106,15 +107,17 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
     return grid.join(fresh, on=["CO_MUNICIPIO", "CO_UF", YEAR], how="left").with_columns(pl.col("new_enrollment").fill_null(0.0))
 
 
-def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, errors: np.ndarray | None,
+def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, births: np.ndarray, errors: np.ndarray | None,
                 new_expected: np.ndarray, new_draws: np.ndarray, key_name: str) -> pl.DataFrame:
-    """An area's forecast: its schools' plus the new offerings expected. Its bounds are
-    quantiles of simulated totals, the schools' sum times (1 + a walk-forward error of areas of
-    its level and size) plus the new offerings drawn, widened to hold the forecast itself
-    (none when the horizon has no residuals: `errors` None)."""
-    point = schools + new_expected
-    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected, FORECAST: point}
-    totals = None if errors is None else np.maximum(schools * (1.0 + errors) + new_draws, 0.0)
+    """An area's forecast: its schools' plus the new offerings expected plus the births
+    adjustment. Its bounds are quantiles of simulated totals, the schools' sum with its births
+    adjustment times (1 + a walk-forward error of areas of its level and size) plus the new
+    offerings drawn, widened to hold the forecast itself (none when the horizon has no
+    residuals: `errors` None)."""
+    point = schools + new_expected + births
+    out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected,
+           BIRTHS_ADJUSTMENT: births, FORECAST: point}
+    totals = None if errors is None else np.maximum((schools + births) * (1.0 + errors) + new_draws, 0.0)
     for level in INTERVAL_LEVELS:
         a = (1 - level / 100) / 2
         nothing = np.full(len(keys), np.nan)
@@ -130,18 +133,36 @@ def _sum_by(group: np.ndarray, groups: int, values: np.ndarray) -> np.ndarray:
     return summed if values.ndim == 2 else summed[0]
 
 
+def _births_adjustment(births: tuple[float, pl.DataFrame] | None, munis: list, schools: np.ndarray,
+                       new_expected: np.ndarray) -> np.ndarray:
+    """Per municipality (in `munis`' order): w x (its births-scaled total - its bottom-up total),
+    kept from taking the total below 0; 0 without births or where its total is unknown."""
+    if births is None:
+        return np.zeros(len(munis))
+    weight, table = births
+    known_totals = dict(table.drop_nulls().iter_rows())
+    scaled = np.array([known_totals.get(m, np.nan) for m in munis], dtype=np.float64)
+    bottom_up = schools + new_expected
+    return np.where(np.isnan(scaled), 0.0, np.maximum(weight * (scaled - bottom_up), -bottom_up))
+
+
 def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
-                years_ahead: int = 1, draws: int = DRAWS, seed: int = 0) -> dict[str, pl.DataFrame]:
+                years_ahead: int = 1, births: tuple[float, pl.DataFrame] | None = None, draws: int = DRAWS,
+                seed: int = 0) -> dict[str, pl.DataFrame]:
     """Municipal, state and national totals for one stage and horizon with intervals.
 
     `previsao_escolas` is exactly the sum of the school forecasts and `previsao` adds the new
-    offerings expected. No adjustment moves the sum: on the real census of Alagoas, adding
-    the expected net effect of closures made the state totals worse at almost every stage and
-    horizon (benchmarks/README.md, "backtest.py"). The range comes from the walk-forward
-    errors of totals at each level (`intervals.area_errors`); `calibration` holds this
-    horizon's rows (empty: a horizon never validated, totals without bounds). New offerings:
-    those opening in each of the `years_ahead` years, each year like one of the recent ones,
-    still open at the forecast year (their later growth or closure is not modelled).
+    offerings expected and, given `births` (the stage's weight w and each municipality's
+    births-scaled total: `municipal`), `ajuste_nascimentos`: w x (births-scaled - bottom-up)
+    in each municipality with a births-scaled total (0 elsewhere), so a municipality's
+    `previsao` is their blend, never below 0. No other adjustment moves the sum: on the real
+    census of Alagoas, adding the expected net effect of closures made the state totals worse
+    at almost every stage and horizon (benchmarks/README.md, "backtest.py"). The range comes
+    from the walk-forward errors of totals at each level (`intervals.area_errors`);
+    `calibration` holds this horizon's rows (empty: a horizon never validated, totals without
+    bounds; blended like the totals where they are). New offerings: those opening in each of
+    the `years_ahead` years, each year like one of the recent ones, still open at the forecast
+    year (their later growth or closure is not modelled).
     """
     rng = np.random.default_rng(seed)
     pred = schools[FORECAST].to_numpy()
@@ -174,12 +195,14 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
         STATES: (np.array(ufs), "CO_UF", to_ufs, "CO_UF"),
         COUNTRY: (np.array(["BR"]), COUNTRY_KEY, lambda v: to_country(to_ufs(v)), None),
     }
+    new_expected = years_ahead * per_year.mean(axis=0)
+    adjustment = _births_adjustment(births, munis, to_munis(pred), new_expected)
     out = {}
     for name, (keys, key_name, up, calibration_key) in levels.items():
-        last_a, pred_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(new_draws)
-        errors = (intervals.sample_area_errors(intervals.area_errors(calibration, calibration_key), pred_a, draws, rng)
+        last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_draws)
+        errors = (intervals.sample_area_errors(intervals.area_errors(calibration, calibration_key), pred_a + births_a, draws, rng)
                   if bounded else None)
-        out[name] = _area_table(keys, last_a, pred_a, errors, up(years_ahead * per_year.mean(axis=0)), new_a, key_name)
+        out[name] = _area_table(keys, last_a, pred_a, births_a, errors, up(new_expected), new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     out[STATES] = out[STATES].with_columns(_uf_abbreviation(pl.col("CO_UF")))
     return {k: v.with_columns(pl.lit(flag).alias(STAGE), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))

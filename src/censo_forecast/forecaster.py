@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.metadata_routing import UNUSED
 from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import coherence, config, features, forecast, machine, models, modelstore, results, validation
+from censo_forecast import coherence, config, features, forecast, machine, models, modelstore, municipal, results, validation
 from censo_forecast.config import ModelSettings
 from censo_forecast.demography import known
 from censo_forecast.demography.tables import Demography
@@ -244,7 +244,8 @@ class EnrollmentForecaster(BaseEstimator):
 
     def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[int, dict[str, pl.DataFrame]]:
         """Municipal, state and national totals per forecast year and stage, with new
-        offerings and intervals from resampled walk-forward residuals.
+        offerings, the births blend of municipal totals where the walk-forward chose it (with
+        demography: `municipal`) and intervals from resampled walk-forward residuals.
 
         Parameters
         ----------
@@ -269,13 +270,17 @@ class EnrollmentForecaster(BaseEstimator):
         check_is_fitted(self, "models_")
         panel = self._panel(census)
         out: dict[int, dict[str, list[pl.DataFrame]]] = {}
+        chosen = municipal.choices(panel, self.calibration_, say=True)
+        blended = municipal.blended_calibration(panel, self.calibration_, chosen)  # the errors of totals as published
         for flag in schools[STAGE].unique(maintain_order=True):
             if flag not in self.calibration_:
                 raise ValueError(f"{flag}: totals need the walk-forward residuals, which these models lack; refit them")
             offerings = forecast.new_offerings(panel, flag)
+            weight = chosen[flag].weight if flag in chosen else 0.0
             for h, rows in validation.by_horizon(schools.filter(pl.col(STAGE) == flag)):
-                calibration = self.calibration_[flag].filter(pl.col(HORIZON) == h)
-                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, seed=seed + h)
+                calibration = blended[flag].filter(pl.col(HORIZON) == h)
+                births = (weight, municipal.births_totals(panel, flag, h)) if weight else None
+                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, births=births, seed=seed + h)
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
         names = forecast.municipality_names(panel)

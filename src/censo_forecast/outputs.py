@@ -64,9 +64,11 @@ BOUNDS = (LOWER_80, UPPER_80, LOWER_95, UPPER_95)
 SCHOOL_FORECAST_COLUMNS = (
     SCHOOL, "NO_ENTIDADE", "CO_MUNICIPIO", "CO_UF", STAGE, MODEL, LAST_ENROLLMENT, FORECAST, *BOUNDS, HORIZON,
 )
-# area files: the sum of the school forecasts, and the enrollment expected in offerings that will open
+# area files: the sum of the school forecasts, the enrollment expected in offerings that will open,
+# and the births adjustment
 SCHOOLS_FORECAST = "previsao_escolas"
 NEW_OFFERINGS_FORECAST = "previsao_novas_ofertas"
+BIRTHS_ADJUSTMENT = "ajuste_nascimentos"  # with births: the municipal births blend (`municipal`)
 COUNTRY_KEY = "pais"  # the national file's key column ("BR")
 
 # ------------------------------------------------------------------ cv_predictions.parquet

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, checkpoints, explain, forecast, outputs, report, runlog, storage
+from censo_forecast import atomic, checkpoints, explain, forecast, municipal, outputs, report, runlog, storage
 from censo_forecast.config import Settings
 from censo_forecast.demography import known, tables
 from censo_forecast.demography.tables import Demography
@@ -362,6 +362,8 @@ class Run(Hooks):
             log.warning("stages skipped: %s", "; ".join(f"{k}: {v}" for k, v in forecaster.skipped_stages_.items()))
         record.update({"stages": list(forecaster.models_), "skipped_stages": forecaster.skipped_stages_,
                        "unvalidated_horizons": unvalidated_horizons(forecaster),
+                       "births_weight": {flag: choice.weight for flag, choice in
+                                         municipal.choices(panel, forecaster.calibration_).items()},
                        "forecast_year": years[0], "forecast_years": years,
                        "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)

@@ -32,29 +32,30 @@ MIN_HISTORY = 3  # census years a state needs before its record limits a path
 NEW_OFFERINGS_WINDOW = 3  # new offerings: the mean of the openings of the last three years
 
 
-def state_history(panel: pl.DataFrame, flag: str) -> pl.DataFrame:
+def state_history(panel: pl.DataFrame, flag: str, area: str = "CO_UF") -> pl.DataFrame:
     """(CO_UF, NU_ANO_CENSO, total, openings): each state's census total of the stage and the
-    enrollment in schools that offered it that year and not the year before (null the first year)."""
+    enrollment in schools that offered it that year and not the year before (null the first
+    year). `area` = "CO_MUNICIPIO": the same per municipality."""
     stage = catalog.stage(flag)
-    offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, "CO_UF", pl.col(stage.enrollment).fill_null(0).cast(pl.Float64))
+    offering = panel.filter(offers(stage.flag)).select(SCHOOL, YEAR, area, pl.col(stage.enrollment).fill_null(0).cast(pl.Float64))
     before = offering.select(SCHOOL, (pl.col(YEAR) + 1).alias(YEAR), pl.lit(True).alias("_before"))
     first = panel[YEAR].min()
     opened = (offering.join(before, on=[SCHOOL, YEAR], how="left").filter(pl.col("_before").is_null() & (pl.col(YEAR) > first))
-              .group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("openings")))
-    totals = offering.group_by("CO_UF", YEAR).agg(pl.col(stage.enrollment).sum().alias("total"))
-    grid = totals.join(opened, on=["CO_UF", YEAR], how="left").with_columns(
+              .group_by(area, YEAR).agg(pl.col(stage.enrollment).sum().alias("openings")))
+    totals = offering.group_by(area, YEAR).agg(pl.col(stage.enrollment).sum().alias("total"))
+    grid = totals.join(opened, on=[area, YEAR], how="left").with_columns(
         pl.when(pl.col(YEAR) > first).then(pl.col("openings").fill_null(0.0)).otherwise(None).alias("openings"))
-    return grid.sort("CO_UF", YEAR)
+    return grid.sort(area, YEAR)
 
 
-def at_origins(history: pl.DataFrame) -> pl.DataFrame:
-    """(CO_UF, origin, total, drift, new): per state and origin year, its census total, its last
-    yearly change (total / the year before's) and the mean openings of its last three years."""
-    by_state = pl.col("CO_UF")
+def at_origins(history: pl.DataFrame, area: str = "CO_UF") -> pl.DataFrame:
+    """(CO_UF, origin, total, drift, new): per state (`area`) and origin year, its census total,
+    its last yearly change (total / the year before's) and the mean openings of its last three years."""
+    by_area = pl.col(area)
     return history.select(
-        "CO_UF", pl.col(YEAR).alias("origin"), "total",
-        (pl.col("total") / pl.col("total").shift(1).over(by_state)).alias("drift"),
-        pl.col("openings").rolling_mean(NEW_OFFERINGS_WINDOW, min_samples=1).over(by_state).alias("new"))
+        area, pl.col(YEAR).alias("origin"), "total",
+        (pl.col("total") / pl.col("total").shift(1).over(by_area)).alias("drift"),
+        pl.col("openings").rolling_mean(NEW_OFFERINGS_WINDOW, min_samples=1).over(by_area).alias("new"))
 
 
 def new_per_state(panel: pl.DataFrame, flags: list[str]) -> pl.DataFrame:

@@ -18,6 +18,7 @@ from censo_forecast import atomic, config, outputs
 from censo_forecast.inep.catalog import SCHOOL, YEAR
 from censo_forecast.outputs import (
     APE_STATES,
+    BIRTHS_ADJUSTMENT,
     CHOSEN,
     COHORT,
     COVERAGE_80_MEAN,
@@ -359,8 +360,8 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
     """Everything the analyst had before, collapsed: metrics, the area tables, per-stage
     validation plots and SHAP, and the run's configuration and timings."""
     bounds = [LOWER_95, LOWER_80, FORECAST, UPPER_80, UPPER_95]
-    national = country.select(STAGE, YEAR, LAST_ENROLLMENT, SCHOOLS_FORECAST,
-                              NEW_OFFERINGS_FORECAST, *bounds).sort(STAGE, YEAR, maintain_order=True)
+    parts_of = [c for c in (SCHOOLS_FORECAST, NEW_OFFERINGS_FORECAST, BIRTHS_ADJUSTMENT) if c in country.columns]
+    national = country.select(STAGE, YEAR, LAST_ENROLLMENT, *parts_of, *bounds).sort(STAGE, YEAR, maintain_order=True)
     state_table = states.select(STAGE, YEAR, "SG_UF", LAST_ENROLLMENT, *bounds).sort(STAGE, YEAR, "SG_UF")
     parts = ["<section id='analyst-section' class='analyst'>", f"<h2>{words('analyst')}</h2>",
              f"<details><summary>{words('metrics')}</summary>{metrics_table(results, words, 'metrics')}</details>",

@@ -1,0 +1,174 @@
+"""Municipal totals of the school-age stages blended with their births, where the walk-forward
+says it helps (only with demography: `demography.known`).
+
+A municipality's bottom-up total is its schools' forecasts plus the new offerings expected.
+Its births offer a second forecast of the same total: the census total at the origin times
+the ratio of the birth cohorts of the stage's ages in the target year to those at the origin
+(`known.birth_ratio`, births known at the origin only). For each stage the walk-forward picks
+the births' weight w in WEIGHTS with the lowest weighted absolute % error of municipal
+totals, averaged over the validated horizons (the calibration table's sums of the chosen
+model, with the new offerings the origin expected, against the census totals); a tie keeps
+the smaller weight. The published municipal total is then (1 - w) x bottom-up + w x births,
+the difference shown as its own column (`ajuste_nascimentos`); a municipality without a
+complete birth cohort keeps its bottom-up total. States and the country add up their
+municipalities.
+
+The school forecasts are not moved: scaling each municipality's schools by one factor to
+the blended total cost per-school skill on the real census (early elementary five years
+ahead +14.3 to +9.5 % over persistence, creche +2.4 to -7.4 %), since a school's best forecast
+is not its share of the best total (closures and moves are no school's own trend).
+
+The calibration rows are blended alike (`blended_calibration`: each municipality's rows
+scaled to its blended total less the new offerings, their residuals moving with them), so
+the intervals of totals are calibrated on the errors of the totals as published.
+
+On the real census of Alagoas with the real births (back-test of the published files, 8
+origins; benchmarks/README.md, "Tenth session") the walk-forward chose w = 1 for early
+elementary at every origin and cut its municipal error five years ahead from 10.9 % to
+7.7 %, pre-school's from 21.0 % to 10.1 % and creche's from 41.8 % to 29.7 %.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import polars as pl
+
+from censo_forecast.demography import known
+from censo_forecast.inep import catalog
+from censo_forecast.inep.catalog import YEAR
+from censo_forecast.outputs import FORECAST, HORIZON
+from censo_forecast.statepaths import at_origins, state_history
+
+log = logging.getLogger(__name__)
+MUNICIPALITY = "CO_MUNICIPIO"
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the births' weight; 0: bottom-up
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A stage's births weight and the walk-forward errors (weighted absolute %, mean over
+    its validated horizons) of municipal totals at every weight it was chosen from."""
+
+    weight: float
+    errors: dict[float, float]
+
+
+def birth_ratios(panel: pl.DataFrame, flag: str, horizons: list[int]) -> pl.DataFrame:
+    """(CO_MUNICIPIO, origin, horizonte, ratio): the stage's birth cohort h years after each
+    origin over its cohort at the origin, as known at the origin (null: incomplete cohort)."""
+    stage = catalog.stage(flag)
+    columns = list(known.BIRTH_COLUMNS)
+    rows = panel.group_by(MUNICIPALITY, YEAR).agg(pl.col(c).first() for c in columns)
+    return pl.concat([rows.select(MUNICIPALITY, pl.col(YEAR).alias("origin"), pl.lit(h, dtype=pl.Int32).alias(HORIZON),
+                                  known.birth_ratio(stage, h, columns).cast(pl.Float64).alias("ratio"))
+                      for h in horizons])
+
+
+def _with_targets(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame) -> pl.DataFrame:
+    """`sums` (CO_MUNICIPIO, origin, horizonte, schools) with the municipality's census total at
+    the origin (t0), the new offerings expected (h x the origin's recent openings) and the
+    birth ratio."""
+    keys: dict[str, pl.DataType] = {MUNICIPALITY: sums.schema[MUNICIPALITY], "origin": pl.Int64(), HORIZON: pl.Int32()}
+    sums = sums.cast({k: v for k, v in keys.items() if k in sums.columns})
+    origins = (origins.select(MUNICIPALITY, "origin", pl.col("total").alias("t0"), "new")
+               .cast({k: keys[k] for k in (MUNICIPALITY, "origin")}))
+    return (sums.join(origins, on=[MUNICIPALITY, "origin"], how="left")
+            .join(ratios.cast({k: v for k, v in keys.items()}), on=[MUNICIPALITY, "origin", HORIZON], how="left")
+            .with_columns((pl.col(HORIZON) * pl.col("new").fill_null(0.0)).alias("new")))
+
+
+def _target(weight: float) -> pl.Expr:
+    """The municipality's blended total (bottom-up where its cohort is incomplete)."""
+    bottom_up = pl.col("schools") + pl.col("new")
+    births = (pl.col("t0") * pl.col("ratio")).fill_null(bottom_up)
+    return (1 - weight) * bottom_up + weight * births
+
+
+def _walk_forward_sums(calibration: pl.DataFrame) -> pl.DataFrame:
+    """(CO_MUNICIPIO, NU_ANO_CENSO, horizonte, schools, origin): the walk-forward's forecast of
+    each municipality's schools per test year and horizon."""
+    return (calibration.group_by(MUNICIPALITY, YEAR, HORIZON).agg(pl.col(FORECAST).sum().alias("schools"))
+            .with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias("origin")))
+
+
+def choose(calibration: pl.DataFrame, history: pl.DataFrame, ratios: pl.DataFrame) -> Choice | None:
+    """The births weight with the lowest walk-forward error of municipal totals (module
+    docstring); None when no test year can compare."""
+    origins = at_origins(history, MUNICIPALITY)
+    scored = (_with_targets(_walk_forward_sums(calibration), origins, ratios)
+              .join(history.select(MUNICIPALITY, YEAR, pl.col("total").alias("actual")), on=[MUNICIPALITY, YEAR], how="inner")
+              .filter(pl.col("t0").is_not_null()))
+    if scored.height == 0 or scored.select(pl.col("actual").sum()).item() <= 0:
+        return None
+    per_horizon = scored.group_by(HORIZON).agg(
+        *(((_target(w) - pl.col("actual")).abs().sum() / pl.col("actual").sum()).alias(str(w)) for w in WEIGHTS))
+    errors = {w: float(per_horizon.select(pl.col(str(w)).mean()).item()) for w in WEIGHTS}
+    best = min(WEIGHTS, key=lambda w: (errors[w], w))
+    return Choice(best, errors)
+
+
+def _factors(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, weight: float) -> pl.DataFrame:
+    """Per row of `sums`: the factor that moves its schools' sum to the blended total less the
+    new offerings expected (null where nothing is to move)."""
+    return _with_targets(sums, origins, ratios).with_columns(
+        pl.when((pl.col("schools") > 0) & pl.col("t0").is_not_null())
+        .then((_target(weight) - pl.col("new")).clip(lower_bound=0.0) / pl.col("schools")).alias("_factor"))
+
+
+def _blend_calibration(calibration: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, weight: float) -> pl.DataFrame:
+    """The calibration rows with blended forecasts; each residual (census - forecast) moves by
+    what its forecast moved."""
+    keys = [MUNICIPALITY, YEAR, HORIZON]
+    factors = _factors(_walk_forward_sums(calibration), origins, ratios, weight).select(*keys, "_factor")
+    factors = factors.cast({k: calibration.schema[k] for k in keys})
+    blended = (calibration.join(factors, on=keys, how="left", maintain_order="left")
+               .with_columns((pl.col(FORECAST) * pl.col("_factor").fill_null(1.0)).alias("_blended")))
+    return blended.with_columns((pl.col("residual") + pl.col(FORECAST) - pl.col("_blended")).alias("residual"),
+                                pl.col("_blended").alias(FORECAST)).drop("_factor", "_blended")
+
+
+def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: bool = False) -> dict[str, Choice]:
+    """Per stage of school age with calibration, its births weight; empty without demography.
+    With `say`, a log line per stage with the errors it was chosen by."""
+    if not known.present(panel):
+        return {}
+    out = {}
+    for flag, table in calibration.items():
+        if catalog.stage(flag).ages is None or table.height == 0:
+            continue
+        horizons = sorted(table[HORIZON].unique().to_list())
+        choice = choose(table, state_history(panel, flag, MUNICIPALITY), birth_ratios(panel, flag, horizons))
+        if choice is None:
+            continue
+        out[flag] = choice
+        if say:
+            log.info("%s: municipal totals %s (walk-forward weighted absolute error of municipal totals by births "
+                     "weight: %s)", flag, f"blended with births at weight {choice.weight:g}" if choice.weight else
+                     "bottom-up", ", ".join(f"{w:g}: {100 * e:.1f} %" for w, e in choice.errors.items()))
+    return out
+
+
+def blended_calibration(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame],
+                        chosen: dict[str, Choice]) -> dict[str, pl.DataFrame]:
+    """The calibration tables with each stage's municipal totals blended at its chosen weight:
+    the walk-forward errors of totals as published."""
+    out = dict(calibration)
+    for flag, choice in chosen.items():
+        if choice.weight:
+            origins = at_origins(state_history(panel, flag, MUNICIPALITY), MUNICIPALITY)
+            ratios = birth_ratios(panel, flag, sorted(calibration[flag][HORIZON].unique().to_list()))
+            out[flag] = _blend_calibration(calibration[flag], origins, ratios, choice.weight)
+    return out
+
+
+def births_totals(panel: pl.DataFrame, flag: str, horizon: int) -> pl.DataFrame:
+    """(CO_MUNICIPIO, total): each municipality's births-scaled total `horizon` years after the
+    panel's last census year, its census total then times its birth ratio (null where the
+    cohort is incomplete)."""
+    last = panel[YEAR].max()
+    now = state_history(panel, flag, MUNICIPALITY).filter(pl.col(YEAR) == last)
+    ratio = birth_ratios(panel, flag, [horizon]).filter(pl.col("origin") == last).select(MUNICIPALITY, "ratio")
+    return now.join(ratio.cast({MUNICIPALITY: now.schema[MUNICIPALITY]}), on=MUNICIPALITY, how="left").select(
+        MUNICIPALITY, (pl.col("total") * pl.col("ratio")).alias("total"))
