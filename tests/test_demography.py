@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from censo_forecast import features, horizons, models
+from censo_forecast import features, horizons, models, municipal
 from censo_forecast.config import ModelSettings
 from censo_forecast.demography import known, tables
 from censo_forecast.demography import synthetic as synthetic_demography
@@ -190,7 +190,6 @@ def test_a_run_with_demography_records_it_and_predict_needs_the_same(small_censu
                              **{**FAST_RUN, "stages": ["IN_FUND_AI"]})
     record = pipeline.run(settings)
     assert record["demography"].startswith(str(folder)) and "births 1996-2025" in record["demography"]
-    from censo_forecast import municipal
     assert set(record["births_weight"]) == {"IN_FUND_AI"} and record["births_weight"]["IN_FUND_AI"] in municipal.WEIGHTS
     table = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
     assert models.DEMOGRAPHY in set(table["modelo"])
@@ -239,3 +238,16 @@ def test_the_published_forecast_knows_no_birth_after_its_origin(census_with_demo
     np.testing.assert_allclose(munis, later_munis, rtol=0, atol=1e-9)
     _, known_munis = published(perturbed(pl.col(tables.YEAR) == origin - 1))
     assert not np.allclose(munis, known_munis)
+
+
+def test_the_run_record_names_the_births_weight_of_the_stages_published_on_their_own(census_with_demography):
+    """All elementary is published as early + final elementary: its own weight is not what its
+    totals use, so the record (and the report) leave it out."""
+    from censo_forecast import pipeline
+
+    census, demo = census_with_demography
+    fc = EnrollmentForecaster(["IN_FUND", "IN_FUND_AI", "IN_FUND_AF"], horizons=2, model=FAST, device="cpu", n_jobs=1,
+                              demography=demo).fit(census)
+    panel = fc._panel(census)
+    assert "IN_FUND" in municipal.choices(panel, fc.calibration_)  # it has one of its own
+    assert set(pipeline.births_weights(fc, panel)) == {"IN_FUND_AI", "IN_FUND_AF"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, checkpoints, explain, forecast, municipal, outputs, report, runlog, storage
+from censo_forecast import atomic, checkpoints, coherence, explain, forecast, municipal, outputs, report, runlog, storage
 from censo_forecast.config import Settings
 from censo_forecast.demography import known, tables
 from censo_forecast.demography.tables import Demography
@@ -362,8 +362,7 @@ class Run(Hooks):
             log.warning("stages skipped: %s", "; ".join(f"{k}: {v}" for k, v in forecaster.skipped_stages_.items()))
         record.update({"stages": list(forecaster.models_), "skipped_stages": forecaster.skipped_stages_,
                        "unvalidated_horizons": unvalidated_horizons(forecaster),
-                       "births_weight": {flag: choice.weight for flag, choice in
-                                         municipal.choices(panel, forecaster.calibration_).items()},
+                       "births_weight": births_weights(forecaster, panel),
                        "forecast_year": years[0], "forecast_years": years,
                        "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)
@@ -373,6 +372,14 @@ class Run(Hooks):
         record.update({"timings_s": self.clock.timings(), "phases": self.clock.phases})
         atomic.write_json(self.out / outputs.METADATA, record)
         return record
+
+
+def births_weights(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> dict[str, float]:
+    """Each stage's births weight in its municipal totals (`municipal`), but for a stage
+    published as the sum of its parts (`coherence`): its totals are theirs."""
+    sums = coherence.reconcilable(list(forecaster.models_))
+    return {flag: choice.weight for flag, choice in municipal.choices(panel, forecaster.calibration_).items()
+            if flag not in sums}
 
 
 def unvalidated_horizons(forecaster: EnrollmentForecaster) -> dict[str, dict]:

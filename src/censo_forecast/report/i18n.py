@@ -111,6 +111,14 @@ _TEXTS: dict[str, dict[str, str]] = {
         "en": "The forecasts use births and population per municipality ({source}): how many children reach each "
               "stage's age, known years ahead (the Demografia model and the models' features).",
     },
+    "births_blend": {
+        "pt-BR": "Os totais por município de {stages} combinam a soma das escolas com a projeção pelos nascimentos do "
+                 "município, com o peso entre parênteses que o teste nos anos passados escolheu; a diferença está na "
+                 "coluna ajuste_nascimentos dos arquivos por município, e as previsões por escola não mudam.",
+        "en": "The municipal totals of {stages} combine the schools' sum with the projection from the municipality's "
+              "births, at the weight in brackets that the test on past years chose; the difference is the "
+              "ajuste_nascimentos column of the municipal files, and the school forecasts are unchanged.",
+    },
     "unvalidated": {
         "pt-BR": "Não há anos de censo suficientes para testar {years} ano(s) à frente ({stages}): essas previsões "
                  "seguem o modelo escolhido para {source} ano(s) à frente e não têm faixa.",

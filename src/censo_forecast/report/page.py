@@ -275,11 +275,19 @@ def _unvalidated_words(unvalidated: dict | None, words: Words) -> str:
                     for (years, source), stages in groups.items())
 
 
+def _births_blend_words(weights: dict | None, words: Words) -> str:
+    """Which stages' municipal totals lean on births, and how much (the run record's
+    `births_weight`); nothing where none does."""
+    blended = [f"{words.stage(flag)} ({words.number(weight, 2)})" for flag, weight in (weights or {}).items() if weight]
+    return words("births_blend", stages=", ".join(blended)) if blended else ""
+
+
 def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, demography: str | None = None,
-                    unvalidated: dict | None = None) -> str:
+                    unvalidated: dict | None = None, births_weight: dict | None = None) -> str:
     """How good, in words and one chart, then the numbers behind them; whether births and
-    population informed the forecast (`demography`: their description in the run record);
-    and which horizons could not be tested (`unvalidated`)."""
+    population informed the forecast (`demography`: their description in the run record) and
+    the municipal totals (`births_weight`); and which horizons could not be tested
+    (`unvalidated`)."""
     table = data.quality(results)
     horizons = sorted({1, int(results.select(pl.col(HORIZON).max()).item())}) if HORIZON in results.columns else [1]
     h = horizons[-1]
@@ -300,6 +308,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, d
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
     published = _published_check(words)
     births = words("demography_used", source=demography) if demography else words("demography_none")
+    births = " ".join(part for part in (births, _births_blend_words(births_weight, words)) if part)
     untested = _unvalidated_words(unvalidated, words)
     untested = f"<p id='quality-unvalidated'>{html.escape(untested)}</p>" if untested else ""
     header = [words("stage"), words("model")]
@@ -454,7 +463,8 @@ def build_report(out: Path, lang: str | None = None, *, target: Path | None = No
         headline_section(data.headline(country, history), area, words),
         pictures,
         finder_section(out, munis, years, words, max_schools),
-        quality_section(results, totals, words, meta.get("demography"), meta.get("unvalidated_horizons")),
+        quality_section(results, totals, words, meta.get("demography"), meta.get("unvalidated_horizons"),
+                        meta.get("births_weight")),
         analyst_section(out, meta, results, totals, errors, country, states, words),
         _json_block(words.script_settings(), element_id="report-settings"),
         f"<script>{_asset('report.js')}</script></main></body></html>",
