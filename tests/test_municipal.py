@@ -43,14 +43,15 @@ def enrollment(muni: int, year: int) -> float:
 
 def panel() -> pl.DataFrame:
     """Two schools per municipality, each half the municipality's enrollment, every year, with
-    the births each year knows (`known.attach`'s columns)."""
+    the births each year knows and a population (`known.attach`'s columns)."""
     rows = []
     for muni in MUNIS:
         for school in (1, 2):
             for year in YEARS:
                 rows.append({"CO_ENTIDADE": muni * 10 + school, "NU_ANO_CENSO": year, "CO_MUNICIPIO": muni, "CO_UF": 27,
                              "active": True, "IN_FUND_AI": 1, "QT_MAT_FUND_AI": enrollment(muni, year) / 2,
-                             **{known.births_column(j): births(muni, year - j) for j in range(known.BIRTHS_LAG, known.MAX_AGE + 1)}})
+                             **{known.births_column(j): births(muni, year - j) for j in range(known.BIRTHS_LAG, known.MAX_AGE + 1)},
+                             **dict.fromkeys(known.POPULATION_COLUMNS, 0.0)})
     return pl.DataFrame(rows)
 
 
@@ -77,8 +78,8 @@ def forecasts(bias: float, h: int) -> pl.DataFrame:
 
 def totals(data: pl.DataFrame, table: pl.DataFrame, bias: float, h: int, chosen: dict) -> dict[str, pl.DataFrame]:
     """The area totals one horizon publishes, with the births blend the walk-forward chose."""
-    blended = municipal.blended_calibration(data, {"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
-    births = (chosen["IN_FUND_AI"].weight, municipal.births_totals(data, "IN_FUND_AI", h)) if chosen else None
+    blended = municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
+    births = (chosen["IN_FUND_AI"].weight, municipal.births_totals(chosen["IN_FUND_AI"], "IN_FUND_AI", h)) if chosen else None
     return forecast.area_totals(forecasts(bias, h), blended.filter(pl.col(HORIZON) == h), forecast.new_offerings(data, "IN_FUND_AI"),
                                 "IN_FUND_AI", years_ahead=h, births=births)
 
@@ -103,7 +104,7 @@ def test_births_that_foretell_the_totals_get_full_weight_and_the_published_total
         # the intervals are calibrated on the blended walk-forward: exact here, so they are the point
         np.testing.assert_allclose(munis[LOWER_80].to_numpy(), munis[FORECAST].to_numpy(), rtol=1e-9)
         np.testing.assert_allclose(munis[UPPER_95].to_numpy(), munis[FORECAST].to_numpy(), rtol=1e-9)
-    moved = municipal.blended_calibration(panel(), {"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
+    moved = municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
     np.testing.assert_allclose(moved["residual"].to_numpy(), 0.0, atol=1e-9)  # each residual moved with its forecast
     np.testing.assert_allclose((moved[FORECAST] + moved["residual"]).to_numpy(),
                                (table[FORECAST] + table["residual"]).to_numpy(), rtol=1e-12)
@@ -114,7 +115,7 @@ def test_a_bottom_up_that_is_right_keeps_weight_zero_and_its_totals():
     noisy = panel().with_columns(pl.col(known.births_column(3)) * 1.3)  # births now mislead
     chosen = municipal.choices(noisy, {"IN_FUND_AI": table})
     assert chosen["IN_FUND_AI"].weight == 0.0
-    assert municipal.blended_calibration(noisy, {"IN_FUND_AI": table}, chosen)["IN_FUND_AI"].equals(table)
+    assert municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"].equals(table)
 
 
 def test_a_municipality_without_a_complete_cohort_keeps_its_bottom_up_total():
@@ -123,7 +124,7 @@ def test_a_municipality_without_a_complete_cohort_keeps_its_bottom_up_total():
     table = calibration(bias=0.2)
     chosen = municipal.choices(gap, {"IN_FUND_AI": table})
     assert chosen["IN_FUND_AI"].weight == 1.0
-    assert municipal.births_totals(gap, "IN_FUND_AI", 2).sort("CO_MUNICIPIO")["total"].to_list()[1] is None
+    assert municipal.births_totals(chosen["IN_FUND_AI"], "IN_FUND_AI", 2).sort("CO_MUNICIPIO")["total"].to_list()[1] is None
     munis = totals(gap, table, 0.2, 2, chosen)[MUNICIPALITIES].sort("CO_MUNICIPIO")
     np.testing.assert_allclose(munis[FORECAST].to_numpy(), [enrollment(MUNIS[0], LAST + 2), 1.2 * enrollment(MUNIS[1], LAST + 2)],
                                rtol=1e-9)

@@ -271,15 +271,15 @@ class EnrollmentForecaster(BaseEstimator):
         panel = self._panel(census)
         out: dict[int, dict[str, list[pl.DataFrame]]] = {}
         chosen = municipal.choices(panel, self.calibration_, say=True)
-        blended = municipal.blended_calibration(panel, self.calibration_, chosen)  # the errors of totals as published
+        blended = municipal.blended_calibration(self.calibration_, chosen)  # the errors of totals as published
         for flag in schools[STAGE].unique(maintain_order=True):
             if flag not in self.calibration_:
                 raise ValueError(f"{flag}: totals need the walk-forward residuals, which these models lack; refit them")
             offerings = forecast.new_offerings(panel, flag)
-            weight = chosen[flag].weight if flag in chosen else 0.0
+            choice = chosen.get(flag)
             for h, rows in validation.by_horizon(schools.filter(pl.col(STAGE) == flag)):
                 calibration = blended[flag].filter(pl.col(HORIZON) == h)
-                births = (weight, municipal.births_totals(panel, flag, h)) if weight else None
+                births = (choice.weight, municipal.births_totals(choice, flag, h)) if choice and choice.weight else None
                 areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, births=births, seed=seed + h)
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)

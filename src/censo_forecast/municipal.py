@@ -49,20 +49,25 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the births' weight; 0: bottom-up
 @dataclass(frozen=True)
 class Choice:
     """A stage's births weight and the walk-forward errors (weighted absolute %, mean over
-    its validated horizons) of municipal totals at every weight it was chosen from."""
+    its validated horizons) of municipal totals at every weight it was chosen from; and what
+    applying it reads, computed once: the municipalities' census totals and recent openings
+    at every origin (`statepaths.at_origins`) and the births each (municipality, year) knows
+    (`known.known_table`)."""
 
     weight: float
     errors: dict[float, float]
+    origins: pl.DataFrame
+    births: pl.DataFrame
 
 
-def birth_ratios(panel: pl.DataFrame, flag: str, horizons: list[int]) -> pl.DataFrame:
+def birth_ratios(births: pl.DataFrame, flag: str, horizons: list[int]) -> pl.DataFrame:
     """(CO_MUNICIPIO, origin, horizonte, ratio): the stage's birth cohort h years after each
-    origin over its cohort at the origin, as known at the origin (null: incomplete cohort)."""
+    origin over its cohort at the origin, as known at the origin (null: incomplete cohort),
+    from `known.known_table`'s rows."""
     stage = catalog.stage(flag)
     columns = list(known.BIRTH_COLUMNS)
-    rows = panel.group_by(MUNICIPALITY, YEAR).agg(pl.col(c).first() for c in columns)
-    return pl.concat([rows.select(MUNICIPALITY, pl.col(YEAR).alias("origin"), pl.lit(h, dtype=pl.Int32).alias(HORIZON),
-                                  known.birth_ratio(stage, h, columns).cast(pl.Float64).alias("ratio"))
+    return pl.concat([births.select(MUNICIPALITY, pl.col(YEAR).alias("origin"), pl.lit(h, dtype=pl.Int32).alias(HORIZON),
+                                    known.birth_ratio(stage, h, columns).cast(pl.Float64).alias("ratio"))
                       for h in horizons])
 
 
@@ -93,10 +98,11 @@ def _walk_forward_sums(calibration: pl.DataFrame) -> pl.DataFrame:
             .with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias("origin")))
 
 
-def choose(calibration: pl.DataFrame, history: pl.DataFrame, ratios: pl.DataFrame) -> Choice | None:
+def choose(calibration: pl.DataFrame, history: pl.DataFrame, births: pl.DataFrame, flag: str) -> Choice | None:
     """The births weight with the lowest walk-forward error of municipal totals (module
     docstring); None when no test year can compare."""
     origins = at_origins(history, MUNICIPALITY)
+    ratios = birth_ratios(births, flag, sorted(calibration[HORIZON].unique().to_list()))
     scored = (_with_targets(_walk_forward_sums(calibration), origins, ratios)
               .join(history.select(MUNICIPALITY, YEAR, pl.col("total").alias("actual")), on=[MUNICIPALITY, YEAR], how="inner")
               .filter(pl.col("t0").is_not_null()))
@@ -106,7 +112,7 @@ def choose(calibration: pl.DataFrame, history: pl.DataFrame, ratios: pl.DataFram
         *(((_target(w) - pl.col("actual")).abs().sum() / pl.col("actual").sum()).alias(str(w)) for w in WEIGHTS))
     errors = {w: float(per_horizon.select(pl.col(str(w)).mean()).item()) for w in WEIGHTS}
     best = min(WEIGHTS, key=lambda w: (errors[w], w))
-    return Choice(best, errors)
+    return Choice(best, errors, origins, births)
 
 
 def _factors(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, weight: float) -> pl.DataFrame:
@@ -117,11 +123,12 @@ def _factors(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, we
         .then((_target(weight) - pl.col("new")).clip(lower_bound=0.0) / pl.col("schools")).alias("_factor"))
 
 
-def _blend_calibration(calibration: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, weight: float) -> pl.DataFrame:
+def _blend_calibration(calibration: pl.DataFrame, choice: Choice, flag: str) -> pl.DataFrame:
     """The calibration rows with blended forecasts; each residual (census - forecast) moves by
     what its forecast moved."""
     keys = [MUNICIPALITY, YEAR, HORIZON]
-    factors = _factors(_walk_forward_sums(calibration), origins, ratios, weight).select(*keys, "_factor")
+    ratios = birth_ratios(choice.births, flag, sorted(calibration[HORIZON].unique().to_list()))
+    factors = _factors(_walk_forward_sums(calibration), choice.origins, ratios, choice.weight).select(*keys, "_factor")
     factors = factors.cast({k: calibration.schema[k] for k in keys})
     blended = (calibration.join(factors, on=keys, how="left", maintain_order="left")
                .with_columns((pl.col(FORECAST) * pl.col("_factor").fill_null(1.0)).alias("_blended")))
@@ -132,14 +139,14 @@ def _blend_calibration(calibration: pl.DataFrame, origins: pl.DataFrame, ratios:
 def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: bool = False) -> dict[str, Choice]:
     """Per stage of school age with calibration, its births weight; empty without demography.
     With `say`, a log line per stage with the errors it was chosen by."""
-    if not known.present(panel):
+    births = known.known_table(panel)
+    if births is None:
         return {}
     out = {}
     for flag, table in calibration.items():
         if catalog.stage(flag).ages is None or table.height == 0:
             continue
-        horizons = sorted(table[HORIZON].unique().to_list())
-        choice = choose(table, state_history(panel, flag, MUNICIPALITY), birth_ratios(panel, flag, horizons))
+        choice = choose(table, state_history(panel, flag, MUNICIPALITY), births, flag)
         if choice is None:
             continue
         out[flag] = choice
@@ -150,25 +157,22 @@ def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: b
     return out
 
 
-def blended_calibration(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame],
-                        chosen: dict[str, Choice]) -> dict[str, pl.DataFrame]:
+def blended_calibration(calibration: dict[str, pl.DataFrame], chosen: dict[str, Choice]) -> dict[str, pl.DataFrame]:
     """The calibration tables with each stage's municipal totals blended at its chosen weight:
     the walk-forward errors of totals as published."""
     out = dict(calibration)
     for flag, choice in chosen.items():
         if choice.weight:
-            origins = at_origins(state_history(panel, flag, MUNICIPALITY), MUNICIPALITY)
-            ratios = birth_ratios(panel, flag, sorted(calibration[flag][HORIZON].unique().to_list()))
-            out[flag] = _blend_calibration(calibration[flag], origins, ratios, choice.weight)
+            out[flag] = _blend_calibration(calibration[flag], choice, flag)
     return out
 
 
-def births_totals(panel: pl.DataFrame, flag: str, horizon: int) -> pl.DataFrame:
+def births_totals(choice: Choice, flag: str, horizon: int) -> pl.DataFrame:
     """(CO_MUNICIPIO, total): each municipality's births-scaled total `horizon` years after the
-    panel's last census year, its census total then times its birth ratio (null where the
-    cohort is incomplete)."""
-    last = panel[YEAR].max()
-    now = state_history(panel, flag, MUNICIPALITY).filter(pl.col(YEAR) == last)
-    ratio = birth_ratios(panel, flag, [horizon]).filter(pl.col("origin") == last).select(MUNICIPALITY, "ratio")
+    last census year, its census total then times its birth ratio (null where the cohort is
+    incomplete)."""
+    last = choice.origins["origin"].max()
+    now = choice.origins.filter(pl.col("origin") == last)
+    ratio = birth_ratios(choice.births, flag, [horizon]).filter(pl.col("origin") == last).select(MUNICIPALITY, "ratio")
     return now.join(ratio.cast({MUNICIPALITY: now.schema[MUNICIPALITY]}), on=MUNICIPALITY, how="left").select(
         MUNICIPALITY, (pl.col("total") * pl.col("ratio")).alias("total"))
