@@ -250,4 +250,4 @@ def test_the_run_record_names_the_births_weight_of_the_stages_published_on_their
                               demography=demo).fit(census)
     panel = fc._panel(census)
     assert "IN_FUND" in municipal.choices(panel, fc.calibration_)  # it has one of its own
-    assert set(pipeline.births_weights(fc, panel)) == {"IN_FUND_AI", "IN_FUND_AF"}
+    assert set(pipeline.births_weights(fc, municipal.choices(panel, fc.calibration_))) == {"IN_FUND_AI", "IN_FUND_AF"}

@@ -242,7 +242,8 @@ class EnrollmentForecaster(BaseEstimator):
                 frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
         return forecast.published(pl.concat(frames, how="diagonal"), panel, self.calibration_) if frames else pl.DataFrame()
 
-    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0) -> dict[int, dict[str, pl.DataFrame]]:
+    def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0,
+                  births: dict[str, municipal.Choice] | None = None) -> dict[int, dict[str, pl.DataFrame]]:
         """Municipal, state and national totals per forecast year and stage, with new
         offerings, the births blend of municipal totals where the walk-forward chose it (with
         demography: `municipal`) and intervals from resampled walk-forward residuals.
@@ -255,6 +256,9 @@ class EnrollmentForecaster(BaseEstimator):
             What `predict` returned.
         seed : int, default 0
             Seed of the residual resampling.
+        births : dict of str to municipal.Choice, optional
+            The stages' births weights (`municipal.choices` of the same census), for a caller
+            that keeps them (the run records them); None: chosen here.
 
         Returns
         -------
@@ -270,7 +274,7 @@ class EnrollmentForecaster(BaseEstimator):
         check_is_fitted(self, "models_")
         panel = self._panel(census)
         out: dict[int, dict[str, list[pl.DataFrame]]] = {}
-        chosen = municipal.choices(panel, self.calibration_, say=True)
+        chosen = municipal.choices(panel, self.calibration_, say=True) if births is None else births
         blended = municipal.blended_calibration(self.calibration_, chosen)  # the errors of totals as published
         for flag in schools[STAGE].unique(maintain_order=True):
             if flag not in self.calibration_:
@@ -279,8 +283,8 @@ class EnrollmentForecaster(BaseEstimator):
             choice = chosen.get(flag)
             for h, rows in validation.by_horizon(schools.filter(pl.col(STAGE) == flag)):
                 calibration = blended[flag].filter(pl.col(HORIZON) == h)
-                births = (choice.weight, municipal.births_totals(choice, flag, h)) if choice and choice.weight else None
-                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, births=births, seed=seed + h)
+                blend = (choice.weight, municipal.births_totals(choice, flag, h)) if choice and choice.weight else None
+                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, births=blend, seed=seed + h)
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
         names = forecast.municipality_names(panel)

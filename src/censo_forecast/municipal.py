@@ -173,6 +173,6 @@ def births_totals(choice: Choice, flag: str, horizon: int) -> pl.DataFrame:
     incomplete)."""
     last = choice.origins["origin"].max()
     now = choice.origins.filter(pl.col("origin") == last)
-    ratio = birth_ratios(choice.births, flag, [horizon]).filter(pl.col("origin") == last).select(MUNICIPALITY, "ratio")
+    ratio = birth_ratios(choice.births.filter(pl.col(YEAR) == last), flag, [horizon]).select(MUNICIPALITY, "ratio")
     return now.join(ratio.cast({MUNICIPALITY: now.schema[MUNICIPALITY]}), on=MUNICIPALITY, how="left").select(
         MUNICIPALITY, (pl.col("total") * pl.col("ratio")).alias("total"))

@@ -111,10 +111,11 @@ def forecast_years(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> lis
 
 
 def _write_forecast(forecaster: EnrollmentForecaster, panel: pl.DataFrame, schools: pl.DataFrame, out: Path,
-                    seed: int) -> list[Path]:
-    """Each forecast year's school forecasts and area totals, from a fitted forecaster; forecast
-    files of other years (an earlier run's, with more horizons or another census) are removed."""
-    areas = forecaster.aggregate(panel, schools, seed=seed)
+                    seed: int, births: dict[str, municipal.Choice] | None = None) -> list[Path]:
+    """Each forecast year's school forecasts and area totals, from a fitted forecaster (`births`:
+    as `EnrollmentForecaster.aggregate`); forecast files of other years (an earlier run's, with
+    more horizons or another census) are removed."""
+    areas = forecaster.aggregate(panel, schools, seed=seed, births=births)
     written = []
     for year in forecast_years(forecaster, panel):
         written += forecast.write_forecasts(out, year, schools.filter(pl.col(YEAR) == year), areas[year])
@@ -230,6 +231,7 @@ class Run(Hooks):
         self.importances: list[pl.DataFrame] = []
         self.shap_failures: dict[str, str] = {}
         self.schools: list[pl.DataFrame] = []  # each stage's forecast per school, made from the rows in hand
+        self.births: dict[str, municipal.Choice] = {}  # the stages' births weights, chosen once for the forecast and the record
         self.years: list[int] = []
         self.fingerprints: dict[str, str] = {}
         self.demography: Demography | None = None
@@ -345,7 +347,8 @@ class Run(Hooks):
     def write_forecast(self, forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> None:
         with self.clock.phase("forecast"):
             schools = forecast.published(pl.concat(self.schools, how="diagonal"), panel, forecaster.calibration_)
-            written = _write_forecast(forecaster, panel, schools, self.out, self.s.model.seed)
+            self.births = municipal.choices(panel, forecaster.calibration_, say=True)
+            written = _write_forecast(forecaster, panel, schools, self.out, self.s.model.seed, self.births)
             atomic.write_csv(self.out / outputs.HISTORY, forecast.history(panel, list(forecaster.models_)))
             forecaster.save(self.out / outputs.MODELS)
         log.info("forecast for %s: %d files; models saved in %s", _years_text(forecast_years(forecaster, panel)),
@@ -362,7 +365,7 @@ class Run(Hooks):
             log.warning("stages skipped: %s", "; ".join(f"{k}: {v}" for k, v in forecaster.skipped_stages_.items()))
         record.update({"stages": list(forecaster.models_), "skipped_stages": forecaster.skipped_stages_,
                        "unvalidated_horizons": unvalidated_horizons(forecaster),
-                       "births_weight": births_weights(forecaster, panel),
+                       "births_weight": births_weights(forecaster, self.births),
                        "forecast_year": years[0], "forecast_years": years,
                        "outputs_sha256": {name: storage.sha256(self.out / name) for name in outputs.report_inputs(years)}})
         return self.write_timings(record)
@@ -374,12 +377,11 @@ class Run(Hooks):
         return record
 
 
-def births_weights(forecaster: EnrollmentForecaster, panel: pl.DataFrame) -> dict[str, float]:
-    """Each stage's births weight in its municipal totals (`municipal`), but for a stage
-    published as the sum of its parts (`coherence`): its totals are theirs."""
+def births_weights(forecaster: EnrollmentForecaster, chosen: dict[str, municipal.Choice]) -> dict[str, float]:
+    """Each stage's births weight in its municipal totals (`chosen`: `municipal.choices`), but
+    for a stage published as the sum of its parts (`coherence`): its totals are theirs."""
     sums = coherence.reconcilable(list(forecaster.models_))
-    return {flag: choice.weight for flag, choice in municipal.choices(panel, forecaster.calibration_).items()
-            if flag not in sums}
+    return {flag: choice.weight for flag, choice in chosen.items() if flag not in sums}
 
 
 def unvalidated_horizons(forecaster: EnrollmentForecaster) -> dict[str, dict]:
