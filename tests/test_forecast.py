@@ -67,11 +67,13 @@ def test_area_intervals_come_from_the_errors_of_totals_at_their_own_level():
         pred = np.full(len(muni), 100.0)
         frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": pred, "Voting": pred, "CO_MUNICIPIO": 2700000 + muni,
                                     "CO_UF": 27, "y_true": pred * (1 + shock) + rng.normal(0, 3, len(muni))}))
-    calibration = intervals.calibration_table(pl.concat(frames), "Voting")
+    rows = pl.concat(frames)
+    walk_forward = rows.group_by("CO_MUNICIPIO", "CO_UF", "NU_ANO_CENSO").agg(pl.col("Voting").sum().alias("previsao"),
+                                                                             pl.col("y_true").sum())
     schools = pl.DataFrame({"CO_MUNICIPIO": 2700000 + np.repeat(np.arange(munis), per_muni), "CO_UF": 27,
                             "previsao": 100.0, "matriculas_ultimo_ano": 100.0})
     offerings = pl.DataFrame({"CO_MUNICIPIO": [2700000], "CO_UF": [27], "NU_ANO_CENSO": [2021], "new_enrollment": [0.0]})
-    areas = forecast.area_totals(schools, calibration, offerings, "IN_MED")
+    areas = forecast.area_totals(schools, walk_forward, offerings, "IN_MED")
     width = lambda f: ((f["limite_superior_80"] - f["limite_inferior_80"]) / f["previsao"]).to_numpy()  # noqa: E731
     assert np.all(width(areas["municipios"]) > 0.15)  # about +-10 %
     assert width(areas["ufs"])[0] < 0.06  # sixty shocks of either sign nearly cancel

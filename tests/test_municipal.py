@@ -1,6 +1,6 @@
 """Municipal totals blended with births: the weight the walk-forward chooses, the totals it
-publishes (the schools untouched), the calibration that moves with them, and nothing without
-demography."""
+publishes (the schools untouched), the walk-forward totals their intervals are calibrated on,
+and nothing without demography."""
 
 from __future__ import annotations
 
@@ -78,10 +78,11 @@ def forecasts(bias: float, h: int) -> pl.DataFrame:
 
 def totals(data: pl.DataFrame, table: pl.DataFrame, bias: float, h: int, chosen: dict) -> dict[str, pl.DataFrame]:
     """The area totals one horizon publishes, with the births blend the walk-forward chose."""
-    blended = municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
-    births = (chosen["IN_FUND_AI"].weight, municipal.births_totals(chosen["IN_FUND_AI"], "IN_FUND_AI", h)) if chosen else None
-    return forecast.area_totals(forecasts(bias, h), blended.filter(pl.col(HORIZON) == h), forecast.new_offerings(data, "IN_FUND_AI"),
-                                "IN_FUND_AI", years_ahead=h, births=births)
+    choice = chosen.get("IN_FUND_AI")
+    walk_forward = municipal.walk_forward_totals(table, data, "IN_FUND_AI", choice)
+    births = (choice.weight, municipal.births_totals(choice, "IN_FUND_AI", h)) if choice else None
+    return forecast.area_totals(forecasts(bias, h), walk_forward.filter(pl.col(HORIZON) == h),
+                                forecast.new_offerings(data, "IN_FUND_AI"), "IN_FUND_AI", years_ahead=h, births=births)
 
 
 def test_births_that_foretell_the_totals_get_full_weight_and_the_published_totals_follow_them(caplog):
@@ -101,13 +102,23 @@ def test_births_that_foretell_the_totals_get_full_weight_and_the_published_total
                                                                 + munis[BIRTHS_ADJUSTMENT]).to_numpy(), rtol=1e-12)
         state = areas[STATES]
         assert state[FORECAST].item() == pytest.approx(munis[FORECAST].sum()) and state[BIRTHS_ADJUSTMENT].item() < 0
-        # the intervals are calibrated on the blended walk-forward: exact here, so they are the point
+        # the intervals are calibrated on the walk-forward totals as published: exact here, so they are the point
         np.testing.assert_allclose(munis[LOWER_80].to_numpy(), munis[FORECAST].to_numpy(), rtol=1e-9)
         np.testing.assert_allclose(munis[UPPER_95].to_numpy(), munis[FORECAST].to_numpy(), rtol=1e-9)
-    moved = municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"]
-    np.testing.assert_allclose(moved["residual"].to_numpy(), 0.0, atol=1e-9)  # each residual moved with its forecast
-    np.testing.assert_allclose((moved[FORECAST] + moved["residual"]).to_numpy(),
-                               (table[FORECAST] + table["residual"]).to_numpy(), rtol=1e-12)
+
+
+def test_walk_forward_totals_are_the_published_totals_of_each_test_year_against_the_census():
+    table = calibration(bias=0.2)
+    chosen = municipal.choices(panel(), {"IN_FUND_AI": table})
+    for choice, factor in ((chosen["IN_FUND_AI"], 1.0), (None, 1.2)):  # blended at weight 1, and bottom-up
+        rows = municipal.walk_forward_totals(table, panel(), "IN_FUND_AI", choice)
+        assert rows.height == table.select("CO_MUNICIPIO", "NU_ANO_CENSO", HORIZON).n_unique()
+        actual = np.array([enrollment(m, y) for m, y in rows.select("CO_MUNICIPIO", "NU_ANO_CENSO").iter_rows()])
+        np.testing.assert_allclose(rows["y_true"].to_numpy(), actual, rtol=1e-12)
+        np.testing.assert_allclose(rows[FORECAST].to_numpy(), factor * actual, rtol=1e-9)
+    # bottom-up, the 20 % the schools overshoot is the municipal range: the published total's own error
+    munis = totals(panel(), table, 0.2, 1, {})[MUNICIPALITIES]
+    np.testing.assert_allclose((munis[LOWER_80] / munis[FORECAST]).to_numpy(), 1 / 1.2, rtol=1e-9)
 
 
 def test_a_bottom_up_that_is_right_keeps_weight_zero_and_its_totals():
@@ -115,7 +126,8 @@ def test_a_bottom_up_that_is_right_keeps_weight_zero_and_its_totals():
     noisy = panel().with_columns(pl.col(known.births_column(3)) * 1.3)  # births now mislead
     chosen = municipal.choices(noisy, {"IN_FUND_AI": table})
     assert chosen["IN_FUND_AI"].weight == 0.0
-    assert municipal.blended_calibration({"IN_FUND_AI": table}, chosen)["IN_FUND_AI"].equals(table)
+    walk_forward = municipal.walk_forward_totals(table, noisy, "IN_FUND_AI", chosen["IN_FUND_AI"])
+    np.testing.assert_allclose(walk_forward[FORECAST].to_numpy(), walk_forward["y_true"].to_numpy(), rtol=1e-9)
 
 
 def test_a_municipality_without_a_complete_cohort_keeps_its_bottom_up_total():
@@ -133,7 +145,8 @@ def test_a_municipality_without_a_complete_cohort_keeps_its_bottom_up_total():
 
 def test_a_blended_total_is_never_below_zero():
     table = pl.DataFrame({"CO_MUNICIPIO": [MUNIS[0]], "total": [-50.0]})
-    areas = forecast.area_totals(forecasts(0.0, 1).filter(pl.col("CO_MUNICIPIO") == MUNIS[0]), calibration(0.0).head(0),
+    walk_forward = municipal.walk_forward_totals(calibration(0.0), panel(), "IN_FUND_AI", None).head(0)
+    areas = forecast.area_totals(forecasts(0.0, 1).filter(pl.col("CO_MUNICIPIO") == MUNIS[0]), walk_forward,
                                  forecast.new_offerings(panel(), "IN_FUND_AI"), "IN_FUND_AI", births=(1.0, table))
     row = areas[MUNICIPALITIES].filter(pl.col("CO_MUNICIPIO") == MUNIS[0])
     assert row[FORECAST].item() == 0.0 and row[BIRTHS_ADJUSTMENT].item() == -row[SCHOOLS_FORECAST].item()

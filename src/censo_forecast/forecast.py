@@ -108,16 +108,15 @@ def new_offerings(panel: pl.DataFrame, flag: str, window: int = NEW_OFFERINGS_WI
 
 
 def _area_table(keys: np.ndarray, last: np.ndarray, schools: np.ndarray, births: np.ndarray, errors: np.ndarray | None,
-                new_expected: np.ndarray, new_draws: np.ndarray, key_name: str) -> pl.DataFrame:
+                new_expected: np.ndarray, key_name: str) -> pl.DataFrame:
     """An area's forecast: its schools' plus the new offerings expected plus the births
-    adjustment. Its bounds are quantiles of simulated totals, the schools' sum with its births
-    adjustment times (1 + a walk-forward error of areas of its level and size) plus the new
-    offerings drawn, widened to hold the forecast itself (none when the horizon has no
-    residuals: `errors` None)."""
+    adjustment. Its bounds are quantiles of simulated totals, the forecast times (1 + a
+    walk-forward error of totals of its level and size), widened to hold the forecast itself
+    (none when the horizon has no walk-forward totals: `errors` None)."""
     point = schools + new_expected + births
     out = {key_name: keys, LAST_ENROLLMENT: last, SCHOOLS_FORECAST: schools, NEW_OFFERINGS_FORECAST: new_expected,
            BIRTHS_ADJUSTMENT: births, FORECAST: point}
-    totals = None if errors is None else np.maximum((schools + births) * (1.0 + errors) + new_draws, 0.0)
+    totals = None if errors is None else np.maximum(point * (1.0 + errors), 0.0)
     for level in INTERVAL_LEVELS:
         a = (1 - level / 100) / 2
         nothing = np.full(len(keys), np.nan)
@@ -146,7 +145,7 @@ def _births_adjustment(births: tuple[float, pl.DataFrame] | None, munis: list, s
     return np.where(np.isnan(scaled), 0.0, np.maximum(weight * (scaled - bottom_up), -bottom_up))
 
 
-def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
+def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl.DataFrame, flag: str, *,
                 years_ahead: int = 1, births: tuple[float, pl.DataFrame] | None = None, draws: int = DRAWS,
                 seed: int = 0) -> dict[str, pl.DataFrame]:
     """Municipal, state and national totals for one stage and horizon with intervals.
@@ -158,17 +157,16 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     `previsao` is their blend, never below 0. No other adjustment moves the sum: on the real
     census of Alagoas, adding the expected net effect of closures made the state totals worse
     at almost every stage and horizon (benchmarks/README.md, "backtest.py"). The range comes
-    from the walk-forward errors of totals at each level (`intervals.area_errors`);
-    `calibration` holds this horizon's rows (empty: a horizon never validated, totals without
-    bounds; blended like the totals where they are). New offerings: those opening in each of
-    the `years_ahead` years, each year like one of the recent ones, still open at the forecast
-    year (their later growth or closure is not modelled).
+    from the walk-forward errors of totals as published at each level (`intervals.area_errors`
+    of `walk_forward`, this horizon's `municipal.walk_forward_totals`; empty: a horizon never
+    validated, totals without bounds). New offerings: h times the mean of the recent years'
+    openings (enrollment in schools that began offering the stage that year), counted as still
+    open at the forecast year (their later growth or closure is not modelled).
     """
     rng = np.random.default_rng(seed)
     pred = schools[FORECAST].to_numpy()
     last = schools[LAST_ENROLLMENT].to_numpy()
-    bounded = calibration.height > 0
-    # new offerings: one of the recent years per draw, shared by all municipalities (a common shock)
+    bounded = walk_forward.height > 0
     off_years = sorted(offerings[YEAR].unique().to_list()) or [None]
     munis = sorted(set(schools["CO_MUNICIPIO"].to_list()) | set(offerings["CO_MUNICIPIO"].to_list()))
     muni_index = {m: i for i, m in enumerate(munis)}
@@ -179,7 +177,6 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
         part = offerings.filter(pl.col(YEAR) == year)
         for m, v in zip(part["CO_MUNICIPIO"].to_list(), part["new_enrollment"].to_list(), strict=True):
             per_year[j, muni_index[m]] = v
-    new_draws = per_year[rng.integers(0, len(off_years), size=(years_ahead, draws))].sum(axis=0)
     school_muni = np.array([muni_index[m] for m in schools["CO_MUNICIPIO"].to_list()], dtype=np.int64)
     ufs = sorted(set(muni_uf[m] for m in munis))
     uf_of = np.array([ufs.index(muni_uf[m]) for m in munis])
@@ -199,10 +196,10 @@ def area_totals(schools: pl.DataFrame, calibration: pl.DataFrame, offerings: pl.
     adjustment = _births_adjustment(births, munis, to_munis(pred), new_expected)
     out = {}
     for name, (keys, key_name, up, calibration_key) in levels.items():
-        last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_draws)
-        errors = (intervals.sample_area_errors(intervals.area_errors(calibration, calibration_key), pred_a + births_a, draws, rng)
-                  if bounded else None)
-        out[name] = _area_table(keys, last_a, pred_a, births_a, errors, up(new_expected), new_a, key_name)
+        last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_expected)
+        errors = (intervals.sample_area_errors(intervals.area_errors(walk_forward, calibration_key), pred_a + new_a + births_a,
+                                               draws, rng) if bounded else None)
+        out[name] = _area_table(keys, last_a, pred_a, births_a, errors, new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     out[STATES] = out[STATES].with_columns(_uf_abbreviation(pl.col("CO_UF")))
     return {k: v.with_columns(pl.lit(flag).alias(STAGE), pl.lit(years_ahead, dtype=pl.Int32).alias(HORIZON))

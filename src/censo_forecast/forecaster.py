@@ -246,7 +246,7 @@ class EnrollmentForecaster(BaseEstimator):
                   births: dict[str, municipal.Choice] | None = None) -> dict[int, dict[str, pl.DataFrame]]:
         """Municipal, state and national totals per forecast year and stage, with new
         offerings, the births blend of municipal totals where the walk-forward chose it (with
-        demography: `municipal`) and intervals from resampled walk-forward residuals.
+        demography: `municipal`) and intervals from resampled walk-forward errors of totals.
 
         Parameters
         ----------
@@ -275,16 +275,16 @@ class EnrollmentForecaster(BaseEstimator):
         panel = self._panel(census)
         out: dict[int, dict[str, list[pl.DataFrame]]] = {}
         chosen = municipal.choices(panel, self.calibration_, say=True) if births is None else births
-        blended = municipal.blended_calibration(self.calibration_, chosen)  # the errors of totals as published
         for flag in schools[STAGE].unique(maintain_order=True):
             if flag not in self.calibration_:
                 raise ValueError(f"{flag}: totals need the walk-forward residuals, which these models lack; refit them")
             offerings = forecast.new_offerings(panel, flag)
             choice = chosen.get(flag)
+            walk_forward = municipal.walk_forward_totals(self.calibration_[flag], panel, flag, choice)  # totals as published
             for h, rows in validation.by_horizon(schools.filter(pl.col(STAGE) == flag)):
-                calibration = blended[flag].filter(pl.col(HORIZON) == h)
                 blend = (choice.weight, municipal.births_totals(choice, flag, h)) if choice and choice.weight else None
-                areas = forecast.area_totals(rows, calibration, offerings, flag, years_ahead=h, births=blend, seed=seed + h)
+                areas = forecast.area_totals(rows, walk_forward.filter(pl.col(HORIZON) == h), offerings, flag, years_ahead=h,
+                                             births=blend, seed=seed + h)
                 for key, frame in areas.items():
                     out.setdefault(int(rows[YEAR][0]), {}).setdefault(key, []).append(frame)
         names = forecast.municipality_names(panel)

@@ -1,5 +1,6 @@
 """Municipal totals of the school-age stages blended with their births, where the walk-forward
-says it helps (only with demography: `demography.known`).
+says it helps (only with demography: `demography.known`), and every stage's walk-forward
+municipal totals as published, which the intervals of totals are calibrated on.
 
 A municipality's bottom-up total is its schools' forecasts plus the new offerings expected.
 Its births offer a second forecast of the same total: the census total at the origin times
@@ -18,9 +19,11 @@ the blended total cost per-school skill on the real census (early elementary fiv
 ahead +14.3 to +9.5 % over persistence, creche +2.4 to -7.4 %), since a school's best forecast
 is not its share of the best total (closures and moves are no school's own trend).
 
-The calibration rows are blended alike (`blended_calibration`: each municipality's rows
-scaled to its blended total less the new offerings, their residuals moving with them), so
-the intervals of totals are calibrated on the errors of the totals as published.
+The intervals of totals are calibrated on the walk-forward errors of municipal totals as
+published (`walk_forward_totals`: the chosen model's sums per municipality plus the new
+offerings the origin expected, blended at the stage's weight, against the municipality's
+census total), so the new offerings and the births blend are inside the errors they are
+calibrated on.
 
 On the real census of Alagoas with the real births (back-test of the published files, 8
 origins; benchmarks/README.md, "Tenth session") the walk-forward chose w = 1 for early
@@ -38,7 +41,7 @@ import polars as pl
 from censo_forecast.demography import known
 from censo_forecast.inep import catalog
 from censo_forecast.inep.catalog import YEAR
-from censo_forecast.outputs import FORECAST, HORIZON
+from censo_forecast.outputs import ACTUAL, FORECAST, HORIZON
 from censo_forecast.statepaths import at_origins, state_history
 
 log = logging.getLogger(__name__)
@@ -71,17 +74,18 @@ def birth_ratios(births: pl.DataFrame, flag: str, horizons: list[int]) -> pl.Dat
                       for h in horizons])
 
 
-def _with_targets(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame) -> pl.DataFrame:
+def _with_targets(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame | None) -> pl.DataFrame:
     """`sums` (CO_MUNICIPIO, origin, horizonte, schools) with the municipality's census total at
     the origin (t0), the new offerings expected (h x the origin's recent openings) and the
-    birth ratio."""
+    birth ratio (null without `ratios`)."""
     keys: dict[str, pl.DataType] = {MUNICIPALITY: sums.schema[MUNICIPALITY], "origin": pl.Int64(), HORIZON: pl.Int32()}
     sums = sums.cast({k: v for k, v in keys.items() if k in sums.columns})
     origins = (origins.select(MUNICIPALITY, "origin", pl.col("total").alias("t0"), "new")
                .cast({k: keys[k] for k in (MUNICIPALITY, "origin")}))
-    return (sums.join(origins, on=[MUNICIPALITY, "origin"], how="left")
-            .join(ratios.cast({k: v for k, v in keys.items()}), on=[MUNICIPALITY, "origin", HORIZON], how="left")
-            .with_columns((pl.col(HORIZON) * pl.col("new").fill_null(0.0)).alias("new")))
+    joined = sums.join(origins, on=[MUNICIPALITY, "origin"], how="left")
+    joined = (joined.join(ratios.cast({k: v for k, v in keys.items()}), on=[MUNICIPALITY, "origin", HORIZON], how="left")
+              if ratios is not None else joined.with_columns(pl.lit(None, dtype=pl.Float64).alias("ratio")))
+    return joined.with_columns((pl.col(HORIZON) * pl.col("new").fill_null(0.0)).alias("new"))
 
 
 def _target(weight: float) -> pl.Expr:
@@ -92,20 +96,28 @@ def _target(weight: float) -> pl.Expr:
 
 
 def _walk_forward_sums(calibration: pl.DataFrame) -> pl.DataFrame:
-    """(CO_MUNICIPIO, NU_ANO_CENSO, horizonte, schools, origin): the walk-forward's forecast of
-    each municipality's schools per test year and horizon."""
-    return (calibration.group_by(MUNICIPALITY, YEAR, HORIZON).agg(pl.col(FORECAST).sum().alias("schools"))
+    """(CO_MUNICIPIO, NU_ANO_CENSO, horizonte, CO_UF, schools, origin): the walk-forward's
+    forecast of each municipality's schools per test year and horizon."""
+    return (calibration.group_by(MUNICIPALITY, YEAR, HORIZON)
+            .agg(pl.col("CO_UF").first(), pl.col(FORECAST).sum().alias("schools"))
             .with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias("origin")))
+
+
+def _scored(calibration: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame | None) -> pl.DataFrame:
+    """The walk-forward's municipal sums with what makes them totals (`_with_targets`) and the
+    census total of the test year (actual), where both are known."""
+    actual = origins.select(MUNICIPALITY, pl.col("origin").alias(YEAR), pl.col("total").alias("actual"))
+    sums = _walk_forward_sums(calibration)
+    return (_with_targets(sums, origins, ratios)
+            .join(actual.cast({MUNICIPALITY: sums.schema[MUNICIPALITY], YEAR: sums.schema[YEAR]}), on=[MUNICIPALITY, YEAR], how="inner")
+            .filter(pl.col("t0").is_not_null()))
 
 
 def choose(calibration: pl.DataFrame, history: pl.DataFrame, births: pl.DataFrame, flag: str) -> Choice | None:
     """The births weight with the lowest walk-forward error of municipal totals (module
     docstring); None when no test year can compare."""
     origins = at_origins(history, MUNICIPALITY)
-    ratios = birth_ratios(births, flag, sorted(calibration[HORIZON].unique().to_list()))
-    scored = (_with_targets(_walk_forward_sums(calibration), origins, ratios)
-              .join(history.select(MUNICIPALITY, YEAR, pl.col("total").alias("actual")), on=[MUNICIPALITY, YEAR], how="inner")
-              .filter(pl.col("t0").is_not_null()))
+    scored = _scored(calibration, origins, birth_ratios(births, flag, sorted(calibration[HORIZON].unique().to_list())))
     if scored.height == 0 or scored.select(pl.col("actual").sum()).item() <= 0:
         return None
     per_horizon = scored.group_by(HORIZON).agg(
@@ -113,27 +125,6 @@ def choose(calibration: pl.DataFrame, history: pl.DataFrame, births: pl.DataFram
     errors = {w: float(per_horizon.select(pl.col(str(w)).mean()).item()) for w in WEIGHTS}
     best = min(WEIGHTS, key=lambda w: (errors[w], w))
     return Choice(best, errors, origins, births)
-
-
-def _factors(sums: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame, weight: float) -> pl.DataFrame:
-    """Per row of `sums`: the factor that moves its schools' sum to the blended total less the
-    new offerings expected (null where nothing is to move)."""
-    return _with_targets(sums, origins, ratios).with_columns(
-        pl.when((pl.col("schools") > 0) & pl.col("t0").is_not_null())
-        .then((_target(weight) - pl.col("new")).clip(lower_bound=0.0) / pl.col("schools")).alias("_factor"))
-
-
-def _blend_calibration(calibration: pl.DataFrame, choice: Choice, flag: str) -> pl.DataFrame:
-    """The calibration rows with blended forecasts; each residual (census - forecast) moves by
-    what its forecast moved."""
-    keys = [MUNICIPALITY, YEAR, HORIZON]
-    ratios = birth_ratios(choice.births, flag, sorted(calibration[HORIZON].unique().to_list()))
-    factors = _factors(_walk_forward_sums(calibration), choice.origins, ratios, choice.weight).select(*keys, "_factor")
-    factors = factors.cast({k: calibration.schema[k] for k in keys})
-    blended = (calibration.join(factors, on=keys, how="left", maintain_order="left")
-               .with_columns((pl.col(FORECAST) * pl.col("_factor").fill_null(1.0)).alias("_blended")))
-    return blended.with_columns((pl.col("residual") + pl.col(FORECAST) - pl.col("_blended")).alias("residual"),
-                                pl.col("_blended").alias(FORECAST)).drop("_factor", "_blended")
 
 
 def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: bool = False) -> dict[str, Choice]:
@@ -157,14 +148,18 @@ def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: b
     return out
 
 
-def blended_calibration(calibration: dict[str, pl.DataFrame], chosen: dict[str, Choice]) -> dict[str, pl.DataFrame]:
-    """The calibration tables with each stage's municipal totals blended at its chosen weight:
-    the walk-forward errors of totals as published."""
-    out = dict(calibration)
-    for flag, choice in chosen.items():
-        if choice.weight:
-            out[flag] = _blend_calibration(calibration[flag], choice, flag)
-    return out
+def walk_forward_totals(calibration: pl.DataFrame, panel: pl.DataFrame, flag: str, choice: Choice | None) -> pl.DataFrame:
+    """(CO_MUNICIPIO, CO_UF, NU_ANO_CENSO, horizonte, previsao, y_true): each municipality's
+    walk-forward total as the municipal files make it (its schools' sum plus the new
+    offerings the origin expected, blended with births at the stage's weight; bottom-up
+    without `choice`) and its census total, per test year and horizon: what the intervals of
+    totals are calibrated on. The state's reconciliation (`reconcile`) is left out: scaling
+    these totals by it made municipal coverage no better on the real census (benchmarks/README.md)."""
+    weight = choice.weight if choice is not None else 0.0
+    origins = choice.origins if choice is not None else at_origins(state_history(panel, flag, MUNICIPALITY), MUNICIPALITY)
+    ratios = birth_ratios(choice.births, flag, sorted(calibration[HORIZON].unique().to_list())) if choice and weight else None
+    return _scored(calibration, origins, ratios).select(
+        MUNICIPALITY, "CO_UF", YEAR, HORIZON, _target(weight).alias(FORECAST), pl.col("actual").alias(ACTUAL))
 
 
 def births_totals(choice: Choice, flag: str, horizon: int) -> pl.DataFrame:
