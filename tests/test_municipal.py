@@ -116,6 +116,12 @@ def test_walk_forward_totals_are_the_published_totals_of_each_test_year_against_
         actual = np.array([enrollment(m, y) for m, y in rows.select("CO_MUNICIPIO", "NU_ANO_CENSO").iter_rows()])
         np.testing.assert_allclose(rows["y_true"].to_numpy(), actual, rtol=1e-12)
         np.testing.assert_allclose(rows[FORECAST].to_numpy(), factor * actual, rtol=1e-9)
+    # a municipality whose schools all stopped offering the stage counts 0 that year, not nothing
+    stopped = panel().with_columns(pl.when((pl.col("CO_MUNICIPIO") == MUNIS[1]) & (pl.col("NU_ANO_CENSO") == LAST))
+                                   .then(0).otherwise(pl.col("IN_FUND_AI")).alias("IN_FUND_AI"))
+    rows = municipal.walk_forward_totals(table, stopped, "IN_FUND_AI", None)
+    gone = rows.filter((pl.col("CO_MUNICIPIO") == MUNIS[1]) & (pl.col("NU_ANO_CENSO") == LAST))
+    assert gone.height == 3 and (gone["y_true"] == 0).all()  # one per horizon
     # bottom-up, the 20 % the schools overshoot is the municipal range: the published total's own error
     munis = totals(panel(), table, 0.2, 1, {})[MUNICIPALITIES]
     np.testing.assert_allclose((munis[LOWER_80] / munis[FORECAST]).to_numpy(), 1 / 1.2, rtol=1e-9)
