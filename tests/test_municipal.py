@@ -122,6 +122,8 @@ def test_walk_forward_totals_are_the_published_totals_of_each_test_year_against_
     rows = municipal.walk_forward_totals(table, stopped, "IN_FUND_AI", None)
     gone = rows.filter((pl.col("CO_MUNICIPIO") == MUNIS[1]) & (pl.col("NU_ANO_CENSO") == LAST))
     assert gone.height == 3 and (gone["y_true"] == 0).all()  # one per horizon
+    shorter = municipal.walk_forward_totals(table, panel().filter(pl.col("NU_ANO_CENSO") < LAST), "IN_FUND_AI", None)
+    assert shorter["NU_ANO_CENSO"].max() == LAST - 1 and (shorter["y_true"] > 0).all()  # a year it lacks is not a 0
     # bottom-up, the 20 % the schools overshoot is the municipal range: the published total's own error
     munis = totals(panel(), table, 0.2, 1, {})[MUNICIPALITIES]
     np.testing.assert_allclose((munis[LOWER_80] / munis[FORECAST]).to_numpy(), 1 / 1.2, rtol=1e-9)

@@ -106,9 +106,9 @@ def _walk_forward_sums(calibration: pl.DataFrame) -> pl.DataFrame:
 def _scored(calibration: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFrame | None) -> pl.DataFrame:
     """The walk-forward's municipal sums with what makes them totals (`_with_targets`) and the
     census total of the test year (actual: 0 where no school of the municipality offered the
-    stage then), where the origin's total is known."""
+    stage then), where the origin's total is known and the census has the test year."""
     actual = origins.select(MUNICIPALITY, pl.col("origin").alias(YEAR), pl.col("total").alias("actual"))
-    sums = _walk_forward_sums(calibration)
+    sums = _walk_forward_sums(calibration).filter(pl.col(YEAR) <= origins["origin"].max())
     return (_with_targets(sums, origins, ratios)
             .join(actual.cast({MUNICIPALITY: sums.schema[MUNICIPALITY], YEAR: sums.schema[YEAR]}), on=[MUNICIPALITY, YEAR], how="left")
             .filter(pl.col("t0").is_not_null()).with_columns(pl.col("actual").fill_null(0.0)))
