@@ -186,7 +186,7 @@ def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl
     def to_country(values: np.ndarray) -> np.ndarray:
         return values.sum(axis=-1, keepdims=True)
 
-    # level -> (its areas, their key column, municipalities -> areas, the calibration's key (None: the country))
+    # level -> (its areas, their key column, municipalities -> areas, the key its walk-forward totals are summed by (None: the country))
     levels: dict[str, tuple[np.ndarray, str, Callable[[np.ndarray], np.ndarray], str | None]] = {
         MUNICIPALITIES: (np.array(munis), "CO_MUNICIPIO", lambda v: v, "CO_MUNICIPIO"),
         STATES: (np.array(ufs), "CO_UF", to_ufs, "CO_UF"),
@@ -195,9 +195,9 @@ def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl
     new_expected = years_ahead * per_year.mean(axis=0)
     adjustment = _births_adjustment(births, munis, to_munis(pred), new_expected)
     out = {}
-    for name, (keys, key_name, up, calibration_key) in levels.items():
+    for name, (keys, key_name, up, error_key) in levels.items():
         last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_expected)
-        errors = (intervals.sample_area_errors(intervals.area_errors(walk_forward, calibration_key), pred_a + new_a + births_a,
+        errors = (intervals.sample_area_errors(intervals.area_errors(walk_forward, error_key), pred_a + new_a + births_a,
                                                draws, rng) if bounded else None)
         out[name] = _area_table(keys, last_a, pred_a, births_a, errors, new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
