@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from censo_forecast import pipeline
+from censo_forecast import outputs, pipeline
 from censo_forecast.cli import app
 from censo_forecast.config import load_settings
 from censo_forecast.models import CENSUS_MODEL_NAMES as MODEL_NAMES
@@ -114,6 +114,46 @@ def test_interrupted_run_resumes_from_checkpoints(small_census, tmp_path, fast_c
     pipeline.run(s)
     assert "resumed from checkpoint" not in caplog.text and ck.stat().st_mtime_ns != stamp
     assert pl.read_csv(tmp_path / "out" / "resultados_finais.csv").equals(first)
+
+
+@pytest.mark.slow
+def test_a_sum_of_stages_is_derived_from_its_parts_in_a_run(small_census, tmp_path, fast_config):
+    """All elementary beside its parts: no features, walk-forward, SHAP or refit of its own;
+    its rows in the run's files are its parts' summed; what an earlier run left of it (its
+    checkpoint record, its SHAP plots) goes."""
+    from censo_forecast.outputs import SUM_OF_PARTS, shap_png
+
+    raw, _ = small_census
+    out = tmp_path / "out"
+    stale = [out / "checkpoints" / "cv_IN_FUND.json", out / "shap" / shap_png("summary", "IN_FUND", "Voting")]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("an earlier run's")
+    stages = ["IN_FUND", "IN_FUND_AI", "IN_FUND_AF"]
+    s = load_settings(fast_config, raw_dir=raw, cache_dir=tmp_path / "cache", out_dir=out, offline=True, stages=stages,
+                      device="cpu", horizons=2)
+    record = pipeline.run(s)
+    phases = {p["phase"] for p in record["phases"]}
+    assert {"validate IN_FUND_AI", "shap IN_FUND_AF", "sum of parts IN_FUND"} <= phases
+    assert not {f"{step} IN_FUND" for step in ("features", "validate", "shap", "refit")} & phases
+    assert record["stages"] == stages and not any(p.exists() for p in stale)
+    assert {p.name for p in (out / "shap").glob("*.png")} >= {shap_png("bar", "IN_FUND_AI", "Voting")}
+    assert not [p for p in (out / "shap").glob("*.png") if outputs.is_shap_png(p.name, "IN_FUND")]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    sections = {flag: page.split(f"<details id='stage-{flag}'>", 1)[1].split("</details>", 1)[0] for flag in stages}
+    assert "<h3>" not in sections["IN_FUND"] and "<h3>" in sections["IN_FUND_AI"]  # its parts' SHAP are theirs
+    table = pl.read_csv(out / "resultados_finais.csv")
+    assert table.filter(pl.col("Escolhido") & (pl.col("etapa") == "IN_FUND"))["modelo"].to_list() == [SUM_OF_PARTS] * 2
+    preds = pl.read_parquet(out / "cv_predictions.parquet")
+    keys = ["CO_ENTIDADE", "NU_ANO_CENSO", "horizonte"]
+    parts = preds.filter(pl.col("etapa") != "IN_FUND").group_by(keys).agg(pl.col("y_true").sum())
+    fund = preds.filter(pl.col("etapa") == "IN_FUND").join(parts, on=keys, suffix="_parts")
+    assert fund.height == parts.height and (fund["y_true"] == fund["y_true_parts"]).all()
+    schools = pl.read_parquet(out / "previsoes_2026.parquet")
+    wide = schools.pivot(on="etapa", index="CO_ENTIDADE", values="previsao").fill_null(0.0)
+    assert (wide["IN_FUND"] - wide["IN_FUND_AI"] - wide["IN_FUND_AF"]).abs().max() < 1e-6
+    meta = json.loads((out / "models" / "metadata.json").read_text())
+    assert meta["stages"]["IN_FUND"]["parts"] == ["IN_FUND_AI", "IN_FUND_AF"] and meta["stages"]["IN_FUND"]["files"] == {}
 
 
 def test_offline_run_without_data_is_a_clear_error(tmp_path):

@@ -46,14 +46,15 @@ def fingerprint(settings, years: list[int], flag: str, demography: str = "") -> 
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
+def shap_pngs(shap_dir: Path, flag: str) -> list[Path]:
+    """The SHAP plots a stage's checkpoint needs (`explain` draws them)."""
     return [shap_dir / outputs.shap_png(kind, flag, m) for kind in ("summary", "bar") for m in (*LEARNERS, ENSEMBLE)]
 
 
 def load(folder: Path, flag: str, fingerprint: str, shap_dir: Path) -> tuple[StageCV, pl.DataFrame] | None:
     """A stage's results and SHAP importance when its checkpoint matches; else None."""
     info = storage.read_json_dict(_record(folder, flag), f"checkpoint of {flag}")  # damaged: {}, redone
-    if info.get("fingerprint") != fingerprint or not all(p.exists() for p in _shap_pngs(shap_dir, flag)):
+    if info.get("fingerprint") != fingerprint or not all(p.exists() for p in shap_pngs(shap_dir, flag)):
         return None
     recorded = info.get("sha256")
     hashes = recorded if isinstance(recorded, dict) else {}
@@ -87,6 +88,14 @@ def save_predictions(folder: Path, cv: StageCV) -> None:
     """A validated stage's predictions and metrics; the checkpoint counts once `commit` adds the rest."""
     atomic.write_parquet(_part(folder, cv.flag, "predictions"), cv.predictions)
     atomic.write_parquet(_part(folder, cv.flag, "folds"), cv.folds)
+
+
+def save_derived(folder: Path, cv: StageCV) -> None:
+    """A stage derived from its parts (`coherence.walk_forward`): its predictions and metrics
+    for the run's files, without a record (never resumed: derived again in seconds); an
+    earlier run's record of it, fitted on its own, removed."""
+    _record(folder, cv.flag).unlink(missing_ok=True)
+    save_predictions(folder, cv)
 
 
 def commit(folder: Path, cv: StageCV, importance: pl.DataFrame, fingerprint: str) -> None:

@@ -35,6 +35,7 @@ from censo_forecast.outputs import (
     SCHOOLS_FORECAST,
     STAGE,
     STATES,
+    SUM_OF_PARTS,
     bound,
     forecast_file,
 )
@@ -60,6 +61,22 @@ def school_forecasts(rows: pl.DataFrame, flag: str, model: models.ByHorizon, cho
     frame = frame.with_columns(
         pl.col(HORIZON).replace_strict(chosen, return_dtype=pl.String).alias(MODEL),
         pl.Series(FORECAST, np.asarray(model.predict(horizons_mod.matrix(stacked)), dtype=np.float64)))
+    return _bounded(frame, calibration)
+
+
+def sum_of_parts(schools: pl.DataFrame, flag: str, parts: tuple[str, ...], calibration: pl.DataFrame | None) -> pl.DataFrame:
+    """A stage published as the sum of its parts (`coherence.SumOfParts`), per school and
+    horizon, from their rows in `schools` (`school_forecasts`' columns), with its own intervals."""
+    summed = (schools.filter(pl.col(STAGE).is_in(list(parts)))
+              .group_by(SCHOOL, HORIZON, YEAR, maintain_order=True)
+              .agg(pl.col("CO_MUNICIPIO", "CO_UF").first(), pl.col(LAST_ENROLLMENT, FORECAST).sum()))
+    frame = summed.select(SCHOOL, "CO_MUNICIPIO", "CO_UF", pl.lit(flag).alias(STAGE), HORIZON, YEAR, LAST_ENROLLMENT,
+                          pl.lit(SUM_OF_PARTS).alias(MODEL), FORECAST).sort(HORIZON, SCHOOL)
+    return _bounded(frame, calibration)
+
+
+def _bounded(frame: pl.DataFrame, calibration: pl.DataFrame | None) -> pl.DataFrame:
+    """School forecasts with their intervals, horizon by horizon (none without `calibration`)."""
     if calibration is None:
         return frame
     return pl.concat([_with_bounds(part, calibration.filter(pl.col(HORIZON) == h)) for h, part in by_horizon(frame)],

@@ -72,8 +72,9 @@ class EnrollmentForecaster(BaseEstimator):
     ----------
     cv_ : results.CVResult
         The walk-forward validation of every fitted stage (`cv_.summary` is resultados_finais.csv).
-    models_ : dict of str to models.ByHorizon
-        Per stage, the chosen model at each horizon, refitted on the latest years.
+    models_ : dict of str to models.ByHorizon or coherence.SumOfParts
+        Per stage, the chosen model at each horizon, refitted on the latest years; for a stage
+        published as the sum of others fitted with it (all elementary), its parts.
     chosen_ : dict of str to dict of int to str
         Per stage and years ahead, the name of the chosen model.
     calibration_ : dict of str to polars.DataFrame
@@ -232,15 +233,22 @@ class EnrollmentForecaster(BaseEstimator):
         if self.trained_with_demography_ and not known.present(panel):
             log.warning("these models learned from births and population (%s), which this forecast lacks: their "
                         "demographic features are empty and the forecasts poorer", self.trained_with_demography_)
-        frames = []
+        frames: dict[str, pl.DataFrame] = {}
         for flag, model in self.models_.items():
+            if isinstance(model, coherence.SumOfParts):
+                continue  # below, once its parts are forecast
             rows = features.forecast_rows(panel, flag, horizons=max(model.by_years_ahead))
             if rows.height == 0:
                 log.warning("%s: no school offers it in the census's last year, %d: it has no forecast",
                             flag, panel.select(pl.col(YEAR).max()).item())
             if rows.height:
-                frames.append(forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag)))
-        return forecast.published(pl.concat(frames, how="diagonal"), panel, self.calibration_) if frames else pl.DataFrame()
+                frames[flag] = forecast.school_forecasts(rows, flag, model, self.chosen_[flag], self.calibration_.get(flag))
+        for flag, model in self.models_.items():
+            if isinstance(model, coherence.SumOfParts) and any(p in frames for p in model.parts):
+                parts = pl.concat([frames[p] for p in model.parts if p in frames], how="diagonal")
+                frames[flag] = forecast.sum_of_parts(parts, flag, model.parts, self.calibration_.get(flag))
+        ordered = [frames[flag] for flag in self.models_ if flag in frames]
+        return forecast.published(pl.concat(ordered, how="diagonal"), panel, self.calibration_) if ordered else pl.DataFrame()
 
     def aggregate(self, census: pl.DataFrame, schools: pl.DataFrame, *, seed: int = 0,
                   births: dict[str, municipal.Choice] | None = None) -> dict[int, dict[str, pl.DataFrame]]:

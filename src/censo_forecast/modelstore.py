@@ -14,12 +14,14 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import atomic, boosters, learners, models, storage
+from censo_forecast import atomic, boosters, coherence, learners, models, storage
 from censo_forecast.features import FEATURES
+from censo_forecast.outputs import SUM_OF_PARTS
 
 # 2: the sha256 of every file, checked before a native loader reads it; 3: a model per horizon;
-# 4: learners with models of their own for the first years ahead ("own_files")
-FORMAT_VERSION = 5
+# 4: learners with models of their own for the first years ahead ("own_files"); 6: a stage
+# published as the sum of others ("parts", no files)
+FORMAT_VERSION = 6
 METADATA = "metadata.json"
 SELF_HASH = "sha256_of_this_file"  # of the metadata without this key: a changed value is caught too
 
@@ -30,7 +32,8 @@ class ModelStoreError(Exception):
 
 @dataclass
 class SavedModels:
-    """What a saved-models folder holds: per stage the fitted `models.ByHorizon`, the name of
+    """What a saved-models folder holds: per stage the fitted `models.ByHorizon` (or the
+    `coherence.SumOfParts` it is published as), the name of
     the model chosen at each horizon and the calibration table (None when it was not
     validated), and the training years."""
 
@@ -63,7 +66,10 @@ def save(folder: Path, saved: SavedModels) -> Path:
     hashes: dict[str, str] = {}
     for flag, by_horizon in saved.models.items():
         entry: dict = {"modelos": {str(h): name for h, name in saved.chosen[flag].items()}, "files": {}}
-        for model in by_horizon.by_years_ahead.values():
+        derived = isinstance(by_horizon, coherence.SumOfParts)  # nothing fitted: its parts are saved
+        if derived:
+            entry["parts"] = list(by_horizon.parts)
+        for model in [] if derived else by_horizon.by_years_ahead.values():
             for member in (model.members if isinstance(model, models.Voting) else [model]):
                 if isinstance(member, (models.ChangeRegressor, models.HorizonSplit)) and member.learner not in entry["files"]:
                     _save_learner(folder, flag, member, entry, hashes)
@@ -146,7 +152,7 @@ def load(folder: Path) -> SavedModels:
                                   f"install {package}=={saved} or refit")
     out = SavedModels({}, {}, {}, meta["training_years"], meta.get("demography"))
     for flag, entry in meta["stages"].items():
-        out.models[flag] = _restore(folder, entry, meta["sha256"])
+        out.models[flag] = _parts(folder, entry, meta["stages"]) if "parts" in entry else _restore(folder, entry, meta["sha256"])
         out.chosen[flag] = _chosen(folder, entry)
         if "calibration" in entry:
             out.calibration[flag] = pl.read_parquet(_verified(folder, entry["calibration"], meta["sha256"]))
@@ -178,9 +184,21 @@ def _chosen(folder: Path, entry: dict) -> dict[int, str]:
     """{years ahead: model name} of a stage's entry."""
     chosen = entry.get("modelos")
     if not isinstance(chosen, dict) or not chosen or not all(
-            isinstance(k, str) and k.isdigit() and int(k) >= 1 and v in models.MODEL_NAMES for k, v in chosen.items()):
+            isinstance(k, str) and k.isdigit() and int(k) >= 1 and v in (*models.MODEL_NAMES, SUM_OF_PARTS)
+            for k, v in chosen.items()):
         raise _damaged(folder, entry)
     return {int(h): name for h, name in sorted(chosen.items(), key=lambda kv: int(kv[0]))}
+
+
+def _parts(folder: Path, entry: dict, stages: dict) -> coherence.SumOfParts:
+    """A stage published as the sum of saved stages: its parts must be saved, as models of their own."""
+    parts = entry["parts"]
+    if not isinstance(parts, list) or not parts or not all(
+            isinstance(p, str) and isinstance(stages.get(p), dict) and "parts" not in stages[p] for p in parts):
+        raise _damaged(folder, entry)
+    if set(_chosen(folder, entry).values()) != {SUM_OF_PARTS}:
+        raise _damaged(folder, entry)
+    return coherence.SumOfParts(tuple(parts))
 
 
 def _restore(folder: Path, entry: dict, hashes: dict) -> models.ByHorizon:

@@ -10,6 +10,8 @@ anywhere else in the package.
 
 from __future__ import annotations
 
+import re
+
 from censo_forecast.inep.catalog import SCHOOL
 
 # ------------------------------------------------------------------ files
@@ -122,3 +124,8 @@ def report_inputs(forecast_years: list[int]) -> list[str]:
 def shap_png(kind: str, flag: str, model: str) -> str:
     """kind: "summary" (beeswarm) or "bar"."""
     return f"SHAP_{kind}_{flag}_{model}.png"
+
+
+def is_shap_png(name: str, flag: str) -> bool:
+    """Whether `name` is a SHAP plot of `flag` itself: IN_FUND_AI's match IN_FUND's pattern, and are not its."""
+    return re.fullmatch(rf"SHAP_(summary|bar)_{re.escape(flag)}_[A-Za-z]+\.png", name) is not None

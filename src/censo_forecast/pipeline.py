@@ -323,8 +323,22 @@ class Run(Hooks):
         self.importances.append(importance)
 
     def refitted(self, fit: StageFit, forecast_rows: pl.DataFrame) -> None:
+        assert not isinstance(fit.model, coherence.SumOfParts)  # a sum of stages comes through `derived`
         with self.clock.phase(f"forecast {fit.flag}"):
             self.schools.append(forecast.school_forecasts(forecast_rows, fit.flag, fit.model, fit.chosen, fit.calibration))
+
+    def derived(self, fit: StageFit) -> None:
+        """A sum of stages: its walk-forward kept for cv_predictions.parquet, an earlier run's
+        SHAP plots of it removed (it has none now), its forecast the sum of its parts'."""
+        checkpoints.save_derived(self.checkpoints, fit.cv)
+        for png in checkpoints.shap_pngs(self.shap_dir, fit.flag):
+            png.unlink(missing_ok=True)
+        assert isinstance(fit.model, coherence.SumOfParts)
+        flags = fit.model.parts
+        with self.clock.phase(f"forecast {fit.flag}"):
+            parts = [s for s in self.schools if s.height and s[STAGE][0] in flags]
+            if parts:
+                self.schools.append(forecast.sum_of_parts(pl.concat(parts, how="diagonal"), fit.flag, flags, fit.calibration))
 
     def _fingerprint(self, flag: str) -> str:
         """The stage's checkpoint fingerprint, computed once (`resumed`, then `validated`)."""

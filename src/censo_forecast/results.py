@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from censo_forecast import intervals, models
-from censo_forecast.inep.catalog import YEAR
+from censo_forecast.inep.catalog import SCHOOL, YEAR
 from censo_forecast.outputs import (
     ACTUAL,
     ACTUAL_TOTAL,
@@ -28,6 +28,7 @@ from censo_forecast.outputs import (
     MAE,
     MAE_MEAN,
     MODEL,
+    ORIGIN,
     R2,
     R2_MEAN,
     RMSE,
@@ -41,10 +42,13 @@ from censo_forecast.outputs import (
     SKILL_VS_COHORT,
     SKILL_VS_PERSISTENCE,
     STAGE,
+    SUM_OF_PARTS,
     WAPE,
     WAPE_MEAN,
 )
 from censo_forecast.validation import StageCV, by_horizon
+
+REPORTED = (*models.MODEL_NAMES, SUM_OF_PARTS)  # a sum of stages publishes its parts' forecasts summed
 
 
 @dataclass
@@ -62,10 +66,17 @@ class StageResults:
         return next(iter(chosen_models(self.summary).values()), {})
 
 
-def stage_results(cv: StageCV) -> StageResults:
+def stage_results(cv: StageCV, parts: list[StageCV] | None = None) -> StageResults:
+    """A stage's tables; with `parts`, those of a sum of stages (`coherence.walk_forward`):
+    it publishes `SUM_OF_PARTS` at every horizon, its skill that of its parts' choices."""
     coverage = coverage_table(cv.predictions)
     summary = summarize(cv.folds, interval_and_totals_table(cv.predictions, coverage))
-    summary = summary.join(choice_skill(cv.folds), on=[STAGE, HORIZON], how="left", maintain_order="left").with_columns(
+    if parts is None:
+        skill = choice_skill(cv.folds)
+    else:
+        summary = summary.with_columns((pl.col(MODEL) == SUM_OF_PARTS).alias(CHOSEN))
+        skill = sum_of_parts_choice_skill(cv, parts)
+    summary = summary.join(skill, on=[STAGE, HORIZON], how="left", maintain_order="left").with_columns(
         pl.when(pl.col(CHOSEN)).then(pl.col(SKILL_OF_CHOICE)).alias(SKILL_OF_CHOICE))
     return StageResults(summary, coverage, error_by_size(cv.predictions), totals_by_year(cv.predictions))
 
@@ -167,29 +178,56 @@ def summarize(folds: pl.DataFrame, intervals_and_totals: pl.DataFrame | None = N
     return table.sort(HORIZON, maintain_order=True).select(*columns, CHOSEN)
 
 
+def choices_as_made(folds: pl.DataFrame) -> pl.DataFrame:
+    """(etapa, horizonte, ano_origem, modelo): the model the product would have chosen at each
+    origin O, the lowest mean MAE over the folds known at O (test year <= O); origins where
+    none is known are left out."""
+    folds = folds.with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias(ORIGIN))
+    frames = []
+    for origin in sorted(folds[ORIGIN].unique().to_list()):
+        means = folds.filter(pl.col(YEAR) <= origin).group_by(STAGE, HORIZON, MODEL).agg(pl.col(MAE).mean())
+        frames.append(means.sort(MAE, MODEL).group_by(STAGE, HORIZON).agg(pl.col(MODEL).first())
+                      .with_columns(pl.lit(origin, dtype=folds.schema[ORIGIN]).alias(ORIGIN)))
+    schema = pl.Schema({STAGE: pl.String(), HORIZON: folds.schema[HORIZON], MODEL: pl.String(), ORIGIN: folds.schema[ORIGIN]})
+    return pl.concat([f.select(list(schema)) for f in frames]) if frames else pl.DataFrame(schema=schema)
+
+
 def choice_skill(folds: pl.DataFrame) -> pl.DataFrame:
-    """Per (etapa, horizonte): 1 - MAE of the choice as the product makes it / persistence's.
-    At each origin O the model with the lowest mean MAE over the folds known at O (test year
-    <= O) is chosen, and scored on the forecasts made at O; means over the origins where a
-    choice could be made (none, so null, where a horizon's first fold is also its last)."""
-    folds = folds.with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias("_origin"))
-    scored = []
-    for origin in sorted(folds["_origin"].unique().to_list()):
-        known = folds.filter(pl.col(YEAR) <= origin)
-        means = known.group_by(STAGE, HORIZON, MODEL).agg(pl.col(MAE).mean())
-        chosen = means.sort(MAE, MODEL).group_by(STAGE, HORIZON).agg(pl.col(MODEL).first())
-        made = folds.filter(pl.col("_origin") == origin)
-        persistence = made.filter(pl.col(MODEL) == models.PERSISTENCE).select(STAGE, HORIZON, pl.col(MAE).alias("_p"))
-        scored.append(made.join(chosen, on=[STAGE, HORIZON, MODEL]).join(persistence, on=[STAGE, HORIZON])
-                      .select(STAGE, HORIZON, MAE, "_p"))
-    both = pl.concat(scored) if scored else pl.DataFrame(schema={STAGE: pl.String, HORIZON: pl.Int32, MAE: pl.Float64, "_p": pl.Float64})
-    return both.group_by(STAGE, HORIZON).agg((1 - pl.col(MAE).mean() / pl.col("_p").mean()).alias(SKILL_OF_CHOICE))
+    """Per (etapa, horizonte): 1 - MAE of the choice as the product makes it / persistence's:
+    at each origin the model of `choices_as_made`, scored on the forecasts made there; means
+    over the origins where a choice could be made (none, so null, where a horizon's first
+    fold is also its last)."""
+    folds = folds.with_columns((pl.col(YEAR) - pl.col(HORIZON)).alias(ORIGIN))
+    persistence = folds.filter(pl.col(MODEL) == models.PERSISTENCE).select(STAGE, HORIZON, ORIGIN, pl.col(MAE).alias("_p"))
+    made = folds.join(choices_as_made(folds), on=[STAGE, HORIZON, ORIGIN, MODEL]).join(persistence, on=[STAGE, HORIZON, ORIGIN])
+    return _skill(made.select(STAGE, HORIZON, MAE, "_p"))
+
+
+def sum_of_parts_choice_skill(cv: StageCV, parts: list[StageCV]) -> pl.DataFrame:
+    """`choice_skill` of a sum of stages: at each origin, each part's choice as made there
+    (`choices_as_made`), summed school by school and scored against the sum's truth."""
+    keys = [SCHOOL, YEAR, ORIGIN, HORIZON]
+    picked = []
+    for part in parts:
+        picks = choices_as_made(part.folds).select(HORIZON, ORIGIN, MODEL).cast(
+            {HORIZON: part.predictions.schema[HORIZON], ORIGIN: part.predictions.schema[ORIGIN]})
+        value = pl.coalesce(pl.when(pl.col(MODEL) == m).then(pl.col(m)) for m in model_names(part.predictions))
+        picked.append(part.predictions.join(picks, on=[HORIZON, ORIGIN]).select(*keys, value.alias("_made")))
+    made = pl.concat(picked).group_by(keys).agg(pl.col("_made").sum())
+    scored = cv.predictions.join(made, on=keys).group_by(HORIZON, YEAR).agg(
+        (pl.col("_made") - pl.col(ACTUAL)).abs().mean().alias(MAE), (pl.col(models.PERSISTENCE) - pl.col(ACTUAL)).abs().mean().alias("_p"))
+    return _skill(scored.select(pl.lit(cv.flag).alias(STAGE), HORIZON, MAE, "_p"))
+
+
+def _skill(scored: pl.DataFrame) -> pl.DataFrame:
+    """(etapa, horizonte, skill of the choice) from the MAE of the choice and of persistence per fold."""
+    return scored.group_by(STAGE, HORIZON).agg((1 - pl.col(MAE).mean() / pl.col("_p").mean()).cast(pl.Float64).alias(SKILL_OF_CHOICE))
 
 
 def model_names(predictions: pl.DataFrame) -> list[str]:
     """The models a predictions frame holds forecasts of (a stage without demography has no
-    Demografia; a frame of several stages holds it as nulls for those), in MODEL_NAMES order."""
-    return [m for m in models.MODEL_NAMES if m in predictions.columns and predictions[m].null_count() < predictions.height]
+    Demografia; a frame of several stages holds it as nulls for those), in `REPORTED` order."""
+    return [m for m in REPORTED if m in predictions.columns and predictions[m].null_count() < predictions.height]
 
 
 def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
@@ -202,7 +240,7 @@ def error_by_size(predictions: pl.DataFrame) -> pl.DataFrame:
     table = wide.unpivot(index=[STAGE, HORIZON, SIZE_BIN, ROWS], on=names, variable_name=MODEL, value_name=MAE)
     table = table.with_columns(pl.col(SIZE_BIN).replace_strict(dict(enumerate(intervals.size_labels())),
                                                               return_dtype=pl.String).alias(SIZE_LABEL))
-    order = pl.col(MODEL).replace_strict({m: i for i, m in enumerate(models.MODEL_NAMES)}, return_dtype=pl.Int8)
+    order = pl.col(MODEL).replace_strict({m: i for i, m in enumerate(REPORTED)}, return_dtype=pl.Int8)
     return (table.sort(STAGE, HORIZON, order, SIZE_BIN)
             .select(STAGE, MODEL, HORIZON, SIZE_BIN, SIZE_LABEL, ROWS, pl.col(MAE).cast(pl.Float64)))
 

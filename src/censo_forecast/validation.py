@@ -114,10 +114,7 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
                           pl.col(ORIGIN_YEAR).alias(ORIGIN), pl.col(HORIZON_FEATURE).cast(pl.Int32).alias(HORIZON),
                           "CO_MUNICIPIO", "CO_UF", pl.col(ACTUAL).cast(pl.Float32))
         out = out.with_columns(pl.Series(name, model.predict(X_test), dtype=pl.Float32) for name, model in fitted.items())
-        for (h, year), part in out.group_by(HORIZON, YEAR, maintain_order=True):
-            y = part[ACTUAL].to_numpy()
-            fold_rows += [{STAGE: flag, MODEL: name, HORIZON: h, YEAR: year,
-                           **metrics(y, part[name].to_numpy()), ROWS: len(y)} for name in fitted]
+        fold_rows += fold_metrics(out, flag, list(fitted))
         preds.append(out)
         last = (origin, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, rows)
         mae = {row[MODEL]: row[MAE] for row in fold_rows if row[HORIZON] == 1 and row[YEAR] == origin + 1}
@@ -136,6 +133,16 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
     origin, learners, rows = last  # SHAP explains the last origin's rows at every horizon: built once, here
     last_fold = LastFold(origin, learners, horizons_mod.matrix(horizons_mod.stack(rows, ahead, truth=False)))
     return StageCV(flag, pl.concat(preds), folds, time.perf_counter() - started, last_fold)
+
+
+def fold_metrics(predictions: pl.DataFrame, flag: str, names: list[str]) -> list[dict]:
+    """One row of metrics per model of `names`, horizon and test year of a stage's predictions."""
+    rows = []
+    for (h, year), part in predictions.group_by(HORIZON, YEAR, maintain_order=True):
+        y = part[ACTUAL].to_numpy()
+        rows += [{STAGE: flag, MODEL: name, HORIZON: h, YEAR: year, **metrics(y, part[name].to_numpy()), ROWS: len(y)}
+                 for name in names]
+    return rows
 
 
 def by_horizon(frame: pl.DataFrame):

@@ -383,7 +383,7 @@ def analyst_section(out: Path, meta: dict, results: pl.DataFrame, totals: pl.Dat
     for flag in results[STAGE].unique(maintain_order=True):
         images = [_img(charts.totals_plot(totals.filter(pl.col(STAGE) == flag), flag, chosen.get(flag, ENSEMBLE), words), f"{flag} totals"),
                   _img(charts.error_by_size_plot(errors.filter(pl.col(STAGE) == flag), flag, words), f"{flag} error by size")]
-        shap_pngs = sorted((out / outputs.SHAP).glob(outputs.shap_png("*", flag, "*")))
+        shap_pngs = sorted(p for p in (out / outputs.SHAP).glob(outputs.shap_png("*", flag, "*")) if outputs.is_shap_png(p.name, flag))
         shap_part = (
             (
                 f"<h3>{words('shap')}</h3><div class='grid'>"
