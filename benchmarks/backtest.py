@@ -19,7 +19,10 @@ it never saw (those the folder has):
   the origins whose run publishes intervals at that horizon (a run too short to validate a
   horizon publishes none; `origins_with_intervals` says how many did);
 - the state's path T0 -> T0+5 (every forecast year, seen or not): its largest year-to-year
-  change against the largest of the state's census history up to T0.
+  change against the largest of the state's census history up to T0;
+- the stage identity (all elementary = early + final elementary, where the three are run):
+  the largest gap between a sum's point forecast and its parts' in every published forecast
+  file, per school, municipality, state and the country.
 
 The truth is training's: a school that no longer offers the stage, closed or left the
 census counts 0. The walk-forward rows of the same runs (resultados_finais.csv) are printed
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import polars as pl
 
-from censo_forecast import features, outputs, pipeline
+from censo_forecast import coherence, features, outputs, pipeline
 from censo_forecast.config import load_settings
 from censo_forecast.inep import catalog, ingest
 from censo_forecast.inep.catalog import MAJOR_STAGES, SCHOOL, YEAR
@@ -185,6 +188,27 @@ def path_jumps(out: Path, origin: int, truth: pl.DataFrame, stages: list[str]) -
     return rows
 
 
+def _summed(frame: pl.DataFrame, keys: list[str], flags: list[str], name: str) -> pl.DataFrame:
+    return frame.filter(pl.col(outputs.STAGE).is_in(flags)).group_by(keys).agg(pl.col(outputs.FORECAST).sum().alias(name))
+
+
+def identity_gaps(out: Path, origin: int, stages: list[str]) -> list[dict]:
+    """Per published forecast file and sum of stages: the largest |sum - its parts| of the
+    point forecast over the file's schools or areas (a key a part lacks counts 0)."""
+    rows = []
+    for total, parts in coherence.reconcilable(stages).items():
+        for path in sorted(out.glob("previsoes_*")):
+            frame = (pl.read_parquet(path) if path.suffix == ".parquet"
+                     else pl.read_csv(path, schema_overrides={outputs.FORECAST: pl.Float64}))
+            keys = [next(c for c in (SCHOOL, "CO_MUNICIPIO", "CO_UF", outputs.COUNTRY_KEY) if c in frame.columns)]
+            keys += [outputs.HORIZON] if outputs.HORIZON in frame.columns else []
+            joined = (_summed(frame, keys, [total], "total")
+                      .join(_summed(frame, keys, list(parts), "parts"), on=keys, how="full", coalesce=True).fill_null(0.0))
+            rows.append({"origin": origin, "file": path.name, "etapa": total, "keys": joined.height,
+                         "max_gap": float((joined["total"] - joined["parts"]).abs().max() or 0.0)})
+    return rows
+
+
 def walk_forward_rows(out: Path, origin: int, stages: list[str]) -> pl.DataFrame:
     results = pl.read_csv(out / outputs.RESULTS).filter(pl.col(outputs.CHOSEN) & pl.col(outputs.STAGE).is_in(stages))
     return results.select(outputs.STAGE, pl.col(outputs.HORIZON).alias("h"), pl.lit(origin).alias("origin"),
@@ -227,12 +251,13 @@ def main() -> None:
     ingest.ingest(args.raw, args.work / "cache", available, jobs=2).raise_for_failures()
     truth = truth_by_school(build_panel(ingest.load_cache(args.work / "cache", available)), stages)
     births = read_births(args.births or args.demography)
-    scores, cv, paths = [], [], []
+    scores, cv, paths, gaps = [], [], [], []
     for origin in origins:
         out = run_origin(args.raw, args.work, origin, first, stages, args.fresh, args.demography)
         scores += score_origin(out, origin, truth, available[-1], stages, births)
         cv.append(walk_forward_rows(out, origin, stages))
         paths += path_jumps(out, origin, truth, stages)
+        gaps += identity_gaps(out, origin, stages)
     per_origin = pl.DataFrame(scores)
     per_origin.write_csv(args.work / "backtest_by_origin.csv")
     table = summarise(per_origin, pl.concat(cv))
@@ -248,6 +273,12 @@ def main() -> None:
         jumps.write_csv(args.work / "backtest_state_paths.csv")
         print(jumps.group_by(outputs.STAGE).agg(pl.col("beyond").sum().alias("origins_beyond_history"), pl.len().alias("origins"),
                                                 pl.col("path_largest_change", "history_largest_change").max()).sort(outputs.STAGE))
+        if gaps:
+            identity = pl.DataFrame(gaps)
+            identity.write_csv(args.work / "backtest_identity.csv")
+            print(identity.with_columns(pl.col("file").str.extract(r"previsoes_\d{4}_?(\w*)\.").alias("level"))
+                  .group_by("etapa", "level").agg(pl.len().alias("files"), pl.col("keys").sum(), pl.col("max_gap").max())
+                  .sort("etapa", "level"))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ overstate the range.
 When its parts are fitted in the same run, the sum has no model of its own (`SumOfParts`):
 its walk-forward is its parts' summed school by school (`walk_forward`), which is what it
 publishes, and calibrates its intervals. Validating, explaining and refitting it on its own
-cost 13 % of the national run for forecasts that were then replaced by the sum, and they
-were no better: one to five years ahead its own Voting's MAE per school was 10.73 ... 36.87,
-the sums of its parts' 10.66 ... 36.91 (benchmarks/README.md, national run of 2026-12-06).
+cost 13 % of the national run (262 of 1,997 s; summed, the run took 1,703 s) for forecasts
+that were then replaced by the sum, and they were no better: one to five years ahead its own
+Voting's MAE per school was 10.73 ... 36.87, the sums of its parts' 10.66 ... 36.91
+(benchmarks/README.md, "pipeline.py", runs of 2026-12-06 and 2026-12-07).
 """
 
 from __future__ import annotations
