@@ -381,17 +381,33 @@ def test_report_in_a_real_browser(reports, run_out, lang, tmp_path):
 
 def test_the_report_names_the_walk_forward_and_quotes_the_back_test_of_what_is_published(run_out):
     """The "how good" words say what the walk-forward leaves out and quote the back-test of the
-    published files (`data.PUBLISHED_BACKTEST`), with its census, origins and range of skill."""
+    published files of a run like this one (`data.published_backtest`): this run had no
+    births, so the back-test without them, with its census, origins and range of skill; the
+    same outputs with births quote the other one."""
     text = (run_out / outputs.REPORT).read_text(encoding="utf-8")
     found = re.search(r"<p id='quality-published'>(.*?)</p>", text)
     assert found, "no back-test paragraph"
+    words = i18n.Words("pt-BR")
+
+    def quotes(paragraph: str, check: data.PublishedBacktest) -> bool:
+        def span(values: dict[str, float]) -> str:
+            return f"de {words.percent(min(values.values()), signed=False)} a {words.percent(max(values.values()), signed=False)}"
+        return (f"{span(check.skill_one_year)} menos erro" in paragraph
+                and f"cinco anos à frente, {span(check.skill_five_years)}." in paragraph
+                and f"errou {span(check.state_error_one_year)} um ano à frente e {span(check.state_error_five_years)} cinco" in paragraph)
+
+    without, with_births = data.published_backtest(False), data.published_backtest(True)
     paragraph = html.unescape(found.group(1))
-    check, words = data.PUBLISHED_BACKTEST, i18n.Words("pt-BR")
-    one = check.skill_one_year.values()
-    assert check.census in paragraph and f"{check.origins[0]} a {check.origins[1]}" in paragraph
-    assert f"de {words.percent(min(one), signed=False)} a {words.percent(max(one), signed=False)} menos erro" in paragraph
+    assert without.census in paragraph and f"{without.origins[0]} a {without.origins[1]}" in paragraph
+    assert "sem nascimentos" in paragraph and quotes(paragraph, without) and not quotes(paragraph, with_births)
     assert "novas ofertas" in paragraph  # what the walk-forward leaves out
-    assert set(check.skill_one_year) == set(MAJOR_STAGES) == set(check.skill_five_years)
+    births_page = html.unescape(page_mod.quality_section(pl.read_csv(run_out / outputs.RESULTS), pl.read_csv(run_out / outputs.CV_TOTALS),
+                                                         words, "data/demografia: births 1996-2025"))
+    births_paragraph = re.search(r"<p id='quality-published'>(.*?)</p>", births_page).group(1)
+    assert "com nascimentos e população" in births_paragraph and quotes(births_paragraph, with_births)
+    for check in (without, with_births):
+        assert all(set(part) == set(MAJOR_STAGES) for part in (check.skill_one_year, check.skill_five_years,
+                                                                check.state_error_one_year, check.state_error_five_years))
 
 
 def test_the_report_says_whether_births_informed_the_forecast(run_out, tmp_path):

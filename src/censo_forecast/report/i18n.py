@@ -140,14 +140,20 @@ _TEXTS: dict[str, dict[str, str]] = {
     "published_check": {
         "pt-BR": "Esse teste escolhe o modelo a cada ano como a previsão publicada, mas deixa de fora o reajuste no "
                  "último censo, as novas ofertas e as somas por município e UF. O que o produto publica foi testado "
-                 "à parte, no censo real de {census} (origens {first} a {last}, contra os censos seguintes, que não "
-                 "tinha visto): por escola, um ano à frente, de {low} a {high} menos erro que a Persistência nas "
-                 "etapas principais; cinco anos à frente, de {low5} a {high5}.",
+                 "à parte, no censo real de {census} (origens {first} a {last}, {births}, contra os censos "
+                 "seguintes, que não tinha visto): por escola, um ano à frente, {skill} menos erro que a "
+                 "Persistência nas etapas principais; cinco anos à frente, {skill5}. O total do estado errou "
+                 "{state} um ano à frente e {state5} cinco anos à frente, conforme a etapa.",
         "en": "That test chooses the model each year as the published forecast does, but leaves out the refit on "
               "the last census, the new offerings and the sums by municipality and state. What the product "
-              "publishes was tested separately, on the real census of {census} (origins {first} to {last}, against "
-              "the later censuses it had not seen): per school, one year ahead, {low} to {high} less error than "
-              "Persistence on the major stages; five years ahead, {low5} to {high5}."},
+              "publishes was tested separately, on the real census of {census} (origins {first} to {last}, {births}, "
+              "against the later censuses it had not seen): per school, one year ahead, {skill} less error "
+              "than Persistence on the major stages; five years ahead, {skill5}. The state total was off by "
+              "{state} one year ahead and {state5} five years ahead, depending on the stage."},
+    "published_range": {"pt-BR": "de {low} a {high}", "en": "{low} to {high}"},
+    "published_with_births": {"pt-BR": "com nascimentos e população, como esta execução",
+                              "en": "with births and population, as in this run"},
+    "published_without_births": {"pt-BR": "sem nascimentos, como esta execução", "en": "without births, as in this run"},
     "less_error": {"pt-BR": "{pct} menos erro", "en": "{pct} less error"},
     "more_error": {"pt-BR": "{pct} mais erro", "en": "{pct} more error"},
     "quality_table_note": {

@@ -252,16 +252,20 @@ def horizon_table(results: pl.DataFrame) -> pl.DataFrame:
     return wide.sort(STAGE, HORIZON, maintain_order=True)
 
 
-def _published_check(words: Words) -> str:
-    """The back-test of the published files (`data.PUBLISHED_BACKTEST`), named as what it is."""
-    check = data.PUBLISHED_BACKTEST
-    one, five = check.skill_one_year.values(), check.skill_five_years.values()
+def _published_check(words: Words, with_births: bool) -> str:
+    """The back-test of the published files of a run like this one, with births or without
+    (`data.published_backtest`), named as what it is."""
+    check = data.published_backtest(with_births)
 
-    def pct(value: float) -> str:
-        return words.percent(value, signed=False)
+    def span(values: dict[str, float]) -> dict[str, str]:
+        return {"low": words.percent(min(values.values()), signed=False), "high": words.percent(max(values.values()), signed=False)}
 
     return words("published_check", census=check.census, first=check.origins[0], last=check.origins[1],
-                 low=pct(min(one)), high=pct(max(one)), low5=pct(min(five)), high5=pct(max(five)))
+                 births=words("published_with_births" if with_births else "published_without_births"),
+                 skill=words("published_range", **span(check.skill_one_year)),
+                 skill5=words("published_range", **span(check.skill_five_years)),
+                 state=words("published_range", **span(check.state_error_one_year)),
+                 state5=words("published_range", **span(check.state_error_five_years)))
 
 
 def _unvalidated_words(unvalidated: dict | None, words: Words) -> str:
@@ -306,7 +310,7 @@ def quality_section(results: pl.DataFrame, totals: pl.DataFrame, words: Words, d
                     vs_p_h=versus(SKILL_VS_PERSISTENCE, h), vs_c_h=versus(SKILL_VS_COHORT, h),
                     cov80=words.percent(data.weighted(table, COVERAGE_80_MEAN, 1), signed=False),
                     cov95=words.percent(data.weighted(table, COVERAGE_95_MEAN, 1), signed=False))
-    published = _published_check(words)
+    published = _published_check(words, with_births=bool(demography))
     births = words("demography_used", source=demography) if demography else words("demography_none")
     births = " ".join(part for part in (births, _births_blend_words(births_weight, words)) if part)
     untested = _unvalidated_words(unvalidated, words)
