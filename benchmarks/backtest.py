@@ -196,12 +196,13 @@ def identity_gaps(out: Path, origin: int, stages: list[str]) -> list[dict]:
     """Per published forecast file and sum of stages: the largest |sum - its parts| of the
     point forecast over the file's schools or areas (a key a part lacks counts 0)."""
     rows = []
-    for total, parts in coherence.reconcilable(stages).items():
-        for path in sorted(out.glob("previsoes_*")):
-            frame = (pl.read_parquet(path) if path.suffix == ".parquet"
-                     else pl.read_csv(path, schema_overrides={outputs.FORECAST: pl.Float64}))
-            keys = [next(c for c in (SCHOOL, "CO_MUNICIPIO", "CO_UF", outputs.COUNTRY_KEY) if c in frame.columns)]
-            keys += [outputs.HORIZON] if outputs.HORIZON in frame.columns else []
+    sums = coherence.reconcilable(stages)
+    for path in sorted(out.glob("previsoes_*")) if sums else []:
+        frame = (pl.read_parquet(path) if path.suffix == ".parquet"
+                 else pl.read_csv(path, schema_overrides={outputs.FORECAST: pl.Float64}))
+        keys = [next(c for c in (SCHOOL, "CO_MUNICIPIO", "CO_UF", outputs.COUNTRY_KEY) if c in frame.columns)]
+        keys += [outputs.HORIZON] if outputs.HORIZON in frame.columns else []
+        for total, parts in sums.items():
             joined = (_summed(frame, keys, [total], "total")
                       .join(_summed(frame, keys, list(parts), "parts"), on=keys, how="full", coalesce=True).fill_null(0.0))
             rows.append({"origin": origin, "file": path.name, "etapa": total, "keys": joined.height,

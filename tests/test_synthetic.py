@@ -151,8 +151,8 @@ def test_placebo_persistence_is_the_best_constant_forecast_at_every_horizon():
         sim.step(year)
         series.append(sim.grades_FUND_AI.sum(axis=1).astype(float))
     start = series[0]
+    ok = start > 0
     for h in range(1, 6):
-        ok = start > 0
         ratio, weight = series[h][: len(start)][ok] / start[ok], start[ok]
         order = np.argsort(ratio)
         cumulative = np.cumsum(weight[order])
