@@ -190,7 +190,9 @@ def test_a_run_with_demography_records_it_and_predict_needs_the_same(small_censu
                              **{**FAST_RUN, "stages": ["IN_FUND_AI"]})
     record = pipeline.run(settings)
     assert record["demography"].startswith(str(folder)) and "births 1996-2025" in record["demography"]
-    assert set(record["births_weight"]) == {"IN_FUND_AI"} and record["births_weight"]["IN_FUND_AI"] in municipal.WEIGHTS
+    assert set(record["births_weight"]) == {"IN_FUND_AI"}
+    assert set(record["births_weight"]["IN_FUND_AI"]) == {str(h) for h in range(1, settings.horizons + 1)}
+    assert set(record["births_weight"]["IN_FUND_AI"].values()) <= set(municipal.WEIGHTS)
     table = pl.read_csv(tmp_path / "out" / "resultados_finais.csv")
     assert models.DEMOGRAPHY in set(table["modelo"])
     common = ["predict", "--models", str(tmp_path / "out" / "models"), "--raw-dir", str(raw), "--cache-dir",
@@ -232,7 +234,7 @@ def test_the_published_forecast_knows_no_birth_after_its_origin(census_with_demo
 
     with caplog.at_level(logging.INFO, logger="censo_forecast.municipal"):
         schools, munis = published(demo)
-    assert len(schools) > 100 and "municipal totals blended with births at weight" in caplog.text  # the blend is in it
+    assert len(schools) > 100 and "blended with births at weight" in caplog.text  # the blend is in it
     later_schools, later_munis = published(perturbed(pl.col(tables.YEAR) >= origin))
     np.testing.assert_allclose(schools, later_schools, rtol=0, atol=1e-9)
     np.testing.assert_allclose(munis, later_munis, rtol=0, atol=1e-9)

@@ -55,16 +55,18 @@ def panel() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def calibration(bias: float) -> pl.DataFrame:
-    """Walk-forward rows of a model that overshoots every school by `bias` (x 1 + bias)."""
+def calibration(bias: float, one_year_bias: float | None = None) -> pl.DataFrame:
+    """Walk-forward rows of a model that overshoots every school by `bias` (x 1 + bias); one
+    year ahead by `one_year_bias` where given."""
     rows = []
     for h in (1, 2, 3):
+        bias_h = one_year_bias if h == 1 and one_year_bias is not None else bias
         for year in range(YEARS[0] + 2 + h, LAST + 1):
             for muni in MUNIS:
                 for _school in (1, 2):
                     actual = enrollment(muni, year) / 2
-                    rows.append({"bin": 0, "NU_ANO_CENSO": year, "residual": -bias * actual, "CO_MUNICIPIO": muni,
-                                 "CO_UF": 27, FORECAST: (1 + bias) * actual, HORIZON: h})
+                    rows.append({"bin": 0, "NU_ANO_CENSO": year, "residual": -bias_h * actual, "CO_MUNICIPIO": muni,
+                                 "CO_UF": 27, FORECAST: (1 + bias_h) * actual, HORIZON: h})
     return pl.DataFrame(rows).cast({HORIZON: pl.Int32, "bin": pl.Int8})
 
 
@@ -80,7 +82,7 @@ def totals(data: pl.DataFrame, table: pl.DataFrame, bias: float, h: int, chosen:
     """The area totals one horizon publishes, with the births blend the walk-forward chose."""
     choice = chosen.get("IN_FUND_AI")
     walk_forward = municipal.walk_forward_totals(table, data, "IN_FUND_AI", choice)
-    births = (choice.weight, municipal.births_totals(choice, "IN_FUND_AI", h)) if choice else None
+    births = (choice.at(h), municipal.births_totals(choice, "IN_FUND_AI", h)) if choice else None
     return forecast.area_totals(forecasts(bias, h), walk_forward.filter(pl.col(HORIZON) == h),
                                 forecast.new_offerings(data, "IN_FUND_AI"), "IN_FUND_AI", years_ahead=h, births=births)
 
@@ -89,9 +91,11 @@ def test_births_that_foretell_the_totals_get_full_weight_and_the_published_total
     table = calibration(bias=0.2)
     with caplog.at_level(logging.INFO, logger="censo_forecast.municipal"):
         chosen = municipal.choices(panel(), {"IN_FUND_AI": table}, say=True)
-    assert list(chosen) == ["IN_FUND_AI"] and chosen["IN_FUND_AI"].weight == 1.0
-    assert chosen["IN_FUND_AI"].errors[1.0] < 1e-9 and abs(chosen["IN_FUND_AI"].errors[0.0] - 0.2) < 1e-9  # 20 % over
-    assert "IN_FUND_AI: municipal totals blended with births at weight 1 (" in caplog.text
+    assert list(chosen) == ["IN_FUND_AI"] and chosen["IN_FUND_AI"].weight == chosen["IN_FUND_AI"].one_year == 1.0
+    for errors in (chosen["IN_FUND_AI"].errors, chosen["IN_FUND_AI"].one_year_errors):
+        assert errors[1.0] < 1e-9 and abs(errors[0.0] - 0.2) < 1e-9  # 20 % over
+    assert ("IN_FUND_AI: municipal totals one year ahead blended with births at weight 1, two years ahead and beyond "
+            "blended with births at weight 1 (") in caplog.text
     for h in (1, 2, 3):
         areas = totals(panel(), table, 0.2, h, chosen)
         munis = areas[MUNICIPALITIES].sort("CO_MUNICIPIO")
@@ -129,11 +133,28 @@ def test_walk_forward_totals_are_the_published_totals_of_each_test_year_against_
     np.testing.assert_allclose((munis[LOWER_80] / munis[FORECAST]).to_numpy(), 1 / 1.2, rtol=1e-9)
 
 
+def test_one_year_ahead_chooses_its_own_weight_and_the_published_totals_follow_each_horizons():
+    """Schools exact one year ahead and 20 % over beyond: births take no weight one year ahead
+    (the stage's weight, averaged over the horizons, would give it 1) and all of it further
+    ahead, in the published totals and in the walk-forward totals their ranges are calibrated on."""
+    table = calibration(bias=0.2, one_year_bias=0.0)
+    choice = municipal.choices(panel(), {"IN_FUND_AI": table})["IN_FUND_AI"]
+    assert (choice.one_year, choice.weight) == (0.0, 1.0)
+    assert choice.one_year_errors[0.0] < 1e-9 and choice.errors[0.0] == pytest.approx(0.4 / 3)  # mean of 0, 20 and 20 %
+    assert choice.weights([1, 2, 3]) == {1: 0.0, 2: 1.0, 3: 1.0}
+    walk_forward = municipal.walk_forward_totals(table, panel(), "IN_FUND_AI", choice)
+    np.testing.assert_allclose(walk_forward[FORECAST].to_numpy(), walk_forward["y_true"].to_numpy(), rtol=1e-9)
+    one = totals(panel(), table, 0.0, 1, {"IN_FUND_AI": choice})[MUNICIPALITIES]
+    assert (one[BIRTHS_ADJUSTMENT] == 0).all()  # bottom-up one year ahead
+    two = totals(panel(), table, 0.2, 2, {"IN_FUND_AI": choice})[MUNICIPALITIES].sort("CO_MUNICIPIO")
+    np.testing.assert_allclose(two[FORECAST].to_numpy(), [enrollment(m, LAST + 2) for m in MUNIS], rtol=1e-9)
+
+
 def test_a_bottom_up_that_is_right_keeps_weight_zero_and_its_totals():
     table = calibration(bias=0.0)
     noisy = panel().with_columns(pl.col(known.births_column(3)) * 1.3)  # births now mislead
     chosen = municipal.choices(noisy, {"IN_FUND_AI": table})
-    assert chosen["IN_FUND_AI"].weight == 0.0
+    assert chosen["IN_FUND_AI"].weight == chosen["IN_FUND_AI"].one_year == 0.0
     walk_forward = municipal.walk_forward_totals(table, noisy, "IN_FUND_AI", chosen["IN_FUND_AI"])
     np.testing.assert_allclose(walk_forward[FORECAST].to_numpy(), walk_forward["y_true"].to_numpy(), rtol=1e-9)
 

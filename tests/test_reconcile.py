@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 import pytest
 
@@ -46,7 +48,7 @@ def test_a_biased_bottom_up_is_blended_with_the_states_drift_and_the_schools_car
     chosen, bottom_up, blend = reconcile.blends(_calibration(0.10), statepaths.state_history(panel, "IN_FUND_AF"))
     assert chosen and bottom_up == pytest.approx(0.10) and blend < bottom_up
     out = reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.10)})
-    expected = 0.5 * 4 * 310.0 + 0.5 * 1120 * (1120 / 1100)
+    expected = 0.5 * 4 * 310.0 + 0.5 * 1120 * (1120 / 1100) ** statepaths.DAMPING
     assert out["previsao"].sum() == pytest.approx(expected)
     factor = expected / (4 * 310.0)
     assert out["limite_superior_80"].to_list() == pytest.approx([320.0 * factor] * 4)  # bounds move with the schools
@@ -58,3 +60,21 @@ def test_an_unbiased_bottom_up_is_published_as_it_is():
     assert not reconcile.blends(_calibration(0.0), statepaths.state_history(panel, "IN_FUND_AF"))[0]
     assert reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.0)}).equals(schools)
     assert reconcile.reconcile(schools, panel, {}).equals(schools)  # no walk-forward: bottom-up
+
+
+def test_the_states_drift_is_damped_so_a_steep_last_year_does_not_compound_over_five():
+    """A state that lost 6 % in its last year: the drift's path loses DAMPING times the last
+    year's log change in the first year ahead and DAMPING times the year before's in each next
+    one, so five years ahead it has lost far less than 1 - 0.94 ** 5 and it never loses more
+    than DAMPING / (1 - DAMPING) last years' change."""
+    state = pl.DataFrame({"total": [1000.0], "drift": [0.94]})
+    path = [state.select(reconcile.drift_path(h)).item() for h in range(0, 6)]
+    assert path[0] == pytest.approx(1000.0)
+    steps = [math.log(b / a) for a, b in zip(path, path[1:], strict=False)]
+    assert steps[0] == pytest.approx(statepaths.DAMPING * math.log(0.94))
+    assert [b / a for a, b in zip(steps, steps[1:], strict=False)] == pytest.approx([statepaths.DAMPING] * 4)
+    limit = 1000 * 0.94 ** (statepaths.DAMPING / (1 - statepaths.DAMPING))  # however far ahead, never below this
+    assert 1000 * 0.94 ** 5 < limit < path[5] < path[0]
+    by_column = pl.DataFrame({"total": [1000.0] * 3, "drift": [0.94] * 3, "horizonte": [1, 3, 5]}).select(
+        reconcile.drift_path(pl.col("horizonte")))
+    assert by_column.to_series().to_list() == pytest.approx([path[1], path[3], path[5]])

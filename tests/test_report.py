@@ -424,7 +424,13 @@ def test_the_report_says_whether_births_informed_the_forecast(run_out, tmp_path)
     assert meta.get("demography") is None and "ajuste_nascimentos" not in page  # no blend without births
     blended = html.unescape(page_mod.quality_section(
         pl.read_csv(copy / outputs.RESULTS), pl.read_csv(copy / outputs.CV_TOTALS), i18n.Words("pt-BR"),
-        "data/demografia: births 1996-2025", None, {"IN_INF_CRE": 0.5, "IN_FUND_AI": 1.0, "IN_MED": 0.0}))
+        "data/demografia: births 1996-2025", None, {"IN_INF_CRE": {"1": 0.25, "2": 0.5, "3": 0.5},
+                                                    "IN_FUND_AI": {"1": 1.0, "2": 1.0}, "IN_MED": {"1": 0.0, "2": 0.0}}))
     sentence = re.search(r"<p id='quality-demography'>(.*?)</p>", blended).group(1)
-    assert "Os totais por município de Creche (0,50), Fundamental anos iniciais (1,00) combinam" in sentence
+    assert ("Os totais por município de Creche (0,25 um ano à frente, 0,50 mais à frente), Fundamental anos iniciais "
+            "(1,00) combinam") in sentence
     assert "ajuste_nascimentos" in sentence and "Ensino médio" not in sentence  # weight 0: not named
+    older = html.unescape(page_mod.quality_section(  # a run record of an earlier version: one weight per stage
+        pl.read_csv(copy / outputs.RESULTS), pl.read_csv(copy / outputs.CV_TOTALS), i18n.Words("pt-BR"),
+        "data/demografia: births 1996-2025", None, {"IN_INF_CRE": 0.5, "IN_MED": 0.0}))
+    assert "Os totais por município de Creche (0,50) combinam" in older

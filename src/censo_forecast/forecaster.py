@@ -290,7 +290,7 @@ class EnrollmentForecaster(BaseEstimator):
             choice = chosen.get(flag)
             walk_forward = municipal.walk_forward_totals(self.calibration_[flag], panel, flag, choice)  # totals as published
             for h, rows in validation.by_horizon(schools.filter(pl.col(STAGE) == flag)):
-                blend = (choice.weight, municipal.births_totals(choice, flag, h)) if choice and choice.weight else None
+                blend = (choice.at(h), municipal.births_totals(choice, flag, h)) if choice and choice.at(h) else None
                 areas = forecast.area_totals(rows, walk_forward.filter(pl.col(HORIZON) == h), offerings, flag, years_ahead=h,
                                              births=blend, seed=seed + h)
                 for key, frame in areas.items():

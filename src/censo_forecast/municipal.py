@@ -7,12 +7,14 @@ Its births offer a second forecast of the same total: the census total at the or
 the ratio of the birth cohorts of the stage's ages in the target year to those at the origin
 (`known.birth_ratio`, births known at the origin only). For each stage the walk-forward picks
 the births' weight w in WEIGHTS with the lowest weighted absolute % error of municipal
-totals, averaged over the validated horizons (the calibration table's sums of the chosen
-model, with the new offerings the origin expected, against the census totals); a tie keeps
-the smaller weight. The published municipal total is then (1 - w) x bottom-up + w x births,
-the difference shown as its own column (`ajuste_nascimentos`); a municipality without a
-complete birth cohort keeps its bottom-up total. States and the country add up their
-municipalities.
+totals (the calibration table's sums of the chosen model, with the new offerings the origin
+expected, against the census totals); a tie keeps the smaller weight. Two years ahead and
+beyond take the stage's weight, chosen on the errors averaged over every validated horizon
+(a later horizon has too few test years to choose alone). One year ahead, which has the most
+test years, takes a weight of its own, chosen on its own errors. The published municipal
+total is then (1 - w) x bottom-up + w x births, the difference shown as its own column
+(`ajuste_nascimentos`); a municipality without a complete birth cohort keeps its bottom-up
+total. States and the country add up their municipalities.
 
 The school forecasts are not moved: scaling each municipality's schools by one factor to
 the blended total cost per-school skill on the real census (early elementary five years
@@ -21,14 +23,18 @@ is not its share of the best total (closures and moves are no school's own trend
 
 The intervals of totals are calibrated on the walk-forward errors of municipal totals as
 published (`walk_forward_totals`: the chosen model's sums per municipality plus the new
-offerings the origin expected, blended at the stage's weight, against the municipality's
+offerings the origin expected, blended at the horizon's weight, against the municipality's
 census total), so the new offerings and the births blend are inside the errors they are
 calibrated on.
 
 On the real census of Alagoas with the real births (back-test of the published files, 8
 origins; benchmarks/README.md, "Tenth session") the walk-forward chose w = 1 for early
 elementary at every origin and cut its municipal error five years ahead from 10.9 % to
-7.7 %, pre-school's from 21.0 % to 10.1 % and creche's from 41.8 % to 29.7 %.
+7.7 %, pre-school's from 21.0 % to 10.1 % and creche's from 41.8 % to 29.7 %. One year
+ahead's own weight ("2026-12-07 (second session)") cut its municipal error for pre-school
+from 5.8 to 5.6 % (below persistence's 5.7 %), early elementary from 2.8 to 2.7 % and high
+school from 5.6 to 5.5 %, and left the later horizons as they were; choosing their weight
+without one year ahead's errors cost high school up to 0.15 points there.
 """
 
 from __future__ import annotations
@@ -51,16 +57,26 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the births' weight; 0: bottom-up
 
 @dataclass(frozen=True)
 class Choice:
-    """A stage's births weight and the walk-forward errors (weighted absolute %, mean over
-    its validated horizons) of municipal totals at every weight it was chosen from; and what
-    applying it reads, computed once: the municipalities' census totals and recent openings
-    at every origin (`statepaths.at_origins`) and the births each (municipality, year) knows
-    (`known.known_table`)."""
+    """A stage's births weights, its own (`weight`, two years ahead and beyond) and one year
+    ahead's (`one_year`), with the walk-forward errors of municipal totals (weighted absolute
+    %; the stage's a mean over its validated horizons) at every weight they were chosen
+    from; and what applying them reads, computed once: the municipalities' census totals and
+    recent openings at every origin (`statepaths.at_origins`) and the births each
+    (municipality, year) knows (`known.known_table`)."""
 
     weight: float
     errors: dict[float, float]
+    one_year: float
+    one_year_errors: dict[float, float]
     origins: pl.DataFrame
     births: pl.DataFrame
+
+    def at(self, horizon: int) -> float:
+        """The births' weight `horizon` years ahead."""
+        return self.one_year if horizon == 1 else self.weight
+
+    def weights(self, horizons: list[int]) -> dict[int, float]:
+        return {h: self.at(h) for h in horizons}
 
 
 def birth_ratios(births: pl.DataFrame, flag: str, horizons: list[int]) -> pl.DataFrame:
@@ -115,17 +131,26 @@ def _scored(calibration: pl.DataFrame, origins: pl.DataFrame, ratios: pl.DataFra
 
 
 def choose(calibration: pl.DataFrame, history: pl.DataFrame, births: pl.DataFrame, flag: str) -> Choice | None:
-    """The births weight with the lowest walk-forward error of municipal totals (module
-    docstring); None when no test year can compare."""
+    """The births weights, the stage's and one year ahead's, with the lowest walk-forward error
+    of municipal totals (module docstring); None when no test year can compare."""
     origins = at_origins(history, MUNICIPALITY)
     scored = _scored(calibration, origins, birth_ratios(births, flag, sorted(calibration[HORIZON].unique().to_list())))
     if scored.height == 0 or scored.select(pl.col("actual").sum()).item() <= 0:
         return None
     per_horizon = scored.group_by(HORIZON).agg(
         *(((_target(w) - pl.col("actual")).abs().sum() / pl.col("actual").sum()).alias(str(w)) for w in WEIGHTS))
-    errors = {w: float(per_horizon.select(pl.col(str(w)).mean()).item()) for w in WEIGHTS}
-    best = min(WEIGHTS, key=lambda w: (errors[w], w))
-    return Choice(best, errors, origins, births)
+    one = per_horizon.filter(pl.col(HORIZON) == 1)
+    errors = _mean_errors(per_horizon)
+    one_year = _mean_errors(one) if one.height else errors
+    return Choice(_best(errors), errors, _best(one_year), one_year, origins, births)
+
+
+def _mean_errors(per_horizon: pl.DataFrame) -> dict[float, float]:
+    return {w: float(per_horizon.select(pl.col(str(w)).mean()).item()) for w in WEIGHTS}
+
+
+def _best(errors: dict[float, float]) -> float:
+    return min(WEIGHTS, key=lambda w: (errors[w], w))  # a tie keeps the smaller weight
 
 
 def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: bool = False) -> dict[str, Choice]:
@@ -143,24 +168,37 @@ def choices(panel: pl.DataFrame, calibration: dict[str, pl.DataFrame], *, say: b
             continue
         out[flag] = choice
         if say:
-            log.info("%s: municipal totals %s (walk-forward weighted absolute error of municipal totals by births "
-                     "weight: %s)", flag, f"blended with births at weight {choice.weight:g}" if choice.weight else
-                     "bottom-up", ", ".join(f"{w:g}: {100 * e:.1f} %" for w, e in choice.errors.items()))
+            log.info("%s: municipal totals one year ahead %s, two years ahead and beyond %s (walk-forward weighted "
+                     "absolute error of municipal totals by births weight, one year ahead: %s; beyond: %s)", flag,
+                     _blend_words(choice.one_year), _blend_words(choice.weight), _listed(choice.one_year_errors),
+                     _listed(choice.errors))
     return out
+
+
+def _blend_words(weight: float) -> str:
+    return f"blended with births at weight {weight:g}" if weight else "bottom-up"
+
+
+def _listed(errors: dict[float, float]) -> str:
+    return ", ".join(f"{w:g}: {100 * e:.1f} %" for w, e in errors.items())
 
 
 def walk_forward_totals(calibration: pl.DataFrame, panel: pl.DataFrame, flag: str, choice: Choice | None) -> pl.DataFrame:
     """(CO_MUNICIPIO, CO_UF, NU_ANO_CENSO, horizonte, previsao, y_true): each municipality's
     walk-forward total as the municipal files make it (its schools' sum plus the new
-    offerings the origin expected, blended with births at the stage's weight; bottom-up
+    offerings the origin expected, blended with births at the horizon's weight; bottom-up
     without `choice`) and its census total, per test year and horizon: what the intervals of
     totals are calibrated on. The state's reconciliation (`reconcile`) is left out: scaling
     these totals by it made municipal coverage no better on the real census (benchmarks/README.md)."""
-    weight = choice.weight if choice is not None else 0.0
+    horizons = sorted(calibration[HORIZON].unique().to_list())
+    weights = choice.weights(horizons) if choice is not None else dict.fromkeys(horizons, 0.0)
     origins = choice.origins if choice is not None else at_origins(state_history(panel, flag, MUNICIPALITY), MUNICIPALITY)
-    ratios = birth_ratios(choice.births, flag, sorted(calibration[HORIZON].unique().to_list())) if choice and weight else None
+    ratios = birth_ratios(choice.births, flag, horizons) if choice and any(weights.values()) else None
+    blended = pl.lit(None, dtype=pl.Float64)
+    for h, weight in weights.items():
+        blended = pl.when(pl.col(HORIZON) == h).then(_target(weight)).otherwise(blended)
     return _scored(calibration, origins, ratios).select(
-        MUNICIPALITY, "CO_UF", YEAR, HORIZON, _target(weight).alias(FORECAST), pl.col("actual").alias(ACTUAL))
+        MUNICIPALITY, "CO_UF", YEAR, HORIZON, blended.alias(FORECAST), pl.col("actual").alias(ACTUAL))
 
 
 def births_totals(choice: Choice, flag: str, horizon: int) -> pl.DataFrame:

@@ -391,11 +391,13 @@ class Run(Hooks):
         return record
 
 
-def births_weights(forecaster: EnrollmentForecaster, chosen: dict[str, municipal.Choice]) -> dict[str, float]:
-    """Each stage's births weight in its municipal totals (`chosen`: `municipal.choices`), but
-    for a stage published as the sum of its parts (`coherence`): its totals are theirs."""
+def births_weights(forecaster: EnrollmentForecaster, chosen: dict[str, municipal.Choice]) -> dict[str, dict[str, float]]:
+    """Each stage's births weights in its municipal totals by years ahead (`chosen`:
+    `municipal.choices`), but for a stage published as the sum of its parts (`coherence`):
+    its totals are theirs."""
     sums = coherence.reconcilable(list(forecaster.models_))
-    return {flag: choice.weight for flag, choice in chosen.items() if flag not in sums}
+    return {flag: {str(h): w for h, w in choice.weights(sorted(forecaster.chosen_[flag])).items()}
+            for flag, choice in chosen.items() if flag not in sums}
 
 
 def unvalidated_horizons(forecaster: EnrollmentForecaster) -> dict[str, dict]:

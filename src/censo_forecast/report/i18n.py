@@ -119,6 +119,10 @@ _TEXTS: dict[str, dict[str, str]] = {
               "births, at the weight in brackets that the test on past years chose; the difference is the "
               "ajuste_nascimentos column of the municipal files, and the school forecasts are unchanged.",
     },
+    "births_weight_by_horizon": {
+        "pt-BR": "{one} um ano à frente, {beyond} mais à frente",
+        "en": "{one} one year ahead, {beyond} further ahead",
+    },
     "unvalidated": {
         "pt-BR": "Não há anos de censo suficientes para testar {years} ano(s) à frente ({stages}): essas previsões "
                  "seguem o modelo escolhido para {source} ano(s) à frente e não têm faixa.",

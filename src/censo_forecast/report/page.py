@@ -281,8 +281,15 @@ def _unvalidated_words(unvalidated: dict | None, words: Words) -> str:
 
 def _births_blend_words(weights: dict | None, words: Words) -> str:
     """Which stages' municipal totals lean on births, and how much (the run record's
-    `births_weight`); nothing where none does."""
-    blended = [f"{words.stage(flag)} ({words.number(weight, 2)})" for flag, weight in (weights or {}).items() if weight]
+    `births_weight`: per stage, its weight by years ahead); nothing where none does."""
+    blended = []
+    for flag, by_horizon in (weights or {}).items():
+        one, *beyond = by_horizon.values() if isinstance(by_horizon, dict) else [by_horizon]
+        if not (one or any(beyond)):
+            continue
+        weight = (words.number(one, 2) if all(w == one for w in beyond) else
+                  words("births_weight_by_horizon", one=words.number(one, 2), beyond=words.number(beyond[0], 2)))
+        blended.append(f"{words.stage(flag)} ({weight})")
     return words("births_blend", stages=", ".join(blended)) if blended else ""
 
 
