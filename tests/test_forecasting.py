@@ -246,6 +246,21 @@ def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
     assert drift.ratio_ == pytest.approx(0.5)
 
 
+def test_deriva_damps_the_stages_change_over_the_horizon():
+    """Deriva h years ahead: this year times the stage's ratio compounded DAMPING + ... +
+    DAMPING ** h times (undamped: h times), so a steep year does not compound five times;
+    the factory builds it damped."""
+    from censo_forecast import damping, learners
+    from censo_forecast.outputs import DRIFT
+
+    X = np.array([[100.0, 1.0], [100.0, 2.0], [100.0, 5.0]])
+    drift = models.Drift(0, 1, damping=0.8).fit(X[:1], np.array([90.0]))  # the stage lost 10 % last year
+    expected = [100 * 0.9 ** 0.8, 100 * 0.9 ** (0.8 + 0.64), 100 * 0.9 ** sum(0.8 ** k for k in range(1, 6))]
+    np.testing.assert_allclose(drift.predict(X), expected)
+    np.testing.assert_allclose(models.Drift(0, 1).fit(X[:1], np.array([90.0])).predict(X), [90.0, 81.0, 100 * 0.9 ** 5])
+    assert learners.restore_baseline(DRIFT, 0.9).damping == damping.DAMPING < 1
+
+
 def test_device_selection_without_gpu(monkeypatch):
     monkeypatch.setattr(models, "_cuda_devices", lambda: 0)
     auto = models.select_device("auto")

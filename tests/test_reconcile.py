@@ -7,7 +7,7 @@ import math
 import polars as pl
 import pytest
 
-from censo_forecast import reconcile, statepaths
+from censo_forecast import damping, reconcile, statepaths
 from censo_forecast.panel import build_panel
 from test_forecasting import census_rows
 
@@ -48,7 +48,7 @@ def test_a_biased_bottom_up_is_blended_with_the_states_drift_and_the_schools_car
     chosen, bottom_up, blend = reconcile.blends(_calibration(0.10), statepaths.state_history(panel, "IN_FUND_AF"))
     assert chosen and bottom_up == pytest.approx(0.10) and blend < bottom_up
     out = reconcile.reconcile(schools, panel, {"IN_FUND_AF": _calibration(0.10)})
-    expected = 0.5 * 4 * 310.0 + 0.5 * 1120 * (1120 / 1100) ** statepaths.DAMPING
+    expected = 0.5 * 4 * 310.0 + 0.5 * 1120 * (1120 / 1100) ** damping.DAMPING
     assert out["previsao"].sum() == pytest.approx(expected)
     factor = expected / (4 * 310.0)
     assert out["limite_superior_80"].to_list() == pytest.approx([320.0 * factor] * 4)  # bounds move with the schools
@@ -71,9 +71,9 @@ def test_the_states_drift_is_damped_so_a_steep_last_year_does_not_compound_over_
     path = [state.select(reconcile.drift_path(h)).item() for h in range(0, 6)]
     assert path[0] == pytest.approx(1000.0)
     steps = [math.log(b / a) for a, b in zip(path, path[1:], strict=False)]
-    assert steps[0] == pytest.approx(statepaths.DAMPING * math.log(0.94))
-    assert [b / a for a, b in zip(steps, steps[1:], strict=False)] == pytest.approx([statepaths.DAMPING] * 4)
-    limit = 1000 * 0.94 ** (statepaths.DAMPING / (1 - statepaths.DAMPING))  # however far ahead, never below this
+    assert steps[0] == pytest.approx(damping.DAMPING * math.log(0.94))
+    assert [b / a for a, b in zip(steps, steps[1:], strict=False)] == pytest.approx([damping.DAMPING] * 4)
+    limit = 1000 * 0.94 ** (damping.DAMPING / (1 - damping.DAMPING))  # however far ahead, never below this
     assert 1000 * 0.94 ** 5 < limit < path[5] < path[0]
     by_column = pl.DataFrame({"total": [1000.0] * 3, "drift": [0.94] * 3, "horizonte": [1, 3, 5]}).select(
         reconcile.drift_path(pl.col("horizonte")))

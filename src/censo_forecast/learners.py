@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from censo_forecast import damping, models
 from censo_forecast import horizons as horizons_mod
-from censo_forecast import models
 from censo_forecast.config import ModelSettings
 from censo_forecast.features import ANCHOR_INDEX, BIRTH_RATIO_INDEX, COHORT_INDEX, FEATURES, HORIZON_INDEX
 from censo_forecast.outputs import ACTUAL, COHORT, DEMOGRAPHY, DRIFT, ENSEMBLE, PERSISTENCE
@@ -83,7 +83,7 @@ def split_by_horizon(shared: dict | None, own: dict[int, dict], names: tuple[str
 
 
 def _drift() -> models.Drift:
-    return models.Drift(ANCHOR_INDEX, HORIZON_INDEX)
+    return models.Drift(ANCHOR_INDEX, HORIZON_INDEX, damping.DAMPING)
 
 
 def restore_baseline(name: str, drift_ratio: float | None = None):

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from censo_forecast import boosters, machine
+from censo_forecast import boosters, damping, machine
 from censo_forecast.config import ModelSettings
 from censo_forecast.outputs import COHORT, DEMOGRAPHY, DRIFT, ENSEMBLE, PERSISTENCE
 
@@ -179,13 +179,15 @@ class BirthScaled(RegressorMixin, BaseEstimator):
 
 class Drift(RegressorMixin, BaseEstimator):
     """This year times the stage's aggregate one-year change in the most recent year of
-    training data (closures and stage drops included), compounded over the row's horizon.
-    Parameters: `anchor`, the column of last year's enrollment; `horizon`, the column of the
-    years ahead (None: one). Fitted state: `ratio_`."""
+    training data (closures and stage drops included), compounded over the row's horizon,
+    damped (`damping.steps`). Parameters: `anchor`, the column of last year's enrollment;
+    `horizon`, the column of the years ahead (None: one); `damping` (1: undamped). Fitted
+    state: `ratio_`."""
 
-    def __init__(self, anchor: int = 0, horizon: int | None = None):
+    def __init__(self, anchor: int = 0, horizon: int | None = None, damping: float = 1.0):
         self.anchor = anchor
         self.horizon = horizon
+        self.damping = damping
 
     def fit(self, X, y):
         base = np.nan_to_num(np.asarray(X, dtype=np.float64)[:, self.anchor])
@@ -196,7 +198,7 @@ class Drift(RegressorMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
         years = X[:, self.horizon] if self.horizon is not None else 1.0
-        return np.nan_to_num(X[:, self.anchor]) * self.ratio_**years
+        return np.nan_to_num(X[:, self.anchor]) * self.ratio_ ** damping.steps(years, self.damping)
 
 
 class Voting(RegressorMixin, BaseEstimator):

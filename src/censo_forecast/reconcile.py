@@ -6,7 +6,7 @@ expected. A sum of school forecasts made to be right school by school can drift 
 total (a school's forecast is a typical value, not an expected one). The state's own path
 offers a second forecast of the same total: its drift, the census total at the origin times
 its last yearly change, compounded over the horizon and damped (`drift_path`: the k-th year
-ahead counts statepaths.DAMPING ** k of that change, as in damped-trend smoothing), so that
+ahead counts damping.DAMPING ** k of that change, as in damped-trend smoothing), so that
 one steep year does not compound five times. For each stage the walk-forward picks
 bottom-up or the mean of the two, whichever had the lower mean absolute % error of state
 totals over its test years and horizons (the calibration table's sums of the chosen model,
@@ -35,9 +35,10 @@ import logging
 
 import polars as pl
 
+from censo_forecast import damping
 from censo_forecast.inep.catalog import YEAR
 from censo_forecast.outputs import BOUNDS, FORECAST, HORIZON, STAGE
-from censo_forecast.statepaths import at_origins, damped_steps, state_history
+from censo_forecast.statepaths import at_origins, state_history
 
 log = logging.getLogger(__name__)
 BLEND = 0.5  # the state's drift's weight when the walk-forward chooses the mean
@@ -45,8 +46,8 @@ BLEND = 0.5  # the state's drift's weight when the walk-forward chooses the mean
 
 def drift_path(horizon: int | pl.Expr) -> pl.Expr:
     """The state's drift `horizon` years ahead (an int or an expression): its last yearly
-    change, damped (`statepaths.damped_steps`), compounded."""
-    return pl.col("total") * pl.col("drift").pow(damped_steps(horizon))
+    change, damped (`damping.steps`), compounded."""
+    return pl.col("total") * pl.col("drift").pow(damping.steps(horizon))
 
 
 def errors(calibration: pl.DataFrame, history: pl.DataFrame, h: int) -> tuple[float, float] | None:

@@ -13,8 +13,7 @@ factor, so that the total meets the limit. Nothing in the census says why a stat
 break its own record, so nothing here lets it (births could, one day: issue #23).
 
 Each state's census history of a stage (its totals, openings, drift) is read here, once, for
-this limit, for the new offerings the forecast adds and for `reconcile`, and so is how a last
-yearly change is carried ahead (`damped_steps`).
+this limit, for the new offerings the forecast adds and for `reconcile`.
 """
 
 from __future__ import annotations
@@ -31,14 +30,6 @@ from censo_forecast.panel import SCHOOL, offers
 log = logging.getLogger(__name__)
 MIN_HISTORY = 3  # census years a state needs before its record limits a path
 NEW_OFFERINGS_WINDOW = 3  # new offerings: the mean of the openings of the last three years
-DAMPING = 0.8  # a last yearly change carried ahead counts DAMPING ** k in the k-th year (`damped_steps`)
-
-
-def damped_steps(horizon: int | pl.Expr) -> pl.Expr:
-    """How many times a last yearly change compounds `horizon` years ahead, damped as in
-    damped-trend smoothing (the k-th year ahead counts DAMPING ** k of it), so that one steep
-    year does not compound five times (benchmarks/README.md, "the state's drift damped")."""
-    return DAMPING * (1 - pl.lit(DAMPING, dtype=pl.Float64).pow(horizon)) / (1 - DAMPING)
 
 
 def state_history(panel: pl.DataFrame, flag: str, area: str = "CO_UF") -> pl.DataFrame:
