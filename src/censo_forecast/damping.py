@@ -6,7 +6,7 @@ steep year compounds five times: on the real census of Alagoas final elementary 
 year up to 2015 and then flattened, and the undamped drifts put its state total 6-11 % under
 the census five years ahead. Damped, the k-th year ahead counts DAMPING ** k of the change, so
 h years ahead it compounds `steps(h)` times, never more than DAMPING / (1 - DAMPING) times
-(benchmarks/README.md, "the state's drift damped" and "Deriva damped").
+(benchmarks/README.md, "2026-12-07 (second session)": "The damped drift", "Deriva damped").
 """
 
 from __future__ import annotations

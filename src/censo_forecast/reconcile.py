@@ -20,7 +20,7 @@ stage, not a rule. One choice per stage rather than per horizon: the later horiz
 two to five test years, too few to choose by (and one year ahead chosen apart from them
 measured worse: high school's worst origin one year ahead fell from +0.4 to -1.7 %).
 
-Damping (benchmarks/README.md, "the state's drift damped"): undamped, the drift of final
+Damping (benchmarks/README.md, "2026-12-07 (second session)"): undamped, the drift of final
 elementary at the origins 2013-2015 (-5 to -6 % a year) put its state total 6-11 % under the
 census five years ahead. With a damping of 0.8 its state error five years ahead fell from 7.2 to
 3.7 % and its per-school skill from +2.9 to +8.1 %; the mean state error over the five major
