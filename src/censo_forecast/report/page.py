@@ -284,7 +284,8 @@ def _births_blend_words(weights: dict | None, words: Words) -> str:
     `births_weight`: per stage, its weight by years ahead); nothing where none does."""
     blended = []
     for flag, by_horizon in (weights or {}).items():
-        one, *beyond = by_horizon.values() if isinstance(by_horizon, dict) else [by_horizon]
+        one, *beyond = ([by_horizon[h] for h in sorted(by_horizon, key=int)] if isinstance(by_horizon, dict)
+                        else [by_horizon])
         if not (one or any(beyond)):
             continue
         weight = (words.number(one, 2) if all(w == one for w in beyond) else
