@@ -133,7 +133,7 @@ def test_walk_forward_totals_are_the_published_totals_of_each_test_year_against_
     np.testing.assert_allclose((munis[LOWER_80] / munis[FORECAST]).to_numpy(), 1 / 1.2, rtol=1e-9)
 
 
-def test_one_year_ahead_chooses_its_own_weight_and_the_published_totals_follow_each_horizons():
+def test_one_year_ahead_chooses_its_own_weight_and_the_published_totals_follow_each_horizon():
     """Schools exact one year ahead and 20 % over beyond: births take no weight one year ahead
     (the stage's weight, averaged over the horizons, would give it 1) and all of it further
     ahead, in the published totals and in the walk-forward totals their ranges are calibrated on."""

@@ -190,13 +190,11 @@ def walk_forward_totals(calibration: pl.DataFrame, panel: pl.DataFrame, flag: st
     without `choice`) and its census total, per test year and horizon: what the intervals of
     totals are calibrated on. The state's reconciliation (`reconcile`) is left out: scaling
     these totals by it made municipal coverage no better on the real census (benchmarks/README.md)."""
-    horizons = sorted(calibration[HORIZON].unique().to_list())
-    weights = choice.weights(horizons) if choice is not None else dict.fromkeys(horizons, 0.0)
+    one_year, beyond = (choice.one_year, choice.weight) if choice is not None else (0.0, 0.0)
     origins = choice.origins if choice is not None else at_origins(state_history(panel, flag, MUNICIPALITY), MUNICIPALITY)
-    ratios = birth_ratios(choice.births, flag, horizons) if choice and any(weights.values()) else None
-    blended = pl.lit(None, dtype=pl.Float64)
-    for h, weight in weights.items():
-        blended = pl.when(pl.col(HORIZON) == h).then(_target(weight)).otherwise(blended)
+    horizons = sorted(calibration[HORIZON].unique().to_list())
+    ratios = birth_ratios(choice.births, flag, horizons) if choice and (one_year or beyond) else None
+    blended = pl.when(pl.col(HORIZON) == 1).then(_target(one_year)).otherwise(_target(beyond))
     return _scored(calibration, origins, ratios).select(
         MUNICIPALITY, "CO_UF", YEAR, HORIZON, blended.alias(FORECAST), pl.col("actual").alias(ACTUAL))
 
