@@ -27,6 +27,10 @@ census five years ahead. With a damping of 0.8 its state error five years ahead 
 stages and horizons from 4.56 to 4.48 %. Creche's schools, now bottom-up at every origin,
 gained (+2.0 to +4.8 % five years ahead) and its state total lost (10.3 to 11.8 %). 0.6 and
 0.9 measured worse (4.66 and 4.54 %).
+
+BLEND: the drift's weight chosen per stage among 0.25-1 instead ("2026-12-07 (third
+session)") took the drift alone for four stages and cost pre-school's schools 2-3 points of
+skill four and five years ahead, the state totals no better (mean 4.39 against 4.37 %).
 """
 
 from __future__ import annotations
