@@ -54,6 +54,12 @@ def drift_path(horizon: int | pl.Expr) -> pl.Expr:
     return pl.col("total") * pl.col("drift").pow(damping.steps(horizon))
 
 
+def blended(bottom_up: pl.Expr, horizon: int | pl.Expr) -> pl.Expr:
+    """A state's total blended with its drift: what the walk-forward scores and what the
+    published schools are scaled to, so the two cannot part."""
+    return (1 - BLEND) * bottom_up + BLEND * drift_path(horizon)
+
+
 def errors(calibration: pl.DataFrame, history: pl.DataFrame, h: int) -> tuple[float, float] | None:
     """(bottom-up's, the blend's) mean absolute % error of state totals at one horizon, over
     its walk-forward rows (`intervals.calibration_table`); None when no test year can compare."""
@@ -66,8 +72,8 @@ def errors(calibration: pl.DataFrame, history: pl.DataFrame, h: int) -> tuple[fl
     if sums.height == 0:
         return None
     bottom_up = pl.col("schools") + h * pl.col("new")
-    blend = (1 - BLEND) * bottom_up + BLEND * drift_path(h)
-    row = sums.select((bottom_up / pl.col("actual") - 1).abs().mean(), (blend / pl.col("actual") - 1).abs().mean()).row(0)
+    row = sums.select((bottom_up / pl.col("actual") - 1).abs().mean(),
+                      (blended(bottom_up, h) / pl.col("actual") - 1).abs().mean()).row(0)
     return float(row[0]), float(row[1])
 
 
@@ -105,7 +111,7 @@ def reconcile(schools: pl.DataFrame, panel: pl.DataFrame, calibration: dict[str,
                 .join(now.cast({"CO_UF": rows.schema["CO_UF"]}), on="CO_UF", how="inner")
                 .filter((pl.col("schools") > 0) & pl.col("drift").is_not_null()))
         new = pl.col(HORIZON) * pl.col("new").fill_null(0.0)
-        target = (1 - BLEND) * (pl.col("schools") + new) + BLEND * drift_path(pl.col(HORIZON))
+        target = blended(pl.col("schools") + new, pl.col(HORIZON))
         factors.append(sums.select(pl.lit(flag).alias(STAGE), "CO_UF", HORIZON,
                                    ((target - new).clip(lower_bound=0.0) / pl.col("schools")).alias("_factor")))
     if not factors:
