@@ -82,6 +82,50 @@ def test_area_intervals_come_from_the_errors_of_totals_at_their_own_level():
         assert frame.select(inside).to_series().all()
 
 
+def _predictions_with_noisy_early_years(rng, years=range(2012, 2021), calm_from=2017, n=3000) -> pl.DataFrame:
+    """Walk-forward rows whose errors were ten times wider before `calm_from` (a stage expanding
+    by policy, then settled)."""
+    frames = []
+    for year in years:
+        last = rng.integers(20, 200, n).astype(float)
+        scale = 2.0 if year >= calm_from else 20.0
+        frames.append(pl.DataFrame({"NU_ANO_CENSO": year, "Persistencia": last, "Voting": last,
+                                    "y_true": last + rng.normal(0, scale, n), "CO_MUNICIPIO": 2700000, "CO_UF": 27}))
+    return pl.concat(frames)
+
+
+def test_school_intervals_come_from_the_recent_test_years():
+    """Errors that have settled give narrow ranges, however wide the first test years' were; the
+    walk-forward's coverage is measured the same way (calibrated on the recent years known)."""
+    preds = _predictions_with_noisy_early_years(np.random.default_rng(5))
+    calibration = intervals.calibration_table(preds, "Voting")
+    b = intervals.bounds(np.array([100.0]), np.array([100.0]), calibration)
+    assert b["limite_superior_80"][0] - b["limite_inferior_80"][0] == pytest.approx(2 * 1.2816 * 2.0, rel=0.15)
+    coverage = intervals.coverage_by_year(preds, "Voting").filter(pl.col("NU_ANO_CENSO") == 2020)
+    assert coverage["Cobertura_80"].item() == pytest.approx(0.80, abs=0.03)  # all nine years: about 0.99
+
+
+def test_municipal_ranges_shrink_a_bias_seen_in_one_test_year_and_states_keep_it():
+    """One test year in which every municipality's total was 20 % below its forecast: a year's
+    bias as much as the method's. A municipality's range then still holds its forecast inside
+    (the bias counts a third), where the signed errors alone would put the whole range below
+    it; the state's range, with one error a year to go on, keeps the year's error as it was."""
+    rng = np.random.default_rng(4)
+    munis = 80
+    walk_forward = pl.DataFrame({"CO_MUNICIPIO": 2700000 + np.arange(munis), "CO_UF": 27, "NU_ANO_CENSO": 2020,
+                                 "previsao": 1000.0, "y_true": 800.0 * (1 + rng.normal(0, 0.1, munis))})
+    schools = pl.DataFrame({"CO_MUNICIPIO": 2700000 + np.arange(munis), "CO_UF": 27, "previsao": 1000.0,
+                            "matriculas_ultimo_ano": 1000.0})
+    offerings = pl.DataFrame({"CO_MUNICIPIO": [2700000], "CO_UF": [27], "NU_ANO_CENSO": [2021], "new_enrollment": [0.0]})
+    areas = forecast.area_totals(schools, walk_forward, offerings, "IN_MED", years_ahead=1)
+    municipal = areas["municipios"]
+    assert (municipal["limite_superior_80"] > 1000.0).all()  # signed errors alone: 1000 at most
+    assert municipal["limite_inferior_80"].median() == pytest.approx(1000 * (1 - 0.2 / 3 - 1.2816 * 0.8 * 0.1), rel=0.03)
+    state = areas["ufs"]
+    assert state["limite_superior_80"].item() == pytest.approx(state["previsao"].item())
+    assert state["limite_inferior_80"].item() < 0.81 * state["previsao"].item()
+
+
 def test_new_offerings_come_from_recent_openings():
     rows = [{"NU_ANO_CENSO": y, "CO_ENTIDADE": 1, "IN_MED": 1, "QT_MAT_MED": 100} for y in (2019, 2020, 2021)]
     rows += [{"NU_ANO_CENSO": 2021, "CO_ENTIDADE": 2, "IN_MED": 1, "QT_MAT_MED": 40}]  # opens the stage in 2021
