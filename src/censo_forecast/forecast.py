@@ -175,9 +175,10 @@ def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl
     census of Alagoas, adding the expected net effect of closures made the state totals worse
     at almost every stage and horizon (benchmarks/README.md, "backtest.py"). The range comes
     from the walk-forward errors of totals as published at each level (`intervals.area_errors`
-    of `walk_forward`, this horizon's `municipal.walk_forward_totals`, a municipality's from
-    its recent test years with their common bias shrunk: `intervals.municipal_errors`; empty:
-    a horizon never validated, totals without bounds). New offerings: h times the mean of the recent years'
+    of `walk_forward`, this horizon's `municipal.walk_forward_totals`; a municipality's from
+    its recent test years with their common bias shrunk, `intervals.municipal_errors`, a
+    state's and the country's with either sign, `intervals.symmetric`; empty: a horizon never
+    validated, totals without bounds). New offerings: h times the mean of the recent years'
     openings (enrollment in schools that began offering the stage that year), counted as still
     open at the forecast year (their later growth or closure is not modelled).
     """
@@ -215,9 +216,10 @@ def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl
     out = {}
     for name, (keys, key_name, up, error_key) in levels.items():
         last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_expected)
-        found = intervals.area_errors(walk_forward, error_key) if bounded else None
-        if found is not None and name == MUNICIPALITIES:
-            found = intervals.municipal_errors(found)
+        found = None
+        if bounded:
+            by_level = intervals.municipal_errors if name == MUNICIPALITIES else intervals.symmetric
+            found = by_level(intervals.area_errors(walk_forward, error_key))
         errors = None if found is None else intervals.sample_area_errors(found, pred_a + new_a + births_a, draws, rng)
         out[name] = _area_table(keys, last_a, pred_a, births_a, errors, new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
