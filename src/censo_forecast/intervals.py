@@ -30,9 +30,9 @@ so it counts n / (n + BIAS_PRIOR_YEARS) of itself (n: test years): the errors' m
 shrunk toward 0 by that much (`municipal_errors`). States and the country keep every test
 year, and their errors count either sign (`symmetric`): with one error per test year, a
 handful of past errors says how far the next may fall, not on which side, and their signed
-quantiles gave ranges whose 80 % and 95 % bounds were both the few errors' extremes, holding
-the state's total at 0.53 and 0.55 of the origin-horizons (0.82 and 0.85 symmetric;
-benchmarks/README.md, "2026-12-07 (fourth session)").
+quantiles gave ranges whose 80 % and 95 % bounds were both the few errors' extremes, and
+they held the state's total at 0.55 of the back-test's origin-horizons at either level (0.85
+symmetric, the ranges twice as wide; benchmarks/README.md, "2026-12-07 (fourth session)").
 """
 
 from __future__ import annotations
