@@ -270,6 +270,19 @@ def test_device_selection_without_gpu(monkeypatch):
         models.select_device("cuda")
 
 
+def test_lightgbm_builds_row_wise_histograms_on_the_cpu_only():
+    """Row-wise histograms: LightGBM's own choice's model, fitted faster with passive waiting
+    (benchmarks/threads.py); a CPU-only setting that a GPU build must not be given."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 5)).astype(np.float32)
+    y = X[:, 0] * 3 + rng.normal(size=3000)
+    cpu = models.ChangeRegressor("LightGBM", anchor=4, device="cpu")
+    assert cpu.booster_params()["force_row_wise"] is True
+    assert "force_row_wise" not in models.ChangeRegressor("LightGBM", device="gpu").booster_params()
+    fitted = cpu.fit(X, y)
+    assert fitted.booster_.params["force_row_wise"] in (True, "1", 1)
+
+
 def test_device_with_a_gpu_is_chosen_per_learner(monkeypatch):
     """A GPU with a CUDA XGBoost and a CPU-only LightGBM: XGBoost trains on cuda, LightGBM on cpu."""
     from censo_forecast import boosters

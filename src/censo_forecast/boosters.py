@@ -58,11 +58,14 @@ class LightGBMAdapter:
 
     def params(self, settings: ModelSettings, device: str, n_jobs: int) -> dict:
         s = settings
+        # On the CPU, row-wise histograms: the same model as LightGBM's own choice (col-wise here),
+        # fitted 21 % faster on a national fold with passive waiting (benchmarks/threads.py)
+        cpu = {"force_row_wise": True} if device == "cpu" else {}
         return dict(
             n_estimators=s.n_estimators, learning_rate=s.learning_rate, num_leaves=s.num_leaves,
             min_child_samples=s.min_child_samples, subsample=s.subsample, subsample_freq=1,
             colsample_bytree=s.colsample, objective="huber", alpha=HUBER_DELTA, random_state=s.seed,
-            n_jobs=n_jobs, device_type=device, verbose=-1, max_bin=s.max_bin,
+            n_jobs=n_jobs, device_type=device, verbose=-1, max_bin=s.max_bin, **cpu,
         )
 
     def fit(self, X, target, params):
