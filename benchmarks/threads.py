@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 
+from busy import SPINNER
 from common import DATA, national_census
 
 SETTINGS = {  # name -> (environment, LightGBM's extra parameters)
@@ -60,8 +61,6 @@ for name in ("LightGBM", "XGBoost"):
     out[name + "_digest"] = hashlib.sha256(np.asarray(adapter.predict(booster, X), dtype=np.float64).tobytes()).hexdigest()[:12]
 print(json.dumps(out))
 """
-
-SPINNER = "while True: pass"
 
 
 def _fit(cache: str, stage: str, env: dict, extra: dict) -> dict:

@@ -216,11 +216,11 @@ def area_totals(schools: pl.DataFrame, walk_forward: pl.DataFrame, offerings: pl
     out = {}
     for name, (keys, key_name, up, error_key) in levels.items():
         last_a, pred_a, births_a, new_a = up(to_munis(last)), up(to_munis(pred)), up(adjustment), up(new_expected)
-        found = None
+        errors = None
         if bounded:
             by_level = intervals.municipal_errors if name == MUNICIPALITIES else intervals.symmetric
-            found = by_level(intervals.area_errors(walk_forward, error_key))
-        errors = None if found is None else intervals.sample_area_errors(found, pred_a + new_a + births_a, draws, rng)
+            errors = intervals.sample_area_errors(by_level(intervals.area_errors(walk_forward, error_key)),
+                                                  pred_a + new_a + births_a, draws, rng)
         out[name] = _area_table(keys, last_a, pred_a, births_a, errors, new_a, key_name)
     out[MUNICIPALITIES] = out[MUNICIPALITIES].with_columns(pl.col("CO_MUNICIPIO").replace_strict(muni_uf).alias("CO_UF"))
     out[STATES] = out[STATES].with_columns(_uf_abbreviation(pl.col("CO_UF")))
