@@ -246,6 +246,27 @@ def test_models_follow_sklearn_conventions_and_voting_is_the_mean():
     assert drift.ratio_ == pytest.approx(0.5)
 
 
+def test_predict_all_gives_voting_its_members_predictions_without_predicting_again(monkeypatch):
+    """The walk-forward predicts each fold once per model: Voting's numbers are bit for bit
+    its own predict's, from its members' predictions already made, not a second boosting pass."""
+    rng = np.random.default_rng(2)
+    X = rng.random((300, 4)).astype(np.float32) * 50
+    y = X[:, 0] * 0.9 + rng.normal(0, 1, 300)
+    lgb, xgb = (models.ChangeRegressor(n, anchor=0, settings=FAST, n_jobs=1).fit(X, y) for n in models.LEARNERS)
+    fitted = {"Persistencia": models.Persistence(0).fit(X), "LightGBM": lgb, "XGBoost": xgb,
+              "Voting": models.Voting([lgb, xgb])}
+    expected = {name: model.predict(X) for name, model in fitted.items()}
+    calls = []
+    original = models.ChangeRegressor.predict_change
+    monkeypatch.setattr(models.ChangeRegressor, "predict_change", lambda self, X: calls.append(self) or original(self, X))
+    got = models.predict_all(fitted, X)
+    assert list(got) == list(fitted) and calls == [lgb, xgb]  # one pass each: Voting made none
+    for name in fitted:
+        assert np.array_equal(got[name], expected[name]), name
+    alone = models.predict_all({"Voting": fitted["Voting"]}, X)  # members not predicted before: Voting predicts
+    assert np.array_equal(alone["Voting"], expected["Voting"]) and len(calls) == 4
+
+
 def test_deriva_damps_the_stages_change_over_the_horizon():
     """Deriva h years ahead: this year times the stage's ratio compounded DAMPING + ... +
     DAMPING ** h times (undamped: h times), so a steep year does not compound five times;

@@ -113,7 +113,7 @@ def walk_forward(data: StageData, flag: str, census_years: list[int], factory: M
         out = test.select(pl.lit(flag).alias(STAGE), SCHOOL, pl.col(TARGET_YEAR).alias(YEAR),
                           pl.col(ORIGIN_YEAR).alias(ORIGIN), pl.col(HORIZON_FEATURE).cast(pl.Int32).alias(HORIZON),
                           "CO_MUNICIPIO", "CO_UF", pl.col(ACTUAL).cast(pl.Float32))
-        out = out.with_columns(pl.Series(name, model.predict(X_test), dtype=pl.Float32) for name, model in fitted.items())
+        out = out.with_columns(pl.Series(name, pred, dtype=pl.Float32) for name, pred in models.predict_all(fitted, X_test).items())
         fold_rows += fold_metrics(out, flag, list(fitted))
         preds.append(out)
         last = (origin, {k: fitted[k] for k in (*models.LEARNERS, models.ENSEMBLE)}, rows)
