@@ -220,7 +220,12 @@ class Voting(RegressorMixin, BaseEstimator):
         return list(self.estimators or [])
 
     def predict(self, X) -> np.ndarray:
-        return np.mean([est.predict(X) for est in self.members], axis=0)
+        return self.combine([est.predict(X) for est in self.members])
+
+    @staticmethod
+    def combine(predictions: list[np.ndarray]) -> np.ndarray:
+        """The vote of its members' predictions (in `members` order): their mean."""
+        return np.mean(predictions, axis=0)
 
     def predict_change(self, X) -> np.ndarray:
         return np.mean([est.predict_change(X) for est in self.members], axis=0)
@@ -240,7 +245,7 @@ def predict_all(fitted: dict, X) -> dict[str, np.ndarray]:
     for name, model in fitted.items():
         members = model.members if isinstance(model, Voting) else []
         if members and all(id(m) in made for m in members):
-            out[name] = np.mean([made[id(m)] for m in members], axis=0)
+            out[name] = model.combine([made[id(m)] for m in members])
         else:
             out[name] = model.predict(X)
         made[id(model)] = out[name]
