@@ -267,6 +267,42 @@ def test_predict_all_gives_voting_its_members_predictions_without_predicting_aga
     assert np.array_equal(alone["Voting"], expected["Voting"]) and len(calls) == 4
 
 
+def test_a_folds_fits_run_side_by_side_one_thread_each_and_fit_the_same_models(small_panel, monkeypatch):
+    """With two threads, a fold's four fits (the one-year and the shared model, each learner)
+    run two at a time on one thread each, the largest first, and give bit for bit the models
+    of the same fits one after another; fits on a GPU run one at a time."""
+    import threading
+
+    data = LocalStageData(features.stage_rows(small_panel, "IN_FUND_AI", horizons=3), horizons=3)
+    device = models.select_device("cpu")
+    test = horizons.matrix(horizons.stack(data.origin_rows(2020), [1, 2, 3], truth=False))
+    alone = data.fit_learners(2020, ModelFactory(FAST, device, 1))
+    fits, both_running = [], threading.Barrier(2, timeout=20)  # times out unless two fits run at once
+    original = models.ChangeRegressor.fit
+
+    def watched(self, X, y):
+        fits.append((threading.current_thread().name, self.n_jobs, len(X)))
+        if len(fits) <= 2:
+            both_running.wait()
+        return original(self, X, y)
+
+    monkeypatch.setattr(models.ChangeRegressor, "fit", watched)
+    trims = []
+    monkeypatch.setattr(machine, "release_freed_memory", lambda: trims.append(len(fits)))
+    side_by_side = data.fit_learners(2020, ModelFactory(FAST, device, 2))
+    assert trims == [4]  # the threads' freed memory given back once, after the fold's fits
+    assert len(fits) == 4 and {threads for _, threads, _ in fits} == {1}
+    assert all(name.startswith("fit") for name, _, _ in fits) and len({name for name, _, _ in fits}) == 2
+    assert fits[0][2] == fits[1][2] > fits[2][2] == fits[3][2]  # the shared model's pairs first
+    for name in (*models.LEARNERS, models.ENSEMBLE):
+        assert np.array_equal(side_by_side[name].predict(test), alone[name].predict(test)), name
+    fits.clear()
+    gpu = models.Device("cuda", {name: "cuda" for name in models.LEARNERS}, "test")
+    monkeypatch.setattr(models.ChangeRegressor, "fit", lambda self, X, y: fits.append(threading.current_thread().name) or self)
+    ModelFactory(FAST, gpu, 2).fit_many([(name, test, test[:, 0]) for name in models.LEARNERS])
+    assert fits == [threading.current_thread().name] * 2  # one at a time, in the caller's thread
+
+
 def test_deriva_damps_the_stages_change_over_the_horizon():
     """Deriva h years ahead: this year times the stage's ratio compounded DAMPING + ... +
     DAMPING ** h times (undamped: h times), so a steep year does not compound five times;
@@ -540,6 +576,27 @@ def test_threads_follow_the_cpus_available_and_the_size_of_the_fit(tmp_path, mon
     monkeypatch.setattr(models.boosters.LightGBMAdapter, "fit", lambda self, X, y, params: seen.update(params) or "booster")
     models.ChangeRegressor("LightGBM", n_jobs=8).fit(np.zeros((500, 3), dtype=np.float32), np.zeros(500))
     assert seen["n_jobs"] == 1
+
+
+def test_memory_a_worker_thread_freed_goes_back_to_the_system():
+    """glibc keeps what a thread frees in that thread's arena; `release_freed_memory` returns
+    it (what a fold's fits side by side would otherwise pile up, run after run)."""
+    import threading
+
+    psutil = pytest.importorskip("psutil")
+    if machine._malloc_trim() is None:
+        pytest.skip("not glibc: nothing to trim")
+    kept = []
+
+    def churn():  # 3,000 blocks of 64 KB, under the size glibc maps on its own
+        blocks = [np.ones(8_000) for _ in range(3_000)]
+        kept.append(blocks[-1])
+    worker = threading.Thread(target=churn)
+    worker.start()
+    worker.join()
+    before = psutil.Process().memory_info().rss
+    machine.release_freed_memory()
+    assert before - psutil.Process().memory_info().rss > 100 * 2**20
 
 
 def test_openmp_waits_passively_unless_the_user_chose():

@@ -73,7 +73,6 @@ class LightGBMAdapter:
 
         return lgb.LGBMRegressor(**params).fit(X, target).booster_
 
-
     def predict(self, booster, X):
         return booster.predict(X)
 
@@ -119,7 +118,6 @@ class XGBoostAdapter:
         xgb = library("xgboost")
 
         return xgb.XGBRegressor(**params).fit(X, target).get_booster()
-
 
     def predict(self, booster, X):
         return booster.inplace_predict(X)  # float32, as XGBRegressor.predict gives it

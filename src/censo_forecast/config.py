@@ -177,7 +177,7 @@ class Settings:
     stages: list[str] = _setting(help="Offer flags, comma-separated (IN_MED,IN_FUND_AI); default all ten.",
                                  default_factory=lambda: [s.flag for s in catalog.STAGES])
     device: str = _setting("auto", "auto | cpu | cuda: where the boosters train.")
-    jobs: int = _setting(2, "Years ingested and downloaded in parallel, and threads per model (-1: every CPU).")
+    jobs: int = _setting(2, "Years ingested and downloaded in parallel, and threads for model fits, side by side (-1: every CPU).")
     # engine: where the heavy steps run (local: this process; dask: a Dask cluster)
     engine: str = _setting("local", "local | dask: ingest, features and training on a Dask cluster.")
     scheduler: str | None = _setting(None, "Dask scheduler address (tcp://host:8786); default: start a LocalCluster.")

@@ -54,12 +54,21 @@ class StageData(ABC):
         shared model of every horizon, and a model of its own for each of the first years
         ahead (`ModelFactory.own_horizons`; the shared one serves an own horizon without pairs)."""
         every = horizons_mod.up_to(self.horizons)
-        own = {h: fits for h in factory.own_horizons(self.horizons)
-               if (fits := self.fit_on(origin, factory, names, [h])) is not None}
-        shared = self.fit_on(origin, factory, names, every) if set(every) - set(own) else None
+        wanted = factory.own_horizons(self.horizons)
+        shared_wanted = bool(set(every) - set(wanted))
+        fits = self.fit_groups(origin, factory, names, [[h] for h in wanted] + ([every] if shared_wanted else []))
+        own = {h: f for h, f in zip(wanted, fits, strict=False) if f is not None}
+        shared = fits[-1] if shared_wanted else None
+        if not shared_wanted and len(own) < len(every):  # an own horizon without pairs: the shared model serves it
+            shared = self.fit_on(origin, factory, names, every)
         if shared is None and not own:
             raise ValueError(f"no training pairs with a target year <= {origin}")
         return split_by_horizon(shared, own, names)
+
+    def fit_groups(self, origin: int, factory: ModelFactory, names: tuple[str, ...],
+                   groups: list[list[int]]) -> list[dict | None]:
+        """`fit_on` for each list of years ahead in `groups`, in order (an engine may fit them at once)."""
+        return [self.fit_on(origin, factory, names, ahead) for ahead in groups]
 
     def origin_rows(self, origin: int) -> pl.DataFrame:
         """The rows of one origin year."""
@@ -98,7 +107,14 @@ class LocalStageData(StageData):
         return horizons_mod.training_pairs(self.frame, origin, window_years, ahead, fraction)
 
     def fit_on(self, origin: int, factory: ModelFactory, names: tuple[str, ...], ahead: list[int]) -> dict | None:
-        train = self.training_pairs(origin, factory.settings.train_window_years, factory.row_cap(ahead, self.horizons), ahead)
-        if train.height == 0:
-            return None
-        return {name: factory.learner(name).fit(horizons_mod.matrix(train), train[ACTUAL].to_numpy()) for name in names}
+        return self.fit_groups(origin, factory, names, [ahead])[0]
+
+    def fit_groups(self, origin: int, factory: ModelFactory, names: tuple[str, ...],
+                   groups: list[list[int]]) -> list[dict | None]:
+        """Every group's learners fitted side by side (`ModelFactory.fit_many`), the largest first."""
+        window = factory.settings.train_window_years
+        trains = [self.training_pairs(origin, window, factory.row_cap(ahead, self.horizons), ahead) for ahead in groups]
+        inputs = {i: (horizons_mod.matrix(train), train[ACTUAL].to_numpy()) for i, train in enumerate(trains) if train.height}
+        tasks = [(i, name) for i in sorted(inputs, key=lambda i: -trains[i].height) for name in names]
+        fitted = dict(zip(tasks, factory.fit_many([(name, *inputs[i]) for i, name in tasks]), strict=True))
+        return [{name: fitted[i, name] for name in names} if i in inputs else None for i in range(len(groups))]
