@@ -21,7 +21,7 @@ import json, os, sys, time
 if os.environ.get("BENCH_POLICY") == "before":
     os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
 from censo_forecast import features, machine, models, validation
-from censo_forecast.config import ModelSettings
+from censo_forecast.config import ModelSettings, Settings
 from censo_forecast.learners import ModelFactory
 from censo_forecast.stagedata import LocalStageData
 from censo_forecast.inep import ingest
@@ -33,7 +33,8 @@ panel = build_panel(ingest.load_cache(cache, ingest.cached_years(cache)))
 data = LocalStageData(features.stage_rows(panel, flag), 1)
 years = sorted(panel["NU_ANO_CENSO"].unique().to_list())
 started = time.perf_counter()
-validation.walk_forward(data, flag, years, ModelFactory(ModelSettings(), models.select_device("cpu"), 2))
+validation.walk_forward(data, flag, years, ModelFactory(ModelSettings(), models.select_device("cpu"), 2),
+                        min_train_years=Settings().min_train_years)
 print(json.dumps({"stage_s": round(time.perf_counter() - started, 2)}))
 """
 
