@@ -87,17 +87,19 @@ def pooled(settings: ModelSettings = DEFAULT) -> Forecast:
 
 def absolute_loss() -> Forecast:
     """Both learners on absolute error instead of the Huber loss (same trees otherwise)."""
+    losses = {"LightGBM": ({"objective": "l1"}, "alpha"), "XGBoost": ({"objective": "reg:absoluteerror"}, "huber_slope")}
+
     def forecast(data, origin, flag, X):
-        lightgbm, xgboost = boosters.library("lightgbm"), boosters.library("xgboost")
         pairs = data[flag].training_pairs(origin, DEFAULT.train_window_years, DEFAULT.max_training_rows, [1])
         Xt = horizons.matrix(pairs)
         anchor_t, anchor = np.nan_to_num(Xt[:, features.ANCHOR_INDEX]), np.nan_to_num(X[:, features.ANCHOR_INDEX])
         change = pairs[ACTUAL].to_numpy() - anchor_t
-        common = dict(n_estimators=DEFAULT.n_estimators, learning_rate=DEFAULT.learning_rate, subsample=DEFAULT.subsample,
-                      colsample_bytree=DEFAULT.colsample, n_jobs=2)
-        lgb = lightgbm.LGBMRegressor(objective="l1", num_leaves=DEFAULT.num_leaves, subsample_freq=1, verbose=-1, **common)
-        xgb = xgboost.XGBRegressor(objective="reg:absoluteerror", max_depth=DEFAULT.max_depth, tree_method="hist", **common)
-        return np.mean([np.maximum(anchor + m.fit(Xt, change).predict(X), 0) for m in (lgb, xgb)], axis=0)
+        forecasts = []
+        for name, (loss, huber_only) in losses.items():
+            adapter = boosters.adapter(name)
+            params = {k: v for k, v in adapter.params(DEFAULT, "cpu", 2).items() if k != huber_only}
+            forecasts.append(np.maximum(anchor + adapter.predict(adapter.fit(Xt, change, {**params, **loss}), X), 0))
+        return np.mean(forecasts, axis=0)
     return forecast
 
 

@@ -57,7 +57,7 @@ class StageData(ABC):
         wanted = factory.own_horizons(self.horizons)
         shared_wanted = bool(set(every) - set(wanted))
         fits = self.fit_groups(origin, factory, names, [[h] for h in wanted] + ([every] if shared_wanted else []))
-        own = {h: f for h, f in zip(wanted, fits, strict=False) if f is not None}
+        own = {h: f for h, f in zip(wanted, fits[:len(wanted)], strict=True) if f is not None}
         shared = fits[-1] if shared_wanted else None
         if not shared_wanted and len(own) < len(every):  # an own horizon without pairs: the shared model serves it
             shared = self.fit_on(origin, factory, names, every)
